@@ -1,0 +1,18 @@
+# The operator image: API, planner, kopf operator, coordinator and rlhfctl.
+# No torch: the worker image carries it. Built elsewhere (no container engine here).
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY operator ./operator
+COPY worker_image/rlhf_worker ./worker_image/rlhf_worker
+RUN pip wheel --no-cache-dir -c constraints.txt -w /wheels ".[operator]"
+
+FROM python:3.11-slim
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin rlhf
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "rlhf-operator[operator]" \
+ && rm -rf /wheels \
+ && python -c "import importlib.util as u; assert u.find_spec('torch') is None"
+USER 10001
+ENTRYPOINT ["rlhfctl"]
+CMD ["operator"]

@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv and install the project into it first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow lint typecheck crd constraints clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[operator,worker,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/rlhfctl validate examples/*.yaml
+
+lint: install
+	$(BIN)/ruff check operator worker_image tests benchmarks
+	$(BIN)/ruff format --check operator worker_image tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy operator/rlhf_operator worker_image/rlhf_worker
+
+# pytest exits 5 when it collects nothing; that is not a failure of the code.
+test: install lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-slow: install
+	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# Regenerate the checked-in CRD from the API models.
+crd: install
+	$(BIN)/rlhfctl crd > crds/rlhf.dev_rlhfjobs.yaml
+
+constraints: install
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

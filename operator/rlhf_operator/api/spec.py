@@ -1,0 +1,314 @@
+"""The RLHFJob spec, apart from models and algorithm (see models.py, algorithm.py)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from .algorithm import Algorithm
+from .base import ApiModel, cel_rules
+from .models import Models
+
+PositiveInt = Annotated[int, Field(ge=1)]
+LearningRate = Annotated[float, Field(gt=0, le=1)]
+# Free-form Kubernetes objects (affinity, pod template overrides): kept as they
+# are and checked by the API server when the pods are created.
+FreeForm = Annotated[
+    dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+]
+
+
+class Rollout(ApiModel):
+    """How the actor generates responses."""
+
+    backend: Literal["torch", "vllm"] = "torch"
+    """torch: the built-in batched generator; vllm: a vLLM engine inside the generation workers."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=131072)] = 128
+    """Longest response, in tokens."""
+    temperature: Annotated[float, Field(ge=0, le=10)] = 1.0
+    """Sampling temperature; 0 means greedy."""
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Nucleus sampling mass."""
+    samples_per_prompt: Annotated[int | None, Field(ge=1, le=1024)] = None
+    """Responses per prompt; defaults to the algorithm's group size (GRPO, RLOO), else 1."""
+
+
+class PromptSource(ApiModel):
+    """A file of prompts: JSON Lines or Parquet, one prompt per record."""
+
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    """Path of the file (relative paths are resolved against the job file in local mode)."""
+    format: Literal["jsonl", "parquet"] | None = None
+    """File format; defaults from the file name (.jsonl/.json or .parquet)."""
+    field: Annotated[str, Field(min_length=1, max_length=256)] = "prompt"
+    """Name of the record field that holds the prompt text."""
+
+
+class Data(ApiModel):
+    """Prompts and how they are batched."""
+
+    prompts: PromptSource
+    """Where the prompts come from."""
+    batch_size: Annotated[int, Field(ge=1, le=1_048_576)] = 512
+    """Prompts per iteration."""
+    max_prompt_length: Annotated[int, Field(ge=1, le=1_048_576)] = 128
+    """Prompts are truncated (from the left) to this many tokens."""
+    shuffle_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    """Seed of the deterministic per-epoch shuffle; the position is saved in checkpoints."""
+
+
+class Optimizer(ApiModel):
+    """The optimizer of every trained role."""
+
+    name: Literal["adamw"] = "adamw"
+    """Optimizer (AdamW, decoupled weight decay)."""
+    betas: Annotated[
+        list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)
+    ] = Field(default_factory=lambda: [0.9, 0.95])
+    """Adam beta1 and beta2."""
+    eps: Annotated[float, Field(gt=0, le=1)] = 1e-8
+    """Adam epsilon."""
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Decoupled weight decay."""
+
+
+class Training(ApiModel):
+    """The training loop."""
+
+    iterations: Annotated[int, Field(ge=1, le=10_000_000)] = 1
+    """Iterations (generate, score, train) to run."""
+    ppo_epochs: Annotated[int, Field(ge=1, le=64)] = 1
+    """Passes over each iteration's samples."""
+    minibatches: Annotated[int, Field(ge=1, le=4096)] = 1
+    """Optimizer steps per epoch: the iteration's samples are split into this many minibatches."""
+    actor_learning_rate: LearningRate = 1e-6
+    """Actor learning rate."""
+    critic_learning_rate: LearningRate = 5e-6
+    """Critic learning rate."""
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    """Optimizer settings."""
+    gradient_clipping: Annotated[float, Field(ge=0, le=1e6)] = 1.0
+    """Clip the global gradient norm (across the whole model) to this; 0 disables."""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 1
+    """Seed of sampling and initialisation; the same seed gives the same run."""
+
+
+GPU_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration for the worker pods."""
+
+    key: str | None = None
+    """Taint key; empty with operator Exists tolerates everything."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal."""
+    value: str | None = None
+    """Taint value, for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect; empty matches all."""
+    toleration_seconds: int | None = None
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class Images(ApiModel):
+    """Container images; the operator's configured defaults apply when empty."""
+
+    worker: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
+    """Worker image (torch, vLLM and the worker package)."""
+    coordinator: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
+    """Coordinator image (the operator image)."""
+
+
+class LocalDevices(ApiModel):
+    """Run on CPU slots without GPUs: one worker process per slot, gloo between them."""
+
+    slots: Annotated[int, Field(ge=1, le=64)] = 2
+    """Number of CPU worker slots (they play the role of GPUs in the plan)."""
+
+
+class Resources(ApiModel):
+    """Devices and pod placement. Set exactly one of gpus and local."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            ("has(self.gpus) != has(self.local)", "set exactly one of gpus and local"),
+            (
+                "!has(self.gpus) || self.gpus <= self.gpusPerNode || self.gpus % self.gpusPerNode == 0",
+                "gpus must be at most gpusPerNode or a multiple of it",
+                ".gpus",
+            ),
+        )
+    )
+
+    gpus: Annotated[int | None, Field(ge=1, le=65536)] = None
+    """Total GPUs of the job."""
+    gpus_per_node: Annotated[int, Field(ge=1, le=16)] = 8
+    """GPUs of each node the job uses (one worker pod per node slot)."""
+    gpu_type: Annotated[str, Field(min_length=1, max_length=64, pattern=GPU_TYPE_PATTERN)] = "H100"
+    """Device profile the planner estimates with (H100, H200, A100-80GB, L40S, or a measured profile's name)."""
+    local: LocalDevices | None = None
+    """Run on CPU slots instead of GPUs (local mode and tests)."""
+    images: Images = Field(default_factory=Images)
+    """Container images."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the worker pods require."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations of the worker pods."""
+    affinity: FreeForm | None = None
+    """Kubernetes affinity of the worker pods."""
+    pod_template: FreeForm | None = None
+    """Extra fields merged into every worker pod (metadata and spec), e.g. volumes, env, priority."""
+
+
+MESH_PATTERN = r"^[0-9]{1,5}(-[0-9]{1,5})?(:[0-9]{1,2}(-[0-9]{1,2})?)?$"
+_MESH_RE = re.compile(MESH_PATTERN)
+
+
+def parse_mesh(text: str) -> tuple[int, int, int, int] | None:
+    """Parse a mesh string into (first node, last node, first gpu, last gpu).
+
+    "N" or "N-M": whole nodes N..M; "N:A-B": GPUs A..B of node N. The GPU range
+    is None-free: for whole nodes it is returned as (0, -1), meaning all GPUs.
+    Returns None if the text is not a mesh.
+    """
+    if not _MESH_RE.match(text):
+        return None
+    nodes, _, gpus = text.partition(":")
+    n0, _, n1 = nodes.partition("-")
+    first_node, last_node = int(n0), int(n1 or n0)
+    if not gpus:
+        return first_node, last_node, 0, -1
+    g0, _, g1 = gpus.partition("-")
+    return first_node, last_node, int(g0), int(g1 or g0)
+
+
+class CallPlacement(ApiModel):
+    """Where one call runs and how the role is split there."""
+
+    mesh: Annotated[str, Field(pattern=MESH_PATTERN)]
+    """Devices: "N" or "N-M" for whole nodes N..M, "N:A-B" for GPUs (or CPU slots) A..B of node N."""
+    dp: PositiveInt = 1
+    """Data-parallel degree."""
+    tp: PositiveInt = 1
+    """Tensor-parallel degree."""
+    pp: PositiveInt = 1
+    """Pipeline-parallel degree (stages)."""
+    micro_batches: PositiveInt = 1
+    """Micro-batches per data-parallel rank (pipeline depth for pp > 1)."""
+
+
+class Placement(ApiModel):
+    """How the operator chooses where each call runs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "self.strategy == 'manual' || !has(self.calls) || size(self.calls) == 0",
+                "calls may only be given with strategy manual",
+                ".calls",
+            ),
+            (
+                "self.strategy != 'manual' || (has(self.calls) && size(self.calls) > 0)",
+                "strategy manual needs calls",
+                ".calls",
+            ),
+        )
+    )
+
+    strategy: Literal["search", "heuristic", "colocated", "manual"] = "search"
+    """search: execution-plan search with the runtime estimator; heuristic: a Megatron-style rule; colocated: every call on all devices; manual: as given in calls."""
+    search_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """Time budget of the search."""
+    calls: dict[str, CallPlacement] = Field(default_factory=dict)
+    """For strategy manual: the placement of every call of the algorithm, by call name."""
+
+
+class Checkpoint(ApiModel):
+    """Periodic checkpoints; a job resumes from the newest complete one."""
+
+    path: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+    """Directory on a shared volume; defaults to the job's output directory in local mode."""
+    interval: Annotated[int, Field(ge=1, le=10_000_000)] = 10
+    """Save every this many iterations (and at the end)."""
+    keep: Annotated[int, Field(ge=1, le=1000)] = 2
+    """Complete checkpoints to keep."""
+
+
+class Export(ApiModel):
+    """Where the trained actor goes at the end, in Hugging Face format."""
+
+    path: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+    """Directory for config.json, safetensors and tokenizer of the final actor."""
+
+
+class Scheduling(ApiModel):
+    """Hand-off to a batch scheduler."""
+
+    scheduler_name: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    """Pod schedulerName (e.g. volcano); a PodGroup is created for gang scheduling."""
+    queue: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    """Queue (Volcano queue or Kueue LocalQueue name)."""
+    priority_class_name: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    """PriorityClass of the job's pods."""
+
+
+class RunPolicy(ApiModel):
+    """Failure handling and lifetime."""
+
+    backoff_limit: Annotated[int, Field(ge=0, le=1000)] = 3
+    """Restarts of the job's pods (resuming from the last checkpoint) before the job fails."""
+    active_deadline_seconds: Annotated[int | None, Field(ge=1)] = None
+    """Fail the job if it runs longer than this."""
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0)] = None
+    """Delete the finished job (and its children) after this long."""
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+    """Batch-scheduler integration."""
+
+
+class RLHFJobSpec(ApiModel):
+    """The desired RLHF training run."""
+
+    models: Models
+    """Models by role."""
+    algorithm: Algorithm = Field(default_factory=Algorithm)
+    """The RLHF algorithm and its hyper-parameters."""
+    rollout: Rollout = Field(default_factory=Rollout)
+    """Response generation."""
+    data: Data
+    """Prompts."""
+    training: Training = Field(default_factory=Training)
+    """The training loop."""
+    resources: Resources
+    """Devices and pod placement."""
+    placement: Placement = Field(default_factory=Placement)
+    """How calls are placed on devices."""
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    """Checkpointing."""
+    export: Export = Field(default_factory=Export)
+    """Export of the final actor."""
+    suspend: bool = False
+    """Suspend the job: pods are removed, checkpoints kept; false again resumes (Kueue-compatible)."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Failure handling, deadlines and scheduling."""
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """Responses generated per prompt, resolved from rollout and algorithm."""
+        return self.rollout.samples_per_prompt or self.algorithm.group_size or 1
+
+    @property
+    def device_count(self) -> int:
+        """GPUs, or CPU slots in local mode."""
+        if self.resources.local is not None:
+            return self.resources.local.slots
+        return self.resources.gpus or 0
+
+    @property
+    def devices_per_node(self) -> int:
+        """GPUs per node, or all CPU slots on the one local node."""
+        if self.resources.local is not None:
+            return self.resources.local.slots
+        return self.resources.gpus_per_node

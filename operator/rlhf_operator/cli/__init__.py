@@ -1,0 +1,1 @@
+"""`rlhfctl`: the command-line interface (one module per subcommand)."""
