@@ -66,10 +66,14 @@ class ModelShape:
     vocab_size: int
     tie_word_embeddings: bool = False
     qkv_bias: bool = False  # Qwen2 has biases on q/k/v
-    head: HeadKind = "lm"  # "value": a scalar `score` head (critic, reward) instead of lm_head
+    head: HeadKind = "lm"  # "value": a `score` head (critic, reward) instead of lm_head
+    # Outputs of the value head: 1, or 2 for the Safe-RLHF critic (reward value, cost value).
+    num_values: int = 1
 
     @classmethod
-    def from_hf_config(cls, cfg: Mapping[str, Any], head: HeadKind = "lm") -> ModelShape:
+    def from_hf_config(
+        cls, cfg: Mapping[str, Any], head: HeadKind = "lm", num_values: int = 1
+    ) -> ModelShape:
         """From a Hugging Face config.json dict."""
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
@@ -84,6 +88,7 @@ class ModelShape:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=cfg.get("model_type") == "qwen2",
             head=head,
+            num_values=num_values,
         )
 
     def params(self) -> list[ParamSpec]:
@@ -117,7 +122,7 @@ class ModelShape:
             ]
         out.append(ParamSpec("model.norm.weight", (h,), None, None, "last"))
         if self.head == "value":
-            out.append(ParamSpec("score.weight", (1, h), None, None, "last"))
+            out.append(ParamSpec("score.weight", (self.num_values, h), None, None, "last"))
         elif not self.tie_word_embeddings:
             out.append(ParamSpec("lm_head.weight", (v, h), None, 0, "last"))
         return out
