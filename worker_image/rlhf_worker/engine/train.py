@@ -1,0 +1,93 @@
+"""One training step under a layout: forward and backward through the pipeline,
+gradients summed over dp, clipped by the whole model's norm, then AdamW.
+
+The optimizer belongs to this layout's shards (the training layout owns it).
+AdamW is element-wise, so sharded AdamW on exact gradients is exactly the
+single-process AdamW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from rlhf_worker.engine.forward import Output, hidden_shape, split_batch, stage_fn
+from rlhf_worker.model.decoder import Decoder
+from rlhf_worker.parallel.data import (
+    all_reduce_grads,
+    clip_grads,
+    global_grad_norm,
+    tied_embedding_grads,
+)
+from rlhf_worker.parallel.pipeline import broadcast_from_last, pipeline_forward_backward
+
+# (log-probabilities [b, T-1] or values [b, T] of one micro-batch, that micro-batch) ->
+# its contribution to the global loss (a scalar).
+LossFn = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # <= 0: no clipping
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float  # the global loss: summed over micro-batches and dp replicas
+    grad_norm: float  # the whole model's gradient norm before clipping
+
+
+class Trainer:
+    """A model's training copy: its shards and the AdamW state for them."""
+
+    def __init__(self, model: Decoder, config: OptimizerConfig, output: Output = "logprobs"):
+        self.model = model
+        self.config = config
+        self.output: Output = output
+        self.optimizer = torch.optim.AdamW(
+            list(model.local_state().values()),
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
+
+    def step(
+        self, batch: Mapping[str, Tensor], loss_fn: LossFn, micro_batches: int = 1
+    ) -> TrainStats:
+        """One optimizer step on this dp replica's batch. Gradients stay in ``.grad`` after."""
+        model, ctx = self.model, self.model.ctx
+        params = model.local_state()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = pipeline_forward_backward(
+            ctx,
+            split_batch(batch, micro_batches),
+            stage_fn(model, self.output),
+            loss_fn,
+            hidden_shape(model),
+            model.dtype,
+        )
+        for param in params.values():
+            if param.grad is None:  # a parameter this batch did not reach
+                param.grad = torch.zeros_like(param)
+        tied_embedding_grads(params, ctx)
+        all_reduce_grads(params, ctx.dp_group)
+        norm = global_grad_norm(params, model.config.shape, ctx)
+        if self.config.max_grad_norm > 0:
+            clip_grads(params, norm, self.config.max_grad_norm)
+        self.optimizer.step()
+        loss = (
+            torch.stack(losses).sum().double() if losses else torch.zeros((), dtype=torch.float64)
+        )
+        loss = broadcast_from_last(ctx, loss.reshape(1))
+        if ctx.dp_group is not None:
+            dist.all_reduce(loss, group=ctx.dp_group)
+        return TrainStats(loss=float(loss.item()), grad_norm=norm)

@@ -1,0 +1,80 @@
+"""Data parallelism and whole-model gradient operations.
+
+Gradients are summed (not averaged) over dp replicas: a loss function returns
+each micro-batch's *contribution* to the global loss (e.g. a sum over its
+tokens divided by the global token count), so the sum over micro-batches and
+replicas is the single-process loss and gradient, however the batch is split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from rlhf_worker.parallel.groups import Group, ParallelContext
+from rlhf_worker.sharding import ModelShape
+
+
+def dp_slice(total: int, dp: int, d: int) -> slice:
+    """Replica d's contiguous share of ``total`` items, balanced, earlier replicas taking the rest."""
+    base, extra = divmod(total, dp)
+    start = d * base + min(d, extra)
+    return slice(start, start + base + (1 if d < extra else 0))
+
+
+def all_reduce_grads(params: Mapping[str, nn.Parameter], group: Group) -> None:
+    """Sum the gradients of ``params`` over a group in one flat buffer."""
+    if group is None:
+        return
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat, group=group)
+    for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        grad.copy_(reduced)
+
+
+def tied_embedding_grads(params: Mapping[str, nn.Parameter], ctx: ParallelContext) -> None:
+    """With tied embeddings over pp > 1 the first and last stage each hold the matrix:
+    add their gradients so both copies take the same step."""
+    param = params.get("model.embed_tokens.weight")
+    if ctx.pp == 1 or ctx.tied_group is None or param is None or param.grad is None:
+        return
+    if ctx.is_first or ctx.is_last:
+        dist.all_reduce(param.grad, group=ctx.tied_group)
+
+
+def global_grad_norm(
+    params: Mapping[str, nn.Parameter], shape: ModelShape, ctx: ParallelContext
+) -> float:
+    """The L2 norm of the whole model's gradient (after the dp reduction), on every rank."""
+    total = torch.zeros((), dtype=torch.float64)
+    tp_split = {p.name for p in shape.params() if p.tp_dim is not None}
+    for name, param in params.items():
+        if param.grad is None:
+            continue
+        replicated = name not in tp_split
+        if replicated and ctx.tp_rank != 0:
+            continue
+        if name == "model.embed_tokens.weight" and ctx.pp > 1 and not ctx.is_first:
+            continue
+        total += param.grad.double().pow(2).sum()
+    if ctx.layout_group is not None:
+        dist.all_reduce(total, group=ctx.layout_group)
+    # Every dp replica holds the same reduced gradients and added them in once.
+    return math.sqrt(total.item() / ctx.dp)
+
+
+def clip_grads(params: Mapping[str, nn.Parameter], norm: float, max_norm: float) -> None:
+    """Scale gradients so that their global norm is at most ``max_norm`` (as torch does)."""
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    if coef < 1.0:
+        for param in params.values():
+            if param.grad is not None:
+                param.grad.mul_(coef)
