@@ -1,0 +1,200 @@
+"""Executing a reallocation plan: moving the bytes with torch.distributed point-to-point.
+
+The same code runs on gloo (CPU tensors) and NCCL (device tensors). Every rank
+walks the plan's steps in the same order and posts its part of each step with
+``batch_isend_irecv``; a few steps stay in flight at once so independent
+transfers overlap, and the memory for messages stays bounded by
+``max_inflight_steps`` x (one send + one receive bucket).
+
+A bucket holding a single piece that is contiguous in both tensors (the
+common case for big column-parallel slices) is sent from, and received into,
+the parameter tensors themselves: no packing copy. Other buckets are packed
+into one flat buffer so many small tensors do not mean many messages.
+
+Point-to-point needs no new process group, so nothing here has to be called
+collectively: a rank outside both layouts simply returns. With NCCL, make sure
+the communicator exists before the first reallocation (e.g. pass ``device_id``
+to ``init_process_group`` or run a barrier), as ``batch_isend_irecv`` requires
+when it is the first operation on a group.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from rlhf_worker.realloc.plan import Bucket, ReallocPlan, region_shape
+from rlhf_worker.sharding import Region
+
+
+@dataclass
+class MemoryStats:
+    """Bytes this rank allocated during a reallocation (destination tensors and messages).
+
+    Exact accounting of what the executor allocates, not the process's RSS.
+    """
+
+    current: int = 0
+    peak: int = 0
+    destination: int = 0  # bytes of destination tensors allocated (not aliased)
+    messages: int = 0  # bytes of packing buffers allocated in total
+    zero_copy_bytes: int = 0  # bytes sent or received without a packing copy
+
+    def alloc(self, nbytes: int) -> None:
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+
+    def free(self, nbytes: int) -> None:
+        self.current -= nbytes
+
+
+@dataclass
+class _InFlight:
+    works: list[dist.Work]
+    unpack: list[tuple[torch.Tensor, Bucket]] = field(default_factory=list)
+    buffer_bytes: int = 0
+    keep: list[torch.Tensor] = field(default_factory=list)  # send buffers alive until done
+
+
+def _slices(region: Region, base: Region) -> tuple[slice, ...]:
+    """Index of a full-tensor region inside a local tensor holding ``base``."""
+    return tuple(slice(r0 - b0, r1 - b0) for (r0, r1), (b0, _) in zip(region, base, strict=True))
+
+
+def reallocate(
+    plan: ReallocPlan,
+    local_src: Mapping[str, torch.Tensor] | None,
+    rank: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    group: dist.ProcessGroup | None = None,
+    max_inflight_steps: int = 4,
+    alias_local: bool = False,
+    stats: MemoryStats | None = None,
+) -> dict[str, torch.Tensor] | None:
+    """Run this rank's part of a plan; return its destination shards (None if it holds none).
+
+    ``local_src`` is this rank's shards in the source layout (None if it is not in
+    it); ``rank`` is its global rank, as the layouts name ranks. With
+    ``alias_local`` a destination shard identical to a source shard is returned
+    as the same tensor instead of a copy (right for a transient copy that is
+    only read; never for one that will be trained independently).
+    """
+    in_src = rank in plan.src_shards
+    dst_regions = plan.dst_shards.get(rank)
+    if not in_src and dst_regions is None:
+        return None
+    if in_src and local_src is None:
+        raise ValueError(f"rank {rank} is in the source layout but was given no source shards")
+    src_regions = plan.src_shards.get(rank, {})
+    stats = stats if stats is not None else MemoryStats()
+    element_bytes = torch.empty((), dtype=dtype).element_size()
+    if element_bytes != plan.element_bytes:
+        raise ValueError(f"plan counts {plan.element_bytes}-byte elements, tensors are {dtype}")
+
+    out: dict[str, torch.Tensor] | None = None
+    if dst_regions is not None:
+        out = {}
+        for name, region in dst_regions.items():
+            if alias_local and local_src is not None and src_regions.get(name) == region:
+                out[name] = local_src[name]
+                continue
+            out[name] = torch.empty(region_shape(region), dtype=dtype, device=device)
+            stats.destination += out[name].numel() * element_bytes
+            stats.alloc(out[name].numel() * element_bytes)
+
+    with torch.no_grad():
+        if out is not None and local_src is not None:
+            for copy in plan.local:
+                if copy.rank != rank or out[copy.name] is local_src[copy.name]:
+                    continue
+                target = out[copy.name][_slices(copy.region, dst_regions[copy.name])]  # type: ignore[index]
+                target.copy_(local_src[copy.name][_slices(copy.region, src_regions[copy.name])])
+
+        inflight: deque[_InFlight] = deque()
+        for step in plan.steps:
+            mine = [i for i in step if rank in (plan.buckets[i].src, plan.buckets[i].dst)]
+            if not mine:
+                continue
+            while len(inflight) >= max_inflight_steps:
+                _finish(inflight.popleft(), out, dst_regions, stats)
+            inflight.append(
+                _post(plan, mine, rank, local_src, src_regions, out, dst_regions, group, stats)
+            )
+        while inflight:
+            _finish(inflight.popleft(), out, dst_regions, stats)
+    return out
+
+
+def _post(
+    plan: ReallocPlan,
+    bucket_ids: list[int],
+    rank: int,
+    local_src: Mapping[str, torch.Tensor] | None,
+    src_regions: dict[str, Region],
+    out: dict[str, torch.Tensor] | None,
+    dst_regions: dict[str, Region] | None,
+    group: dist.ProcessGroup | None,
+    stats: MemoryStats,
+) -> _InFlight:
+    ops: list[dist.P2POp] = []
+    flight = _InFlight(works=[])
+    for index in bucket_ids:
+        bucket = plan.buckets[index]
+        if bucket.src == rank:
+            assert local_src is not None
+            views = [
+                local_src[p.name][_slices(p.region, src_regions[p.name])] for p in bucket.pieces
+            ]
+            if len(views) == 1 and views[0].is_contiguous():
+                message = views[0]
+                stats.zero_copy_bytes += bucket.nbytes
+            else:
+                message = torch.cat([v.reshape(-1) for v in views])
+                flight.buffer_bytes += bucket.nbytes
+                stats.messages += bucket.nbytes
+                stats.alloc(bucket.nbytes)
+            flight.keep.append(message)
+            ops.append(dist.P2POp(dist.isend, message, bucket.dst, group=group, tag=index))
+        if bucket.dst == rank:
+            assert out is not None and dst_regions is not None
+            first = bucket.pieces[0]
+            view = out[first.name][_slices(first.region, dst_regions[first.name])]
+            if len(bucket.pieces) == 1 and view.is_contiguous():
+                buffer = view
+                stats.zero_copy_bytes += bucket.nbytes
+            else:
+                buffer = torch.empty(
+                    bucket.nbytes // plan.element_bytes, dtype=view.dtype, device=view.device
+                )
+                flight.buffer_bytes += bucket.nbytes
+                stats.messages += bucket.nbytes
+                stats.alloc(bucket.nbytes)
+                flight.unpack.append((buffer, bucket))
+            ops.append(dist.P2POp(dist.irecv, buffer, bucket.src, group=group, tag=index))
+    flight.works = dist.batch_isend_irecv(ops)
+    return flight
+
+
+def _finish(
+    flight: _InFlight,
+    out: dict[str, torch.Tensor] | None,
+    dst_regions: dict[str, Region] | None,
+    stats: MemoryStats,
+) -> None:
+    for work in flight.works:
+        work.wait()
+    for buffer, bucket in flight.unpack:
+        assert out is not None and dst_regions is not None
+        offset = 0
+        for piece in bucket.pieces:
+            target = out[piece.name][_slices(piece.region, dst_regions[piece.name])]
+            n = target.numel()
+            target.copy_(buffer[offset : offset + n].view(target.shape))
+            offset += n
+    stats.free(flight.buffer_bytes)

@@ -1,0 +1,341 @@
+"""Planning a reallocation: which slice of which parameter goes from which rank to which rank.
+
+Pure and torch-free, so the operator's planner can count bytes with the same code
+the workers execute. The plan is a deterministic function of its inputs: every
+rank computes it independently and gets the same one.
+
+How a plan is made:
+
+1. For every destination rank and every parameter region it must hold
+   (``rank_shards`` under the destination layout), intersect that region with
+   the distinct regions of the source layout (they tile the full tensor: one
+   per tensor-parallel index). A part the rank already holds in the source
+   layout is a *local copy*; every other non-empty intersection is a *piece*
+   to receive. This is exactly what the rank lacks, so bytes moved are minimal.
+   Regions are intersected as boxes, so any tp, pp and dp change works,
+   including tp sizes that do not divide each other.
+2. Each piece gets exactly one sender among the ranks holding it (data-parallel
+   replicas, and both pipeline ends for tied embeddings): a sender on the
+   destination's node if there is one, then the least loaded so far.
+3. Pieces are grouped per (sender, receiver) pair into buckets of at most
+   ``bucket_bytes`` (a piece larger than that is cut along its first dimension).
+   A big piece travels alone so it can go straight from and into the tensors
+   without packing; small ones are packed together so many small tensors do
+   not mean many messages.
+4. Buckets are ordered into *steps*: in one step every rank sends at most one
+   bucket and receives at most one. Steps are independent, so the executor
+   keeps a few in flight (overlap) while the memory it needs stays bounded by
+   a few buckets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from rlhf_worker.sharding import (
+    Layout,
+    ModelShape,
+    Region,
+    param_stages,
+    rank_shards,
+    region_numel,
+    shard_region,
+)
+
+DEFAULT_BUCKET_BYTES = 32 << 20
+# A chunk at least this fraction of a bucket travels alone (no packing copy).
+SOLO_FRACTION = 4
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A region of one parameter (full-tensor coordinates) that goes from src to dst."""
+
+    name: str
+    region: Region
+    src: int
+    dst: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """A region a destination rank already holds in the source layout: copied, not sent."""
+
+    rank: int
+    name: str
+    region: Region
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One message: pieces from one sender to one receiver, concatenated in order."""
+
+    src: int
+    dst: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.pieces)
+
+
+@dataclass(frozen=True)
+class ReallocPlan:
+    model: ModelShape
+    src: Layout
+    dst: Layout
+    element_bytes: int
+    bucket_bytes: int
+    src_shards: dict[int, dict[str, Region]]  # what each source rank holds
+    dst_shards: dict[int, dict[str, Region]]  # what each destination rank ends with
+    node_of: dict[int, int]  # node of every rank in either layout
+    local: tuple[LocalCopy, ...]
+    pieces: tuple[Piece, ...]  # every transfer, before cutting into buckets
+    buckets: tuple[Bucket, ...]
+    steps: tuple[tuple[int, ...], ...]  # bucket indices, one send and one receive per rank
+
+
+RankNode = Callable[[int], int] | int
+
+
+def node_function(rank_node: RankNode) -> Callable[[int], int]:
+    """A rank -> node function, from a function or from a number of devices per node."""
+    if callable(rank_node):
+        return rank_node
+    devices_per_node = rank_node
+    if devices_per_node < 1:
+        raise ValueError(f"devices per node must be >= 1, got {devices_per_node}")
+    return lambda rank: rank // devices_per_node
+
+
+def intersect(a: Region, b: Region) -> Region | None:
+    """The box both regions cover, or None if they do not overlap."""
+    out = tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
+    return out if all(start < stop for start, stop in out) else None
+
+
+def contains(outer: Region, inner: Region) -> bool:
+    return all(o0 <= i0 and i1 <= o1 for (o0, o1), (i0, i1) in zip(outer, inner, strict=True))
+
+
+def region_shape(region: Region) -> tuple[int, ...]:
+    return tuple(stop - start for start, stop in region)
+
+
+def source_holders(model: ModelShape, src: Layout) -> dict[str, list[tuple[Region, list[int]]]]:
+    """For every parameter, its distinct source regions (they tile it) and the ranks holding each."""
+    out: dict[str, list[tuple[Region, list[int]]]] = {}
+    for param in model.params():
+        stages = param_stages(param, model.num_layers, src.pp)
+        by_region: dict[Region, list[int]] = {}
+        for t in range(src.tp):
+            # A replicated parameter has one region, held by every tp rank.
+            holders = by_region.setdefault(shard_region(param, src.tp, t), [])
+            holders += [src.rank(p, d, t) for p in stages for d in range(src.dp)]
+        out[param.name] = list(by_region.items())
+    return out
+
+
+def lacking_bytes(
+    model: ModelShape, src: Layout, dst: Layout, element_bytes: int = 4
+) -> dict[int, int]:
+    """The minimum each destination rank must receive: its regions minus what it holds already.
+
+    Computed directly from the layouts (no sender choice), so it checks the plan
+    and serves a cost model that only needs the volume.
+    """
+    out: dict[int, int] = {}
+    for rank in dst.ranks:
+        own = rank_shards(model, src, rank) if rank in src.ranks else {}
+        total = 0
+        for name, region in rank_shards(model, dst, rank).items():
+            have = intersect(region, own[name]) if name in own else None
+            total += region_numel(region) - (region_numel(have) if have else 0)
+        out[rank] = total * element_bytes
+    return out
+
+
+def plan_reallocation(
+    model: ModelShape,
+    src: Layout,
+    dst: Layout,
+    rank_node: RankNode,
+    *,
+    element_bytes: int = 4,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+) -> ReallocPlan:
+    """Plan moving a role's parameters from the source layout to the destination layout."""
+    for layout, what in ((src, "source"), (dst, "destination")):
+        problems = model.layout_problems(pp=layout.pp, tp=layout.tp)
+        if problems:
+            raise ValueError(f"{what} layout cannot shard this model: {'; '.join(problems)}")
+    if bucket_bytes < element_bytes:
+        raise ValueError(f"bucket of {bucket_bytes} bytes cannot hold one element")
+    node = node_function(rank_node)
+    src_shards = {r: rank_shards(model, src, r) for r in src.ranks}
+    dst_shards = {r: rank_shards(model, dst, r) for r in dst.ranks}
+    node_of = {r: node(r) for r in sorted({*src.ranks, *dst.ranks})}
+    holders = source_holders(model, src)
+
+    local: list[LocalCopy] = []
+    pieces: list[Piece] = []
+    sent: dict[int, int] = dict.fromkeys(src.ranks, 0)
+    for rank in dst.ranks:
+        for name, want in dst_shards[rank].items():
+            for region, ranks in holders[name]:
+                part = intersect(want, region)
+                if part is None:
+                    continue
+                nbytes = region_numel(part) * element_bytes
+                if rank in ranks:
+                    local.append(LocalCopy(rank, name, part, nbytes))
+                    continue
+                sender = _choose_sender(rank, ranks, node_of, sent)
+                sent[sender] += nbytes
+                pieces.append(Piece(name, part, sender, rank, nbytes))
+
+    buckets = _bucketize(pieces, bucket_bytes, element_bytes)
+    return ReallocPlan(
+        model=model,
+        src=src,
+        dst=dst,
+        element_bytes=element_bytes,
+        bucket_bytes=bucket_bytes,
+        src_shards=src_shards,
+        dst_shards=dst_shards,
+        node_of=node_of,
+        local=tuple(local),
+        pieces=tuple(pieces),
+        buckets=tuple(buckets),
+        steps=_schedule(buckets),
+    )
+
+
+def _choose_sender(
+    rank: int, ranks: list[int], node_of: dict[int, int], sent: dict[int, int]
+) -> int:
+    same_node = [r for r in ranks if node_of[r] == node_of[rank]]
+    pool = same_node or ranks
+    # Least loaded; ties broken by a rotation that depends on the receiver, so
+    # equal replicas take turns rather than the first one always winning.
+    return min(pool, key=lambda r: (sent[r], (pool.index(r) - rank) % len(pool)))
+
+
+def _cut(piece: Piece, bucket_bytes: int, element_bytes: int) -> list[Piece]:
+    """Cut a piece along its first dimension into chunks of at most a bucket (or one row)."""
+    if piece.nbytes <= bucket_bytes:
+        return [piece]
+    (start, stop), rest = piece.region[0], piece.region[1:]
+    row_bytes = region_numel(rest) * element_bytes
+    rows = max(1, bucket_bytes // row_bytes)
+    out = []
+    for lo in range(start, stop, rows):
+        hi = min(stop, lo + rows)
+        out.append(
+            Piece(piece.name, ((lo, hi), *rest), piece.src, piece.dst, (hi - lo) * row_bytes)
+        )
+    return out
+
+
+def _bucketize(pieces: Iterable[Piece], bucket_bytes: int, element_bytes: int) -> list[Bucket]:
+    by_pair: dict[tuple[int, int], list[Piece]] = {}
+    for piece in pieces:
+        by_pair.setdefault((piece.src, piece.dst), []).append(piece)
+    buckets: list[Bucket] = []
+    for (src, dst), pair_pieces in sorted(by_pair.items()):
+        packed: list[Piece] = []
+        packed_bytes = 0
+        for piece in pair_pieces:
+            for chunk in _cut(piece, bucket_bytes, element_bytes):
+                if chunk.nbytes * SOLO_FRACTION >= bucket_bytes:
+                    buckets.append(Bucket(src, dst, (chunk,)))
+                    continue
+                if packed_bytes + chunk.nbytes > bucket_bytes:
+                    buckets.append(Bucket(src, dst, tuple(packed)))
+                    packed, packed_bytes = [], 0
+                packed.append(chunk)
+                packed_bytes += chunk.nbytes
+        if packed:
+            buckets.append(Bucket(src, dst, tuple(packed)))
+    return buckets
+
+
+def _schedule(buckets: list[Bucket]) -> tuple[tuple[int, ...], ...]:
+    """Order buckets into steps where each rank sends at most one and receives at most one.
+
+    A greedy matching per step, busiest pairs first (by the bytes their sender
+    and receiver still have to move), which keeps the number of steps close to
+    the busiest rank's bucket count.
+    """
+    queues: dict[tuple[int, int], list[int]] = {}
+    send_left: dict[int, int] = {}
+    recv_left: dict[int, int] = {}
+    for index, bucket in enumerate(buckets):
+        queues.setdefault((bucket.src, bucket.dst), []).append(index)
+        send_left[bucket.src] = send_left.get(bucket.src, 0) + bucket.nbytes
+        recv_left[bucket.dst] = recv_left.get(bucket.dst, 0) + bucket.nbytes
+    for queue in queues.values():
+        queue.reverse()  # pop() from the end takes them in order
+    steps: list[tuple[int, ...]] = []
+    while queues:
+        order = sorted(queues, key=lambda pair: (-(send_left[pair[0]] + recv_left[pair[1]]), pair))
+        busy_send: set[int] = set()
+        busy_recv: set[int] = set()
+        step = []
+        for src, dst in order:
+            if src in busy_send or dst in busy_recv:
+                continue
+            busy_send.add(src)
+            busy_recv.add(dst)
+            index = queues[(src, dst)].pop()
+            step.append(index)
+            send_left[src] -= buckets[index].nbytes
+            recv_left[dst] -= buckets[index].nbytes
+            if not queues[(src, dst)]:
+                del queues[(src, dst)]
+        steps.append(tuple(sorted(step)))
+    return tuple(steps)
+
+
+# --- byte accounting, for tests, the benchmark and the operator's cost model ---
+
+
+def bytes_moved(plan: ReallocPlan) -> int:
+    """Bytes that cross between ranks (local copies excluded)."""
+    return sum(p.nbytes for p in plan.pieces)
+
+
+def bytes_received(plan: ReallocPlan) -> dict[int, int]:
+    out = dict.fromkeys(plan.dst.ranks, 0)
+    for p in plan.pieces:
+        out[p.dst] += p.nbytes
+    return out
+
+
+def bytes_sent(plan: ReallocPlan) -> dict[int, int]:
+    out = dict.fromkeys(plan.src.ranks, 0)
+    for p in plan.pieces:
+        out[p.src] += p.nbytes
+    return out
+
+
+def bytes_by_locality(plan: ReallocPlan) -> tuple[int, int]:
+    """(intra-node bytes, inter-node bytes) moved."""
+    intra = sum(p.nbytes for p in plan.pieces if plan.node_of[p.src] == plan.node_of[p.dst])
+    return intra, bytes_moved(plan) - intra
+
+
+def bytes_by_pair(plan: ReallocPlan) -> dict[tuple[int, int], int]:
+    """Bytes per (sender, receiver)."""
+    out: dict[tuple[int, int], int] = {}
+    for p in plan.pieces:
+        out[(p.src, p.dst)] = out.get((p.src, p.dst), 0) + p.nbytes
+    return out
+
+
+def local_bytes(plan: ReallocPlan) -> int:
+    """Bytes destination ranks copy from their own source shards."""
+    return sum(c.nbytes for c in plan.local)
