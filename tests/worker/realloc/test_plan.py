@@ -1,0 +1,222 @@
+"""The reallocation planner, without processes: minimal, exact, local first, balanced."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rlhf_worker.realloc.plan import (
+    ReallocPlan,
+    bytes_by_locality,
+    bytes_by_pair,
+    bytes_moved,
+    bytes_received,
+    bytes_sent,
+    contains,
+    intersect,
+    lacking_bytes,
+    local_bytes,
+    plan_reallocation,
+)
+from rlhf_worker.sharding import Layout, ModelShape, region_numel
+
+from tests.worker.realloc.cases import GQA, MODELS
+
+
+@st.composite
+def layouts(draw: st.DrawFn, model: ModelShape, world: int) -> Layout:
+    tp = draw(st.sampled_from([t for t in (1, 2, 3, 4, 6) if not model.layout_problems(1, t)]))
+    pp = draw(st.integers(1, min(3, model.num_layers)))
+    dp = draw(st.integers(1, 4))
+    if tp * pp * dp > world:
+        dp = 1
+    if tp * pp * dp > world:
+        pp = 1
+    ranks = draw(st.permutations(range(world)))[: tp * pp * dp]
+    return Layout(tuple(ranks), pp=pp, dp=dp, tp=tp)
+
+
+@st.composite
+def plan_inputs(draw: st.DrawFn) -> tuple[str, Layout, Layout, int, int]:
+    """(model name, src, dst, devices per node, bucket bytes): small to print on failure."""
+    name = draw(st.sampled_from(sorted(MODELS)))
+    world = draw(st.integers(6, 12))
+    src = draw(layouts(MODELS[name], world))
+    dst = draw(layouts(MODELS[name], world))
+    per_node = draw(st.sampled_from([1, 2, 4, 8, 64]))
+    bucket = draw(st.sampled_from([4, 64, 300, 1024, 1 << 20]))
+    return name, src, dst, per_node, bucket
+
+
+def make_plan(inputs: tuple[str, Layout, Layout, int, int]) -> ReallocPlan:
+    name, src, dst, per_node, bucket = inputs
+    return plan_reallocation(MODELS[name], src, dst, per_node, bucket_bytes=bucket)
+
+
+def check_plan(plan: ReallocPlan) -> None:
+    """Every invariant a plan must satisfy."""
+    holders = {
+        name: [r for r in plan.src.ranks if name in plan.src_shards[r]]
+        for name in (param.name for param in plan.model.params())
+    }
+    # Each destination region is covered exactly once, by local copies and pieces.
+    parts: dict[tuple[int, str], list[tuple[tuple[int, int], ...]]] = {}
+    for c in plan.local:
+        assert contains(plan.src_shards[c.rank][c.name], c.region)
+        parts.setdefault((c.rank, c.name), []).append(c.region)
+    for p in plan.pieces:
+        # The sender holds what it sends; the receiver does not hold any of it.
+        assert p.src != p.dst
+        assert contains(plan.src_shards[p.src][p.name], p.region)
+        own = plan.src_shards.get(p.dst, {}).get(p.name)
+        assert own is None or intersect(own, p.region) is None
+        assert p.nbytes == region_numel(p.region) * plan.element_bytes
+        parts.setdefault((p.dst, p.name), []).append(p.region)
+        # Same node first: a remote sender only if no holder shares the receiver's node.
+        if plan.node_of[p.src] != plan.node_of[p.dst]:
+            assert not any(
+                plan.node_of[r] == plan.node_of[p.dst]
+                and contains(plan.src_shards[r][p.name], p.region)
+                for r in holders[p.name]
+            )
+    for rank, shards in plan.dst_shards.items():
+        for name, want in shards.items():
+            got = parts.pop((rank, name))
+            assert all(contains(want, r) for r in got)
+            assert sum(region_numel(r) for r in got) == region_numel(want)
+            assert all(intersect(a, b) is None for a, b in itertools.combinations(got, 2))
+    assert not parts
+    # Bytes moved are the minimum: what each destination lacks.
+    assert bytes_received(plan) == lacking_bytes(plan.model, plan.src, plan.dst, plan.element_bytes)
+    assert sum(bytes_sent(plan).values()) == bytes_moved(plan) == sum(bytes_by_pair(plan).values())
+    assert sum(bytes_by_locality(plan)) == bytes_moved(plan)
+    # Buckets carry exactly the pieces, cut but not changed, in bounded messages.
+    chunks = [(c, b) for b in plan.buckets for c in b.pieces]
+    assert sum(c.nbytes for c, _ in chunks) == bytes_moved(plan)
+    for chunk, bucket in chunks:
+        assert (chunk.src, chunk.dst) == (bucket.src, bucket.dst)
+        assert any(
+            contains(p.region, chunk.region)
+            for p in plan.pieces
+            if p.name == chunk.name and (p.src, p.dst) == (chunk.src, chunk.dst)
+        )
+    for bucket in plan.buckets:
+        one_row = len(bucket.pieces) == 1 and bucket.pieces[0].region[0][1] == (
+            bucket.pieces[0].region[0][0] + 1
+        )
+        assert bucket.nbytes <= plan.bucket_bytes or one_row
+    # Steps: every bucket once; a rank sends and receives at most one bucket per step.
+    scheduled = sorted(i for step in plan.steps for i in step)
+    assert scheduled == list(range(len(plan.buckets)))
+    for step in plan.steps:
+        assert len({plan.buckets[i].src for i in step}) == len(step)
+        assert len({plan.buckets[i].dst for i in step}) == len(step)
+
+
+@settings(max_examples=150, deadline=None)
+@given(plan_inputs())
+def test_random_plans_are_exact_and_minimal(inputs: tuple[str, Layout, Layout, int, int]) -> None:
+    check_plan(make_plan(inputs))
+
+
+@settings(max_examples=60, deadline=None)
+@given(plan_inputs())
+def test_replicas_share_the_load_on_one_node(inputs: tuple[str, Layout, Layout, int, int]) -> None:
+    # On a single node every piece may come from any replica; the greedy choice keeps
+    # the replicas of each (stage, tp index) within one piece of each other.
+    name, src, dst, _, _ = inputs
+    plan = plan_reallocation(MODELS[name], src, dst, 1 << 20)
+    sent = bytes_sent(plan)
+    biggest = max((p.nbytes for p in plan.pieces), default=0)
+    for p_, t in itertools.product(range(src.pp), range(src.tp)):
+        loads = [sent[r] for r in src.dp_group(p_, t)]
+        assert max(loads) - min(loads) <= biggest
+
+
+def test_identical_layouts_move_nothing() -> None:
+    layout = Layout(tuple(range(8)), pp=2, dp=2, tp=2)
+    plan = plan_reallocation(GQA, layout, layout, 8)
+    assert bytes_moved(plan) == 0 and not plan.buckets and not plan.steps
+    assert local_bytes(plan) == sum(
+        region_numel(r) * 4 for shards in plan.dst_shards.values() for r in shards.values()
+    )
+
+
+def test_tp_split_is_local_and_merge_takes_the_missing_half() -> None:
+    # tp2 -> tp4: ranks 0 and 1 already hold the quarter they keep (local copies);
+    # ranks 2 and 3 are new and receive all their shards, replicated norms included.
+    src = Layout((0, 1), tp=2)
+    dst = Layout((0, 1, 2, 3), tp=4)
+    plan = plan_reallocation(GQA, src, dst, 4)
+    check_plan(plan)
+    received = bytes_received(plan)
+    assert received[0] == 0
+    whole = sum(p.numel for p in GQA.params()) * 4
+    assert received[2] == received[3] > 0
+    assert received[2] + received[3] > whole // 2  # the two new ranks get half, plus norms
+    # tp4 -> tp2: each merged rank lacks exactly the quarter it did not hold.
+    back = plan_reallocation(GQA, dst, src, 4)
+    check_plan(back)
+    assert bytes_received(back) == lacking_bytes(GQA, dst, src)
+
+
+def test_prefers_same_node_then_spreads_over_replicas() -> None:
+    # Source: 4 replicas, two on node 0 (ranks 0, 1) and two on node 1 (ranks 4, 5).
+    src = Layout((0, 1, 4, 5), dp=4)
+    dst = Layout((2, 3, 6, 7), tp=4)
+    plan = plan_reallocation(GQA, src, dst, 4)
+    check_plan(plan)
+    intra, inter = bytes_by_locality(plan)
+    assert inter == 0 and intra == bytes_moved(plan)
+    sent = bytes_sent(plan)
+    for a, b in ((0, 1), (4, 5)):
+        assert abs(sent[a] - sent[b]) <= max(p.nbytes for p in plan.pieces)
+    # With the replicas all on another node, everything crosses nodes, spread over them.
+    remote = plan_reallocation(GQA, Layout((4, 5, 6, 7), dp=4), Layout((0, 1, 2, 3), tp=4), 4)
+    check_plan(remote)
+    assert bytes_by_locality(remote)[0] == 0
+    loads = sorted(bytes_sent(remote).values())
+    assert loads[0] > 0 and loads[-1] - loads[0] <= max(p.nbytes for p in remote.pieces)
+
+
+def test_a_rank_node_function_is_accepted() -> None:
+    src = Layout((0, 1), dp=2)
+    dst = Layout((2, 3), dp=2)
+    # Rank 2 shares a node with rank 1, rank 3 with rank 0.
+    plan = plan_reallocation(GQA, src, dst, {0: 0, 1: 1, 2: 1, 3: 0}.__getitem__)
+    assert {(p.src, p.dst) for p in plan.pieces} == {(1, 2), (0, 3)}
+
+
+def test_big_pieces_are_cut_small_ones_packed() -> None:
+    src = Layout((0,))
+    dst = Layout((1,))
+    plan = plan_reallocation(GQA, src, dst, 1, bucket_bytes=1024)
+    check_plan(plan)
+    # The 40x32 embedding (5120 bytes) is cut into 8-row chunks of 1024 bytes, each alone.
+    embed = [b for b in plan.buckets if b.pieces[0].name == "model.embed_tokens.weight"]
+    assert [b.nbytes for b in embed] == [1024] * 5 and all(len(b.pieces) == 1 for b in embed)
+    # Norms (128 bytes) travel packed with others.
+    assert any(len(b.pieces) > 1 for b in plan.buckets)
+
+
+def test_layouts_that_cannot_shard_the_model_are_rejected() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="destination layout cannot shard"):
+        plan_reallocation(GQA, Layout((0,)), Layout((0, 1, 2), tp=3), 1)
+
+
+def test_plan_module_imports_without_torch() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import rlhf_worker.realloc.plan as p\n"
+        "from rlhf_worker.sharding import Layout, ModelShape\n"
+        "m = ModelShape(32, 48, 2, 8, 4, 4, 40)\n"
+        "print(p.bytes_moved(p.plan_reallocation(m, Layout((0,)), Layout((1,)), 1)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == sum(p.numel for p in ModelShape(32, 48, 2, 8, 4, 4, 40).params()) * 4
