@@ -1,0 +1,308 @@
+"""Each algorithm's advantages and losses against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from rlhf_operator.api.algorithm import (
+    GrpoParams,
+    PpoParams,
+    RemaxParams,
+    RlooParams,
+    SafeRlhfParams,
+)
+from rlhf_operator.api.dataflow import calls_for
+from rlhf_worker import algorithms
+from rlhf_worker.algorithms import core, grpo, ppo, remax, rloo, safe_rlhf
+
+
+def f64(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_every_algorithm_states_its_calls_from_the_api() -> None:
+    for name, module in algorithms.ALGORITHMS.items():
+        assert name == module.NAME
+        assert calls_for(name) == module.CALLS
+        assert algorithms.for_name(name) is module
+        state = module.new_state(module.Params())
+        state.load_state_dict(state.state_dict())
+    assert {c.name for c in ppo.CALLS} >= {"critic_inf", "critic_train"}
+    assert "cost_inf" in {c.name for c in safe_rlhf.CALLS}
+    assert "reward_greedy_inf" in {c.name for c in remax.CALLS}
+    with pytest.raises(ValueError, match="unknown algorithm 'dpo'"):
+        algorithms.for_name("dpo")
+
+
+# ---------------------------------------------------------------- GRPO
+
+
+def test_grpo_group_normalisation() -> None:
+    rewards = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    adv = grpo.group_advantages(rewards, 3, normalize_std=True)
+    # Group 1: mean 2, unbiased std 1. Group 2: all equal -> 0, not nan.
+    assert adv.tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0], abs=1e-6)
+    two = grpo.group_advantages(torch.tensor([0.0, 4.0]), 2, normalize_std=True)
+    # Centred +-2, unbiased std sqrt(8).
+    assert two.tolist() == pytest.approx([-2 / math.sqrt(8), 2 / math.sqrt(8)], rel=1e-6)
+    # Dr. GRPO: centred only.
+    dr = grpo.group_advantages(torch.tensor([0.0, 4.0, 1.0, 1.0]), 2, normalize_std=False)
+    assert dr.tolist() == [-2.0, 2.0, 0.0, 0.0]
+
+
+def test_grpo_advantages_are_per_token_and_zero_on_padding() -> None:
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    batch = {"mask": mask, "rewards": torch.tensor([0.0, 1.0])}
+    out = grpo.actor_advantages(batch, GrpoParams(group_size=2), core.NoState(), 2)
+    s = 1 / math.sqrt(2)
+    assert torch.allclose(out.advantages, torch.tensor([[-s, -s, 0.0], [s, 0.0, 0.0]]), atol=1e-6)
+    assert out.returns is None
+    assert out.metrics["reward_mean"] == 0.5
+
+
+def test_grpo_rejects_groups_that_do_not_fit() -> None:
+    batch = {"mask": torch.ones(3, 2), "rewards": torch.zeros(3)}
+    with pytest.raises(ValueError, match="3 samples is not a whole number of groups of 2"):
+        grpo.actor_advantages(batch, GrpoParams(), core.NoState(), 2)
+    with pytest.raises(ValueError, match="at least 2 samples per prompt"):
+        grpo.actor_advantages(batch, GrpoParams(), core.NoState(), 1)
+
+
+def test_grpo_loss_adds_the_kl_in_the_loss() -> None:
+    mask = f64([1.0, 1.0], [1.0, 0.0])
+    gen = f64([-1.0, -1.0], [-1.0, 0.0])
+    ref = f64([-2.0, -1.0], [-1.0, 0.0])
+    adv = f64([1.0, 1.0], [-1.0, 0.0])
+    batch = {"mask": mask, "gen_logprobs": gen, "ref_logprobs": ref}
+    params = GrpoParams(kl_coef=0.5, kl_estimator="k3", loss_aggregation="token-mean")
+    out = grpo.actor_loss(gen.clone(), batch, adv, params)
+    # ratio 1: surrogate = -A per token; k3 with d = 1 on the first token: e^-1 - 1 + 1.
+    k3 = math.exp(-1.0)
+    expected = ((-1.0 + 0.5 * k3) + (-1.0) + (1.0)) / 3
+    assert out.loss.item() == pytest.approx(expected)
+    assert out.metrics["kl"] == pytest.approx(k3 / 2)
+    seq = grpo.actor_loss(
+        gen.clone(), batch, adv, params.model_copy(update={"loss_aggregation": "sequence-mean"})
+    )
+    assert seq.loss.item() == pytest.approx((((-1.0 + 0.5 * k3) - 1.0) / 2 + 1.0) / 2)
+    no_kl = grpo.actor_loss(gen.clone(), batch, adv, params.model_copy(update={"kl_coef": 0.0}))
+    assert no_kl.loss.item() == pytest.approx(-1 / 3)
+    assert "kl" not in no_kl.metrics
+
+
+# ---------------------------------------------------------------- RLOO
+
+
+def test_rloo_leave_one_out_baseline() -> None:
+    adv = rloo.leave_one_out(torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 2.0]), 2)
+    assert adv.tolist() == pytest.approx([-1.0, 1.0, -3.0, 3.0, -2.0, 2.0])
+    four = rloo.leave_one_out(torch.tensor([1.0, 2.0, 3.0, 6.0]), 4)
+    # 1 - (2+3+6)/3, 2 - (1+3+6)/3, 3 - (1+2+6)/3, 6 - (1+2+3)/3
+    assert four.tolist() == pytest.approx([-8 / 3, -4 / 3, 0.0, 4.0])
+
+
+def test_rloo_subtracts_the_sequence_kl_from_the_score() -> None:
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    batch = {
+        "mask": mask,
+        "rewards": torch.tensor([1.0, 1.0]),
+        "gen_logprobs": torch.tensor([[-1.0, -1.0], [-1.0, -5.0]]),
+        "ref_logprobs": torch.tensor([[-2.0, -2.0], [-1.0, 0.0]]),
+    }
+    out = rloo.actor_advantages(
+        batch, RlooParams(kl_coef=0.1, kl_estimator="k1"), core.NoState(), 2
+    )
+    # Scores: 1 - 0.1 * 2 = 0.8 and 1 - 0 (padding's KL is ignored) = 1.
+    assert torch.allclose(out.advantages, torch.tensor([[-0.2, -0.2], [0.2, 0.0]]))
+    assert out.metrics["kl"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- ReMax
+
+
+def test_remax_baseline_is_the_greedy_reward_of_the_prompt() -> None:
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    batch = {
+        "mask": mask,
+        "rewards": torch.tensor([1.0, 3.0, 0.0, 0.5]),
+        "greedy_rewards": torch.tensor([2.0, 0.5]),
+        "gen_logprobs": torch.zeros(4, 2),
+    }
+    out = remax.actor_advantages(batch, RemaxParams(kl_coef=0.0), core.NoState(), 2)
+    expected = torch.tensor([[-1.0, -1.0], [1.0, 0.0], [-0.5, -0.5], [0.0, 0.0]])
+    assert torch.allclose(out.advantages, expected)
+    repeated = {**batch, "greedy_rewards": torch.tensor([2.0, 2.0, 0.5, 0.5])}
+    assert torch.equal(
+        remax.actor_advantages(repeated, RemaxParams(kl_coef=0.0), core.NoState(), 2).advantages,
+        out.advantages,
+    )
+    with pytest.raises(ValueError, match="3 greedy rewards for 4 samples"):
+        remax.greedy_baseline(torch.zeros(3), 4, 2)
+
+
+def test_remax_kl_penalty_is_in_the_reward_to_go() -> None:
+    batch = {
+        "mask": torch.ones(1, 2),
+        "rewards": torch.tensor([1.0]),
+        "greedy_rewards": torch.tensor([0.0]),
+        "gen_logprobs": torch.tensor([[-1.0, -1.0]]),
+        "ref_logprobs": torch.tensor([[-2.0, -1.5]]),
+    }
+    out = remax.actor_advantages(batch, RemaxParams(kl_coef=0.1, kl_estimator="k1"), core.NoState())
+    # Token rewards: -0.1, 1 - 0.05; reward-to-go 0.85, 0.95.
+    assert torch.allclose(out.advantages, torch.tensor([[0.85, 0.95]]))
+
+
+# ---------------------------------------------------------------- PPO
+
+
+def _ppo_batch() -> dict[str, torch.Tensor]:
+    return {
+        "mask": f64([1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]),
+        "rewards": torch.tensor([1.0, 2.0], dtype=torch.float64),
+        "values": f64([0.5, 0.6, 0.7, 9.0], [0.5, 7.0, 7.0, 7.0]),
+        "gen_logprobs": f64([-1.0, -1.0, -1.0, 0.0], [-1.0, 0.0, 0.0, 0.0]),
+        "ref_logprobs": f64([-1.0, -1.0, -1.0, 0.0], [-1.0, 0.0, 0.0, 0.0]),
+    }
+
+
+def test_ppo_advantages_match_gae_by_hand_then_whitening() -> None:
+    params = PpoParams(gamma=0.9, lam=0.8, normalize_rewards=False, kl_coef=0.1)
+    out = ppo.actor_advantages(_ppo_batch(), params, ppo.new_state(params))
+    # Same numbers as core's GAE test (zero KL since gen == ref).
+    assert out.returns is not None
+    assert out.returns[0].tolist() == pytest.approx([0.71712, 0.846, 1.0, 0.0])
+    assert out.returns[1].tolist() == pytest.approx([2.0, 0.0, 0.0, 0.0])
+    raw = torch.tensor([0.21712, 0.246, 0.3, 1.5], dtype=torch.float64)
+    whitened = (raw - raw.mean()) / raw.std()
+    assert out.advantages[0, :3].tolist() == pytest.approx(whitened[:3].tolist(), rel=1e-6)
+    assert out.advantages[1, 0].item() == pytest.approx(whitened[3].item(), rel=1e-6)
+    assert out.advantages[0, 3].item() == 0.0
+    assert out.metrics["reward_mean"] == 1.5 and out.metrics["kl"] == 0.0
+
+
+def test_ppo_reward_normalisation_and_clipping() -> None:
+    params = PpoParams(normalize_rewards=True, reward_clip=0.5)
+    state = ppo.new_state(params)
+    normalised = ppo.normalized_rewards(torch.tensor([1.0, 3.0]), params, state.rewards)
+    # Running mean 2, unbiased std sqrt(2): (+-1)/sqrt(2) = +-0.707, clipped to +-0.5.
+    assert normalised.tolist() == pytest.approx([-0.5, 0.5])
+    assert state.rewards.count == 2
+    unnormalised = PpoParams(normalize_rewards=False, reward_clip=2.0)
+    assert ppo.normalized_rewards(
+        torch.tensor([-5.0, 1.0]), unnormalised, ppo.new_state(unnormalised).rewards
+    ).tolist() == [-2.0, 1.0]
+
+
+def test_ppo_state_resumes_exactly() -> None:
+    params = PpoParams()
+    batches = [_ppo_batch() for _ in range(3)]
+    for i, b in enumerate(batches):
+        b["rewards"] = b["rewards"] * (i + 1)
+    straight = ppo.new_state(params)
+    results = [ppo.actor_advantages(b, params, straight).advantages for b in batches]
+    first = ppo.new_state(params)
+    ppo.actor_advantages(batches[0], params, first)
+    resumed = ppo.new_state(params)
+    resumed.load_state_dict(first.state_dict())
+    for b, expected in zip(batches[1:], results[1:], strict=True):
+        assert torch.equal(ppo.actor_advantages(b, params, resumed).advantages, expected)
+    assert resumed.state_dict() == straight.state_dict()
+
+
+def test_ppo_losses() -> None:
+    batch = _ppo_batch()
+    params = PpoParams(entropy_coef=0.1)
+    adv = f64([1.0, 1.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0])
+    entropy = f64([2.0, 2.0, 2.0, 50.0], [2.0, 50.0, 50.0, 50.0])
+    out = ppo.actor_loss(batch["gen_logprobs"], batch, adv, params, entropy=entropy)
+    # ratio 1: surrogate -A, mean over 4 real tokens = -0.5; entropy bonus 0.1 * 2.
+    assert out.loss.item() == pytest.approx(-0.5 - 0.2)
+    assert out.metrics["entropy"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no entropy"):
+        ppo.actor_loss(batch["gen_logprobs"], batch, adv, params)
+    returns = batch["values"] + 1.0
+    critic = ppo.critic_loss(batch["values"] + 0.5, batch, returns, PpoParams(value_clip_ratio=0.2))
+    # Clipped to +0.2: error 0.8^2 vs unclipped 0.5^2: 0.5 * 0.64.
+    assert critic.loss.item() == pytest.approx(0.32)
+
+
+# ---------------------------------------------------------------- Safe-RLHF
+
+
+def test_lagrange_multiplier_update_and_clamping() -> None:
+    params = SafeRlhfParams(cost_limit=1.0, lagrangian_lr=0.1, lagrangian_max=2.0)
+    assert safe_rlhf.update_lagrange(1.0, 3.0, params) == pytest.approx(1.2)
+    assert safe_rlhf.update_lagrange(0.05, 0.0, params) == 0.0
+    assert safe_rlhf.update_lagrange(1.95, 10.0, params) == 2.0
+
+
+def test_safe_rlhf_combination_and_state() -> None:
+    assert safe_rlhf.combine(torch.tensor(1.0), torch.tensor(2.0), 1.0).item() == -0.5
+    params = SafeRlhfParams(
+        cost_limit=0.0,
+        lagrangian_init=1.0,
+        lagrangian_lr=0.5,
+        normalize_rewards=False,
+        gamma=1.0,
+        lam=1.0,
+        kl_coef=0.0,
+    )
+    state = safe_rlhf.new_state(params)
+    batch = {
+        "mask": torch.ones(2, 1),
+        "rewards": torch.tensor([1.0, 0.0]),
+        "costs": torch.tensor([2.0, 0.0]),
+        "values": torch.zeros(2, 1, 2),
+        "gen_logprobs": torch.zeros(2, 1),
+    }
+    out = safe_rlhf.actor_advantages(batch, params, state)
+    # Mean cost 1 > limit 0: lambda 1 -> 1.5, then A = (A_r - 1.5 A_c) / 2.5.
+    assert state.lagrange == pytest.approx(1.5)
+    assert out.advantages[:, 0].tolist() == pytest.approx([(1 - 3) / 2.5, 0.0])
+    assert out.returns is not None and out.returns.shape == (2, 1, 2)
+    assert out.returns[0, 0].tolist() == [1.0, 2.0]
+    restored = safe_rlhf.new_state(params)
+    restored.load_state_dict(state.state_dict())
+    assert restored == state
+
+
+def test_safe_rlhf_kl_weight_does_not_depend_on_lambda() -> None:
+    batch = {
+        "mask": torch.ones(1, 1, dtype=torch.float64),
+        "rewards": torch.zeros(1, dtype=torch.float64),
+        "costs": torch.zeros(1, dtype=torch.float64),
+        "values": torch.zeros(1, 1, 2, dtype=torch.float64),
+        "gen_logprobs": f64([-1.0]),
+        "ref_logprobs": f64([-2.0]),
+    }
+    for lagrange in (0.0, 1.0, 7.0):
+        params = SafeRlhfParams(
+            kl_coef=0.3,
+            kl_estimator="k1",
+            normalize_rewards=False,
+            lagrangian_init=lagrange,
+            cost_limit=0.0,
+            lagrangian_lr=1e-9,
+        )
+        out = safe_rlhf.actor_advantages(batch, params, safe_rlhf.new_state(params))
+        assert out.advantages.item() == pytest.approx(-0.3, rel=1e-6)
+
+
+def test_safe_rlhf_needs_two_values_and_sums_both_value_losses() -> None:
+    params = SafeRlhfParams()
+    batch = {
+        "mask": torch.ones(1, 1),
+        "rewards": torch.zeros(1),
+        "costs": torch.zeros(1),
+        "values": torch.zeros(1, 1),
+        "gen_logprobs": torch.zeros(1, 1),
+    }
+    with pytest.raises(ValueError, match=r"values must be \[B, T, 2\]"):
+        safe_rlhf.actor_advantages(batch, params, safe_rlhf.new_state(params))
+    batch["values"] = torch.zeros(1, 1, 2)
+    returns = torch.tensor([[[0.1, -0.2]]])
+    loss = safe_rlhf.critic_loss(torch.zeros(1, 1, 2), batch, returns, params)
+    assert loss.loss.item() == pytest.approx(0.5 * 0.01 + 0.5 * 0.04)

@@ -1,0 +1,92 @@
+"""GRPO: group-normalised advantages, no critic; the KL term is part of the loss.
+
+Calls (``CALLS``): actor_gen, ref_inf, reward_inf, actor_train. Each prompt's
+``samples_per_prompt`` responses are one group (consecutive in the batch). A
+response's advantage is its reward minus the group mean, divided by the group's
+standard deviation unless ``normalize_std`` is off (Dr. GRPO), and is the same
+on every one of its tokens. The loss is the clipped surrogate plus
+``kl_coef * KL(pi_theta || pi_ref)`` per token (k3 by default, differentiated
+through the current log-probabilities), averaged per ``loss_aggregation``.
+"""
+
+from __future__ import annotations
+
+from rlhf_operator.api.algorithm import GrpoParams
+from rlhf_operator.api.dataflow import calls_for
+from torch import Tensor
+
+from rlhf_worker.algorithms.core import (
+    EPS,
+    Advantages,
+    Batch,
+    LossOut,
+    NoState,
+    aggregate,
+    clipped_surrogate,
+    group_view,
+    kl_per_token,
+    masked_mean,
+    masked_sum,
+    need,
+    policy_metrics,
+)
+
+NAME = "grpo"
+CALLS = calls_for(NAME)
+Params = GrpoParams
+
+
+def new_state(params: GrpoParams) -> NoState:
+    return NoState()
+
+
+def group_advantages(rewards: Tensor, samples_per_prompt: int, normalize_std: bool) -> Tensor:
+    """[B] rewards -> [B] advantages centred (and scaled) within each prompt's group."""
+    if samples_per_prompt < 2:
+        raise ValueError(f"{NAME}: needs at least 2 samples per prompt, got {samples_per_prompt}")
+    groups = group_view(rewards.float(), samples_per_prompt, f"{NAME} batch")
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if normalize_std:
+        # Unbiased std, as in DeepSeekMath; EPS keeps an all-equal group at 0.
+        centred = centred / (groups.std(dim=1, keepdim=True) + EPS)
+    return centred.flatten()
+
+
+def actor_advantages(
+    batch: Batch, params: GrpoParams, state: NoState, samples_per_prompt: int
+) -> Advantages:
+    """Per-token advantages [B, T] (the response's group advantage on each token)."""
+    mask = need(batch, "mask", NAME).float()
+    rewards = need(batch, "rewards", NAME)
+    advantages = group_advantages(rewards, samples_per_prompt, params.normalize_std)
+    groups = group_view(rewards.float(), samples_per_prompt)
+    metrics = {
+        "reward_mean": float(rewards.float().mean()),
+        "reward_group_std": float(groups.std(dim=1).mean()),
+        # Groups whose responses all scored the same teach nothing.
+        "zero_std_fraction": float((groups.std(dim=1) < EPS).float().mean()),
+    }
+    return Advantages(advantages[:, None] * mask, None, metrics)
+
+
+def actor_loss(
+    new_logprobs: Tensor,
+    batch: Batch,
+    advantages: Tensor,
+    params: GrpoParams,
+    entropy: Tensor | None = None,
+) -> LossOut:
+    """Clipped surrogate plus the KL to the reference, per token, then aggregated."""
+    mask = need(batch, "mask", NAME).float()
+    old_logprobs = need(batch, "gen_logprobs", NAME)
+    per_token, was_clipped = clipped_surrogate(
+        new_logprobs, old_logprobs, advantages, mask, params.clip_ratio
+    )
+    metrics = policy_metrics(new_logprobs, old_logprobs, was_clipped, mask)
+    if params.kl_coef > 0.0 and "ref_logprobs" in batch:
+        kl = kl_per_token(new_logprobs, batch["ref_logprobs"], params.kl_estimator)
+        per_token = per_token + params.kl_coef * kl
+        metrics["kl"] = float(masked_sum(kl.detach(), mask, dim=1).mean())
+        metrics["kl_token_mean"] = float(masked_mean(kl.detach(), mask))
+    loss = aggregate(per_token, mask, params.loss_aggregation)
+    return LossOut(loss, metrics)
