@@ -13,6 +13,7 @@ from typing import Any
 
 import celpy
 from openapi_schema_validator import OAS30Validator
+
 from rlhf_operator.api.crd import build_crd
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from rlhf_operator.api.crd import build_crd, crd_yaml
 
 from .crd_semantics import cel_violations, crd_schema, schema_errors

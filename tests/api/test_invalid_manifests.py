@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from rlhf_operator.api.manifests import validate_text
 
 from .crd_semantics import cel_violations, schema_errors

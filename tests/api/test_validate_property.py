@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from rlhf_operator.api.manifests import validate_text
 from rlhf_operator.cli.main import main
 

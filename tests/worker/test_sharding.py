@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from rlhf_worker.sharding import (
     Layout,
     ModelShape,

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .. import __version__
-from . import crd, validate
+from . import crd, plan, profile, validate
 
-SUBCOMMANDS = [validate, crd]
+SUBCOMMANDS = [validate, crd, plan, profile]
 
 
 def build_parser() -> argparse.ArgumentParser:
