@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .. import __version__
-from . import crd, plan, profile, validate
+from . import crd, operator, plan, profile, validate
 
-SUBCOMMANDS = [validate, crd, plan, profile]
+SUBCOMMANDS = [validate, crd, plan, profile, operator]
 
 
 def build_parser() -> argparse.ArgumentParser:

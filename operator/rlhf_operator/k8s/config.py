@@ -1,0 +1,57 @@
+"""The operator's own settings (flags or RLHF_OPERATOR_* environment variables;
+the Helm chart sets the latter)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_IMAGE = "ghcr.io/rlhf-operator/rlhf-operator:0.1.0"
+DEFAULT_WORKER_IMAGE = "ghcr.io/rlhf-operator/rlhf-worker:0.1.0"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    coordinator_image: str = DEFAULT_IMAGE
+    """Image of coordinator pods when the job names none (the operator's own image)."""
+    worker_image: str = DEFAULT_WORKER_IMAGE
+    """Image of worker pods when the job names none."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty: all (cluster-wide)."""
+    metrics_port: int = 8080
+    """Port of /metrics (0: no metrics server, e.g. in tests)."""
+    health_port: int = 8081
+    """Port of the liveness endpoint /healthz (0: none)."""
+    log_level: str = "INFO"
+    resync_seconds: float = 10.0
+    """How often every job is reconciled even without a change (pod phases, deadlines)."""
+    retry_seconds: float = 15.0
+    """Delay before retrying a job that waits (GPUs, pods still terminating)."""
+    output_dir: str = "/var/lib/rlhf"
+    """The coordinator's output directory when the job sets no checkpoint path."""
+    shm_size: str | None = None
+    """Size limit of each worker's /dev/shm memory volume (None: unlimited)."""
+    socket_ifname: str = "eth0"
+    """Network interface for NCCL and gloo sockets inside pods."""
+    extra_worker_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorConfig:
+        d = cls()
+        namespaces = tuple(
+            n.strip() for n in environ.get("RLHF_OPERATOR_NAMESPACES", "").split(",") if n.strip()
+        )
+        return cls(
+            coordinator_image=environ.get("RLHF_OPERATOR_COORDINATOR_IMAGE", d.coordinator_image),
+            worker_image=environ.get("RLHF_OPERATOR_WORKER_IMAGE", d.worker_image),
+            namespaces=namespaces,
+            metrics_port=int(environ.get("RLHF_OPERATOR_METRICS_PORT", d.metrics_port)),
+            health_port=int(environ.get("RLHF_OPERATOR_HEALTH_PORT", d.health_port)),
+            log_level=environ.get("RLHF_OPERATOR_LOG_LEVEL", d.log_level).upper(),
+            resync_seconds=float(environ.get("RLHF_OPERATOR_RESYNC_SECONDS", d.resync_seconds)),
+            retry_seconds=float(environ.get("RLHF_OPERATOR_RETRY_SECONDS", d.retry_seconds)),
+            output_dir=environ.get("RLHF_OPERATOR_OUTPUT_DIR", d.output_dir),
+            shm_size=environ.get("RLHF_OPERATOR_SHM_SIZE") or None,
+            socket_ifname=environ.get("RLHF_OPERATOR_SOCKET_IFNAME", d.socket_ifname),
+        )

@@ -1,0 +1,241 @@
+"""A Kubernetes cluster for tests: the emulator (in its own thread), the real
+operator (kopf, in another thread), a fake kubelet that moves pods through
+their phases, and helpers to read and change objects over HTTP.
+
+Nodes are plain Node objects with `status.allocatable["nvidia.com/gpu"]`;
+nothing schedules pods onto them (the emulator has no scheduler): the fake
+kubelet marks every new pod Running, and tests mark pods Failed or Succeeded
+to play what a real kubelet would report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from rlhf_operator.api import GROUP, PLURAL, VERSION
+from rlhf_operator.k8s.config import OperatorConfig
+from rlhf_operator.k8s.kube import Kube
+from rlhf_operator.k8s.run import operate, settings_for
+
+from .emulator import EmulatorThread
+
+JOBS = f"/apis/{GROUP}/{VERSION}"
+NAMESPACE = "default"
+
+TEST_CONFIG = OperatorConfig(
+    coordinator_image="rlhf-operator:test",
+    worker_image="rlhf-worker:test",
+    metrics_port=0,
+    health_port=0,
+    resync_seconds=0.3,
+    retry_seconds=0.5,
+)
+
+
+def write_kubeconfig(path: Path, url: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+                "users": [{"name": "test", "user": {"token": "test-token"}}],
+                "contexts": [
+                    {"name": "emulator", "context": {"cluster": "emulator", "user": "test"}}
+                ],
+                "current-context": "emulator",
+            }
+        )
+    )
+    return path
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Poll until predicate() is truthy; a hang guard, not a speed assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class OperatorThread:
+    """The real operator (`k8s.run.operate`) in a thread with its own loop."""
+
+    def __init__(self, config: OperatorConfig, kubeconfig: Path) -> None:
+        self.config = config
+        self.kubeconfig = kubeconfig
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="operator", daemon=True)
+
+    def _run(self) -> None:
+        settings = settings_for(self.config)
+        settings.watching.server_timeout = 30
+        settings.watching.client_timeout = 35
+        settings.posting.level = 100  # no events for kopf's log lines in tests
+        try:
+            asyncio.run(
+                operate(
+                    self.config,
+                    str(self.kubeconfig),
+                    stop_flag=self.stop_flag,
+                    ready_flag=self.ready_flag,
+                    settings=settings,
+                )
+            )
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def start(self) -> OperatorThread:
+        self.thread.start()
+        wait_for(lambda: self.ready_flag.is_set() or self.error, "the operator to start")
+        return self
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the operator did not stop"
+
+
+class Cluster:
+    """Test-side access to the emulator: the same HTTP API the operator uses."""
+
+    def __init__(self, emulator: EmulatorThread, kubeconfig: Path) -> None:
+        self.emulator = emulator
+        self.kubeconfig = kubeconfig
+        self.kube = Kube.from_kubeconfig(str(kubeconfig))
+
+    # --- generic --------------------------------------------------------
+    def get(self, path: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.kube.call("GET", path))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def items(self, path: str) -> list[dict[str, Any]]:
+        return list((self.kube.call("GET", path) or {}).get("items") or [])
+
+    # --- jobs -----------------------------------------------------------
+    def apply_job(self, manifest: dict[str, Any], namespace: str = NAMESPACE) -> None:
+        manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
+        self.kube.call("POST", f"{JOBS}/namespaces/{namespace}/{PLURAL}", manifest)
+
+    def job(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        return self.get(f"{JOBS}/namespaces/{namespace}/{PLURAL}/{name}")
+
+    def status(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        return dict((self.job(name, namespace) or {}).get("status") or {})
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        for c in self.status(name).get("conditions") or []:
+            if c["type"] == type_:
+                return dict(c)
+        return None
+
+    def patch_job(self, name: str, patch: dict[str, Any], namespace: str = NAMESPACE) -> None:
+        self.kube.call(
+            "PATCH",
+            f"{JOBS}/namespaces/{namespace}/{PLURAL}/{name}",
+            patch,
+            "application/merge-patch+json",
+        )
+
+    # --- pods and other children ------------------------------------------
+    def pods(self, job: str | None = None, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+        # The emulator ignores label selectors: filter here.
+        pods = self.items(f"/api/v1/namespaces/{namespace}/pods")
+        if job is not None:
+            pods = [p for p in pods if (p["metadata"].get("labels") or {}).get(f"{GROUP}/job") == job]
+        return pods
+
+    def pod_names(self, job: str) -> set[str]:
+        return {p["metadata"]["name"] for p in self.pods(job)}
+
+    def set_pod_phase(
+        self, name: str, phase: str, exit_code: int | None = None, namespace: str = NAMESPACE
+    ) -> None:
+        status: dict[str, Any] = {"phase": phase}
+        if exit_code is not None:
+            status["containerStatuses"] = [
+                {
+                    "name": "main",
+                    "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}},
+                }
+            ]
+        self.kube.call(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+            {"status": status},
+            "application/merge-patch+json",
+        )
+
+    def events(self, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+        return self.items(f"/api/v1/namespaces/{namespace}/events")
+
+    def add_gpu_node(
+        self, name: str, gpus: int, product: str = "NVIDIA-H100-80GB-HBM3", **extra: Any
+    ) -> None:
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "64"},
+                "capacity": {"nvidia.com/gpu": str(gpus), "cpu": "64"},
+            },
+        }
+        for key, value in extra.items():
+            node[key] = value
+        self.kube.call("POST", "/api/v1/nodes", node)
+
+
+class FakeKubelet:
+    """Marks every new pod Running (what kubelet would report once it started)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.stop_flag = threading.Event()
+        self.paused = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="kubelet", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop_flag.wait(0.05):
+            if self.paused.is_set():
+                continue
+            try:
+                for pod in self.cluster.pods():
+                    phase = (pod.get("status") or {}).get("phase")
+                    if phase is None and not pod["metadata"].get("deletionTimestamp"):
+                        self.cluster.set_pod_phase(
+                            pod["metadata"]["name"], "Running", namespace=pod["metadata"]["namespace"]
+                        )
+            except ApiException:
+                continue  # a pod deleted between list and patch
+
+    def start(self) -> FakeKubelet:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(10)
+
+
+def config(**changes: Any) -> OperatorConfig:
+    return dataclasses.replace(TEST_CONFIG, **changes)
