@@ -6,9 +6,9 @@ import random
 from typing import Any
 
 import pytest
-from rlhf_worker.realloc.plan import bytes_received, plan_reallocation
 
-from tests.worker.realloc._dist import run_distributed
+from rlhf_worker.realloc.plan import bytes_received, plan_reallocation
+from tests.worker.distributed import run_distributed
 from tests.worker.realloc.cases import MODELS, random_pairs, reference_weights, slices
 
 WORLD = 8
@@ -17,6 +17,7 @@ PAIRS = 60
 
 def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]:
     import torch
+
     from rlhf_worker.realloc.execute import MemoryStats, reallocate
 
     rng = random.Random(seed + 1)

@@ -8,6 +8,7 @@ import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from rlhf_worker.realloc.plan import (
     ReallocPlan,
     bytes_by_locality,
@@ -22,7 +23,6 @@ from rlhf_worker.realloc.plan import (
     plan_reallocation,
 )
 from rlhf_worker.sharding import Layout, ModelShape, region_numel
-
 from tests.worker.realloc.cases import GQA, MODELS
 
 
