@@ -161,7 +161,9 @@ class Cluster:
         # The emulator ignores label selectors: filter here.
         pods = self.items(f"/api/v1/namespaces/{namespace}/pods")
         if job is not None:
-            pods = [p for p in pods if (p["metadata"].get("labels") or {}).get(f"{GROUP}/job") == job]
+            pods = [
+                p for p in pods if (p["metadata"].get("labels") or {}).get(f"{GROUP}/job") == job
+            ]
         return pods
 
     def pod_names(self, job: str) -> set[str]:
@@ -223,7 +225,9 @@ class FakeKubelet:
                     phase = (pod.get("status") or {}).get("phase")
                     if phase is None and not pod["metadata"].get("deletionTimestamp"):
                         self.cluster.set_pod_phase(
-                            pod["metadata"]["name"], "Running", namespace=pod["metadata"]["namespace"]
+                            pod["metadata"]["name"],
+                            "Running",
+                            namespace=pod["metadata"]["namespace"],
                         )
             except ApiException:
                 continue  # a pod deleted between list and patch

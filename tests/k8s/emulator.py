@@ -202,4 +202,4 @@ class EmulatorThread:
     def requests(self) -> list[Any]:
         """Requests served so far (for counting API calls)."""
         assert self.emulator is not None
-        return list(self.emulator.requests)
+        return list(self.emulator._requests)
