@@ -1,0 +1,254 @@
+"""Measure a device profile for the planner: `python -m rlhf_worker.profiling`.
+
+The torch side of `rlhfctl profile` (the operator package never imports torch).
+Times, on the local CPU or on a GPU when present: GEMMs of a decoder layer's
+shapes at a few token counts (peak rate and how fast small ones fall off),
+memory bandwidth (a large copy), host<->device copies, a tiny kernel's launch
+overhead, and an all-reduce between two processes (gloo on CPU, NCCL across
+two GPUs when there are two). It writes a YAML profile in the format of
+`rlhf_operator/planner/profiles/*.yaml`, with the raw figures under `measured`.
+
+What cannot be measured on one machine is taken from the nearest shipped
+assumption and said so in `measured.assumed`: the inter-node link (a CPU
+profile uses its intra-node figures; a GPU profile keeps 400 Gb/s per GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+KERNELS_PER_LAYER = 12  # matches the planner's estimator
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, repeat: int, min_seconds: float) -> float:
+    """Median seconds of one call of fn (after a warm-up)."""
+    fn()
+    _sync(device)
+    times = []
+    deadline = time.perf_counter() + min_seconds
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if i >= 2 and time.perf_counter() > deadline:
+            break
+    return statistics.median(times)
+
+
+def measure_gemm(device: torch.device, dtype: torch.dtype, quick: bool) -> dict[str, Any]:
+    hidden = 1024 if device.type == "cpu" else 8192
+    rows = [8, 32, 128, 512, 2048] if device.type == "cpu" else [16, 64, 256, 1024, 4096, 16384]
+    if quick:
+        rows = rows[::2]
+    rates = {}
+    for m in rows:
+        a = torch.randn(m, hidden, device=device, dtype=dtype)
+        b = torch.randn(hidden, hidden, device=device, dtype=dtype)
+
+        def gemm(a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor:
+            return a @ b
+
+        secs = _time(gemm, device, 20, 0.3)
+        rates[m] = 2 * m * hidden * hidden / secs
+    peak = max(rates.values())
+    # Fit rate(m) = peak * m / (m + half): half = m * (peak / rate - 1), median over shapes.
+    halves = [m * (peak / r - 1) for m, r in rates.items() if r < peak]
+    half = max(1.0, statistics.median(halves)) if halves else 1.0
+    return {"hidden": hidden, "flops_by_rows": rates, "peak": peak, "half_rows": half}
+
+
+def measure_bandwidth(device: torch.device, quick: bool) -> float:
+    n = (64 if device.type == "cpu" else 1024) * 2**20 // (2 if quick else 1)
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    secs = _time(lambda: dst.copy_(src), device, 10, 0.3)
+    return 2 * n / secs  # read + write
+
+
+def measure_host(device: torch.device, quick: bool) -> float:
+    if device.type == "cpu":
+        return measure_bandwidth(device, quick) / 2
+    n = 256 * 2**20
+    host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(n, dtype=torch.uint8, device=device)
+    secs = _time(lambda: dev.copy_(host, non_blocking=True), device, 10, 0.3)
+    return n / secs
+
+
+def measure_launch(device: torch.device) -> float:
+    x = torch.zeros(1, device=device)
+
+    def many() -> None:
+        for _ in range(200):
+            x.add_(1.0)
+
+    return _time(many, device, 10, 0.2) / 200
+
+
+def _allreduce_worker(
+    rank: int, world: int, backend: str, init: str, sizes: list[int], out: Any
+) -> None:
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    results = {}
+    for n in sizes:
+        t = torch.ones(max(1, n // 4), dtype=torch.float32, device=device)
+        for _ in range(2):
+            dist.all_reduce(t)
+        _sync(device)
+        times = []
+        for _ in range(5):
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(t)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        results[n] = statistics.median(times)
+    if rank == 0:
+        out.put(results)
+    dist.destroy_process_group()
+
+
+def measure_allreduce(device: torch.device, quick: bool) -> dict[str, float] | None:
+    """Bus bandwidth and per-step latency of an all-reduce between two processes."""
+    backend = "gloo"
+    if device.type == "cuda":
+        if torch.cuda.device_count() < 2:
+            return None
+        backend = "nccl"
+    big = (16 if quick else 64) * 2**20
+    sizes = [4, big]
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    with tempfile.TemporaryDirectory() as tmp:
+        init = f"file://{tmp}/rendezvous"
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [
+            ctx.Process(target=_allreduce_worker, args=(r, 2, backend, init, sizes, queue))
+            for r in range(2)
+        ]
+        for p in procs:
+            p.start()
+        try:
+            results = queue.get(timeout=300)
+        finally:
+            for p in procs:
+                p.join(timeout=60)
+    n = 2
+    bus = 2 * (n - 1) / n * big / results[big]
+    latency = results[4] / 2  # 2 x log2(2) steps
+    return {"bus_bandwidth": bus, "latency": latency}
+
+
+def measure(device_name: str, name: str | None, slots: int, quick: bool) -> dict[str, Any]:
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, slots)))
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    gemm = measure_gemm(device, dtype, quick)
+    bandwidth = measure_bandwidth(device, quick)
+    host = measure_host(device, quick)
+    launch = measure_launch(device)
+    ar = measure_allreduce(device, quick)
+    assumed = []
+    if device.type == "cpu":
+        mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = mem_total // max(1, slots)
+        label = name or "cpu"
+        if ar is None:
+            ar = {"bus_bandwidth": bandwidth / 10, "latency": 1e-4}
+            assumed.append("intra-node link")
+        inter_bw, inter_lat = ar["bus_bandwidth"], ar["latency"]
+        assumed.append("inter-node link = intra-node (one machine)")
+    else:
+        props = torch.cuda.get_device_properties(device)
+        memory = props.total_memory
+        label = name or props.name.replace(" ", "-")
+        if ar is None:
+            ar = {"bus_bandwidth": 3.6e11, "latency": 2e-6}
+            assumed.append("intra-node link (one GPU: H100 NVLink figures)")
+        inter_bw, inter_lat = 4.5e10, 2.5e-5
+        assumed.append("inter-node link (400 Gb/s per GPU)")
+    overhead = KERNELS_PER_LAYER * launch
+    return {
+        "name": label,
+        "kind": device.type if device.type == "cpu" else "gpu",
+        # Measured GEMM peaks; a whole layer reaches ~80% of its GEMMs' rate.
+        "peak_flops": float(gemm["peak"]),
+        "matmul_efficiency": 0.8,
+        "matmul_half_tokens": float(gemm["half_rows"]),
+        "memory_bytes": int(memory),
+        "usable_memory_fraction": 0.9 if device.type == "cuda" else 0.7,
+        "memory_bandwidth": float(bandwidth),
+        "bandwidth_efficiency": 0.9,
+        "intra_node_bandwidth": float(ar["bus_bandwidth"]),
+        "intra_node_latency": float(ar["latency"]),
+        "inter_node_bandwidth": float(inter_bw),
+        "inter_node_latency": float(inter_lat),
+        "host_bandwidth": float(host),
+        "kernel_overhead": float(launch),
+        "generation": {
+            "torch": {"bandwidth_efficiency": 0.6, "step_overhead_per_layer": overhead},
+            # vLLM batches and (on GPU) replays CUDA graphs: a fraction of the launches.
+            "vllm": {
+                "bandwidth_efficiency": 0.8,
+                "step_overhead_per_layer": overhead / (10 if device.type == "cuda" else 2),
+            },
+        },
+        "measured": {
+            "host": platform.node(),
+            "machine": platform.machine(),
+            "torch": str(torch.__version__),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "dtype": str(dtype).replace("torch.", ""),
+            "gemm_hidden": gemm["hidden"],
+            "gemm_flops_by_rows": {int(k): float(v) for k, v in gemm["flops_by_rows"].items()},
+            "assumed": assumed,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure a device profile for the planner.")
+    parser.add_argument("--out", required=True, help="YAML file to write")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--name", help="profile name (default: cpu, or the GPU's name)")
+    parser.add_argument("--slots", type=int, default=2, help="CPU slots sharing this machine")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and smaller copies")
+    args = parser.parse_args(argv)
+    import yaml
+
+    data = measure(args.device, args.name, args.slots, args.quick)
+    with open(args.out, "w", encoding="utf-8") as fh:
+        fh.write("# Measured by `rlhfctl profile` (python -m rlhf_worker.profiling).\n")
+        yaml.safe_dump(data, fh, sort_keys=False)
+    print(f"wrote {args.out}: {data['name']}, {data['peak_flops'] / 1e9:.1f} GFLOP/s peak GEMM, "
+          f"{data['memory_bandwidth'] / 1e9:.1f} GB/s memory")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
