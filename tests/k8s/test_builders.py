@@ -1,0 +1,302 @@
+"""Child-object builders and the GPU inventory: pure functions, tested as data."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import yaml
+
+from rlhf_operator.api import validate_object
+from rlhf_operator.controlplane import environment as wenv
+from rlhf_operator.coordinator.launch import WorkerLaunch, worker_env
+from rlhf_operator.coordinator_env import WORKER_HOSTS, CoordinatorSettings
+from rlhf_operator.k8s import builders, names
+from rlhf_operator.k8s.config import OperatorConfig
+from rlhf_operator.k8s.inventory import capacity, node_gpus, product_matches
+from rlhf_operator.k8s.merge import merge
+
+from .conftest import gpu_job, local_job
+
+REF = builders.JobRef("ppo", "team-a", "uid-1")
+CONFIG = OperatorConfig(worker_image="w:1", coordinator_image="c:1", shm_size="16Gi")
+
+
+def model(manifest):
+    manifest = manifest | {"metadata": {**manifest["metadata"], "namespace": "team-a"}}
+    job, errors = validate_object(manifest)
+    assert job is not None and not errors, errors
+    return job
+
+
+def env_of(container):
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_worker_pod_env_is_the_launch_contract_plus_nccl():
+    job = model(gpu_job("ppo", gpus=16, gpus_per_node=8))
+    topo = builders.topology_for(job)
+    assert (topo.nodes, topo.per_node, topo.world_size, topo.gpu) == (2, 8, 16, True)
+    pod = builders.build_worker_pod(REF, job, CONFIG, topo, rank=11, attempt=2)
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "rlhf_worker"]
+    env = env_of(container)
+    expected = worker_env(
+        WorkerLaunch(
+            job_id="ppo",
+            coordinator_addr="ppo-coordinator.ppo.team-a.svc:50051",
+            world_size=16,
+            master_addr="ppo-worker-0.ppo.team-a.svc",
+            master_port=29500,
+            device="cuda",
+            token_file="/var/run/secrets/rlhf/token",
+            socket_ifname="eth0",
+            log_level="INFO",
+        ),
+        11,
+        local_rank=0,  # one visible GPU per pod
+        node_rank=1,
+    )
+    assert {k: env[k] for k in expected} == expected
+    assert env["NCCL_SOCKET_IFNAME"] == "eth0" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert pod["metadata"]["labels"][names.LABEL_ATTEMPT] == "2"
+    assert pod["metadata"]["labels"][names.LABEL_NODE_SLOT] == "1"
+    assert pod["spec"]["hostname"] == "ppo-worker-11" and pod["spec"]["subdomain"] == "ppo"
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_worker_pod_resources_volumes_and_security():
+    job = model(gpu_job("ppo", gpus=8, gpus_per_node=8))
+    pod = builders.build_worker_pod(REF, job, CONFIG, builders.topology_for(job), 0, 0)
+    c = pod["spec"]["containers"][0]
+    assert c["resources"] == {
+        "limits": {"nvidia.com/gpu": "1"},
+        "requests": {"nvidia.com/gpu": "1"},
+    }
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert volumes["token"]["secret"]["secretName"] == "ppo-token"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts == {"/dev/shm": "dshm", "/var/run/secrets/rlhf": "token"}
+    sc = pod["spec"]["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500}]
+    # Ranks of one plan node share a host.
+    term = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        0
+    ]
+    assert term["labelSelector"]["matchLabels"] == {
+        "rlhf.dev/job": "ppo",
+        "rlhf.dev/node-slot": "0",
+    }
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_local_mode_pods_use_cpu_and_no_gpu():
+    job = model(local_job("ppo", slots=3))
+    topo = builders.topology_for(job)
+    pods = builders.build_worker_pods(REF, job, CONFIG, topo, 0)
+    assert [p["metadata"]["name"] for p in pods] == ["ppo-worker-0", "ppo-worker-1", "ppo-worker-2"]
+    for rank, pod in enumerate(pods):
+        env = env_of(pod["spec"]["containers"][0])
+        assert env[wenv.DEVICE] == "cpu" and env[wenv.LOCAL_RANK] == str(rank)
+        assert "resources" not in pod["spec"]["containers"][0]
+        assert "affinity" not in pod["spec"]
+
+
+def test_user_placement_and_pod_template_are_merged():
+    manifest = gpu_job("ppo", gpus=2, gpus_per_node=1)
+    manifest["spec"]["resources"].update(
+        {
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+            "podTemplate": {
+                "metadata": {"labels": {"team": "a"}},
+                "spec": {
+                    "priorityClassName": "high",
+                    "containers": [
+                        {
+                            "env": [
+                                {"name": "NCCL_DEBUG", "value": "INFO"},
+                                {"name": "X", "value": "1"},
+                            ],
+                            "volumeMounts": [{"name": "ckpt", "mountPath": "/ckpt"}],
+                            "resources": {"limits": {"memory": "64Gi"}},
+                        }
+                    ],
+                    "volumes": [{"name": "ckpt", "persistentVolumeClaim": {"claimName": "ckpt"}}],
+                },
+            },
+        }
+    )
+    job = model(manifest)
+    topo = builders.topology_for(job)
+    pod = builders.build_worker_pod(REF, job, CONFIG, topo, 1, 0)
+    spec = pod["spec"]
+    assert spec["nodeSelector"] == {"pool": "gpu"}
+    assert spec["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert "nodeAffinity" in spec["affinity"] and "podAffinity" in spec["affinity"]
+    assert spec["priorityClassName"] == "high"
+    assert (
+        pod["metadata"]["labels"]["team"] == "a"
+        and pod["metadata"]["labels"]["rlhf.dev/job"] == "ppo"
+    )
+    (c,) = spec["containers"]
+    env = env_of(c)
+    assert env["NCCL_DEBUG"] == "INFO" and env["X"] == "1" and env["RANK"] == "1"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "64Gi"}
+    assert {m["name"] for m in c["volumeMounts"]} == {"dshm", "token", "ckpt"}
+    assert {v["name"] for v in spec["volumes"]} == {"dshm", "token", "ckpt"}
+    # The coordinator mounts the same checkpoint volume, and nothing GPU-side.
+    coord = builders.build_coordinator_pod(REF, job, CONFIG, topo, 0)
+    assert {v["name"] for v in coord["spec"]["volumes"]} == {"config", "token", "ckpt"}
+    assert "nodeSelector" not in coord["spec"] and "priorityClassName" not in coord["spec"]
+
+
+def test_coordinator_pod_env_mounts_and_rbac():
+    job = model(gpu_job("ppo", gpus=2, gpus_per_node=1))
+    topo = builders.topology_for(job)
+    pod = builders.build_coordinator_pod(REF, job, CONFIG, topo, 0)
+    c = pod["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "rlhf_operator.coordinator"]
+    assert c["image"] == "c:1"
+    env = env_of(c)
+    settings = CoordinatorSettings(job_name="ppo", namespace="team-a", output_dir="/var/lib/rlhf")
+    assert {k: env[k] for k in settings.to_env()} == settings.to_env()
+    assert CoordinatorSettings.from_env(env) == settings
+    assert env[WORKER_HOSTS] == "ppo-worker-0.ppo.team-a.svc,ppo-worker-1.ppo.team-a.svc"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts == {"/etc/rlhf": "config", "/var/run/secrets/rlhf": "token"}
+    assert pod["spec"]["serviceAccountName"] == "ppo-coordinator"
+    sa, role, binding = builders.build_coordinator_rbac(REF)
+    assert (sa["kind"], role["kind"], binding["kind"]) == ("ServiceAccount", "Role", "RoleBinding")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["rlhf.dev"],
+            "resources": ["rlhfjobs"],
+            "resourceNames": ["ppo"],
+            "verbs": ["get"],
+        },
+        {
+            "apiGroups": ["rlhf.dev"],
+            "resources": ["rlhfjobs/status"],
+            "resourceNames": ["ppo"],
+            "verbs": ["get", "patch"],
+        },
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "ppo-coordinator", "namespace": "team-a"}
+    ]
+
+
+def test_config_map_secret_and_service():
+    body = gpu_job("ppo") | {"status": {"phase": "Running"}}
+    body["metadata"] = {
+        "name": "ppo",
+        "namespace": "team-a",
+        "annotations": {"rlhf.dev/x": "1", "mine": "y"},
+    }
+    cm = builders.build_config_map(REF, builders.job_manifest_yaml(body), '{"version": 1}')
+    job_yaml = yaml.safe_load(cm["data"]["job.yaml"])
+    assert "status" not in job_yaml and job_yaml["metadata"]["annotations"] == {"mine": "y"}
+    assert validate_object(job_yaml)[1] == []
+    assert cm["data"]["plan.json"] == '{"version": 1}'
+    secret = builders.build_secret(REF, "s3cret")
+    assert base64.b64decode(secret["data"]["token"]).decode() == "s3cret"
+    svc = builders.build_service(REF)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/managed-by": "rlhf-operator",
+        "rlhf.dev/job": "ppo",
+    }
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "mode"),
+    [
+        ({}, "none"),
+        ({"schedulerName": "volcano", "queue": "q"}, "volcano"),
+        ({"schedulerName": "scheduler-plugins-scheduler"}, "coscheduling"),
+        ({"queue": "team-queue"}, "kueue"),
+    ],
+)
+def test_gang_scheduling(scheduling, mode):
+    job = model(local_job("ppo", runPolicy={"scheduling": scheduling}))
+    assert builders.scheduling_mode(job) == mode
+    pod = builders.build_worker_pod(REF, job, CONFIG, builders.topology_for(job), 0, 0)
+    group = builders.build_pod_group(REF, job, 3)
+    if mode == "kueue":
+        assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+        assert pod["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "ppo"
+        assert pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "3"
+        assert pod["spec"]["schedulingGates"] == [{"name": "kueue.x-k8s.io/admission"}]
+    if mode == "coscheduling":
+        assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and group["spec"] == {
+            "minMember": 3
+        }
+        assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "ppo"
+    if mode == "volcano":
+        assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    if mode in ("none", "kueue"):
+        assert group is None
+
+
+def test_merge_rules():
+    base = {
+        "a": {"b": 1, "c": [1]},
+        "containers": [{"name": "w", "env": [{"name": "A", "value": "1"}]}],
+    }
+    over = {
+        "a": {"c": [2]},
+        "containers": [{"name": "w", "env": [{"name": "A", "value": "2"}]}, {"name": "side"}],
+    }
+    out = merge(base, over)
+    assert out == {
+        "a": {"b": 1, "c": [2]},
+        "containers": [{"name": "w", "env": [{"name": "A", "value": "2"}]}, {"name": "side"}],
+    }
+    assert base["a"]["c"] == [1]  # inputs untouched
+
+
+def node(name, gpus, labels=None, taints=None, unschedulable=False):
+    return node_gpus(
+        {
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {"taints": taints or [], "unschedulable": unschedulable},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}},
+        }
+    )
+
+
+def test_inventory_counts_eligible_node_slots():
+    manifest = gpu_job("ppo", gpus=16, gpus_per_node=8)
+    manifest["spec"]["resources"]["nodeSelector"] = {"pool": "a"}
+    manifest["spec"]["resources"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
+    job = model(manifest)
+    nodes = [
+        node("ok-16", 16, {"pool": "a", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
+        node("tolerated", 8, {"pool": "a"}, [{"key": "gpu", "effect": "NoSchedule"}]),
+        node("tainted", 8, {"pool": "a"}, [{"key": "other", "effect": "NoSchedule"}]),
+        node("wrong-pool", 8, {"pool": "b"}),
+        node("too-small", 4, {"pool": "a"}),
+        node("cordoned", 8, {"pool": "a"}, unschedulable=True),
+        node("a100", 8, {"pool": "a", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}),
+    ]
+    cap = capacity(job, nodes)
+    assert cap.nodes == ("ok-16", "tolerated") and cap.available_slots == 3 and cap.enough
+    cap = capacity(job, nodes[3:])
+    assert not cap.enough and cap.missing_gpus == 16
+    assert cap.message().endswith("16 GPUs missing")
+    assert product_matches("A100-80GB", "NVIDIA-A100-SXM4-80GB")
+    assert not product_matches("H100", "NVIDIA-A100-SXM4-80GB")
+    assert node("x", "garbage").gpus == 0
