@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 import torch
+
 from rlhf_operator.api.algorithm import (
     GrpoParams,
     PpoParams,

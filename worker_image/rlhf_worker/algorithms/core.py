@@ -25,13 +25,25 @@ EPS = 1e-8
 # ---------------------------------------------------------------- reductions
 
 
+def zero_padding(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with padding set to 0, by selection: inf or nan there cannot leak.
+
+    Multiplying by the mask would not do: inf * 0 is nan, and a gradient through
+    an inf value is nan even where the loss ignores it. Every function here
+    clears padding this way before using a per-token input.
+    """
+    while mask.dim() < x.dim():
+        mask = mask.unsqueeze(-1)
+    return torch.where(mask > 0, x, torch.zeros_like(x))
+
+
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Sum of ``x`` where ``mask`` is 1 (over everything, or along ``dim``).
 
     Padding is selected away rather than multiplied by 0, so an inf or nan there
     (e.g. a log-probability of a pad token) cannot turn the sum into nan.
     """
-    masked = torch.where(mask > 0, x * mask, torch.zeros_like(x))
+    masked = zero_padding(x, mask) * mask
     return masked.sum() if dim is None else masked.sum(dim)
 
 
@@ -62,7 +74,7 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
     out = (x - mean) / (std + EPS)
     if not shift_mean:
         out = out + mean
-    return out * mask
+    return zero_padding(out, mask)
 
 
 # ---------------------------------------------------------------- KL estimators
@@ -111,8 +123,8 @@ def token_rewards(
     """Per-token reward: ``-kl_coef * kl`` on every token plus the sequence reward on the last."""
     rewards = place_on_last_token(seq_rewards, mask)
     if kl is not None and kl_coef != 0.0:
-        rewards = rewards - kl_coef * kl
-    return rewards * mask
+        rewards = rewards - kl_coef * zero_padding(kl, mask)
+    return zero_padding(rewards, mask)
 
 
 def gae(
@@ -126,8 +138,8 @@ def gae(
     reward and value so nothing flows back through it. Returns (advantages,
     returns), both zero on padding; returns = advantages + values.
     """
-    rewards = rewards * mask
-    values = values * mask
+    rewards = zero_padding(rewards, mask)
+    values = zero_padding(values, mask)
     batch, length = rewards.shape
     advantages = torch.zeros_like(rewards)
     running = torch.zeros(batch, dtype=rewards.dtype, device=rewards.device)
@@ -145,8 +157,7 @@ def gae(
 
 def returns_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
     """Undiscounted reward-to-go at each response token (reverse cumulative sum)."""
-    masked = rewards * mask
-    return masked.flip(1).cumsum(1).flip(1) * mask
+    return zero_padding(zero_padding(rewards, mask).flip(1).cumsum(1).flip(1), mask)
 
 
 def group_view(seq: Tensor, samples_per_prompt: int, what: str = "batch") -> Tensor:
@@ -186,12 +197,12 @@ def clipped_surrogate(
     """
     # Padding may hold anything; select it away before exp so neither the value
     # nor the gradient can become inf/nan there.
-    mask = mask > 0
-    log_ratio = torch.where(mask, new_logprobs - old_logprobs, torch.zeros_like(new_logprobs))
+    log_ratio = zero_padding(new_logprobs, mask) - zero_padding(old_logprobs, mask)
     ratio = torch.exp(log_ratio)
+    advantages = zero_padding(advantages, mask)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_ratio, 1.0 + clip_ratio)
-    return torch.maximum(unclipped, clipped), (clipped > unclipped) & mask
+    return torch.maximum(unclipped, clipped), (clipped > unclipped) & (mask > 0)
 
 
 def policy_metrics(
@@ -199,7 +210,7 @@ def policy_metrics(
 ) -> dict[str, float]:
     """Fraction of clipped tokens and the approximate KL between new and old policy."""
     with torch.no_grad():
-        log_ratio = torch.where(mask > 0, new_logprobs - old_logprobs, 0.0)
+        log_ratio = zero_padding(new_logprobs - old_logprobs, mask)
         return {
             "clipfrac": float(masked_mean(was_clipped.float(), mask)),
             "approx_kl": float(masked_mean(0.5 * log_ratio**2, mask)),
@@ -226,6 +237,9 @@ def value_loss(
     new_values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float
 ) -> LossOut:
     """Clipped value loss: 0.5 * max((v - R)^2, (v_old + clip(v - v_old, +-c) - R)^2)."""
+    new_values = zero_padding(new_values, mask)
+    old_values = zero_padding(old_values, mask)
+    returns = zero_padding(returns, mask)
     clipped = old_values + (new_values - old_values).clamp(-clip, clip)
     unclipped_err = (new_values - returns) ** 2
     clipped_err = (clipped - returns) ** 2
@@ -330,4 +344,6 @@ def reward_kl(batch: Batch, kl_coef: float, estimator: KlEstimator) -> Tensor | 
     """
     if kl_coef == 0.0 or "ref_logprobs" not in batch:
         return None
-    return kl_per_token(batch["gen_logprobs"], batch["ref_logprobs"], estimator)
+    mask = need(batch, "mask", "KL penalty")
+    gen = zero_padding(need(batch, "gen_logprobs", "KL penalty"), mask)
+    return kl_per_token(gen, zero_padding(batch["ref_logprobs"], mask), estimator)

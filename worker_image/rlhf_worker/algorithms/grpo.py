@@ -11,10 +11,10 @@ through the current log-probabilities), averaged per ``loss_aggregation``.
 
 from __future__ import annotations
 
-from rlhf_operator.api.algorithm import GrpoParams
-from rlhf_operator.api.dataflow import calls_for
 from torch import Tensor
 
+from rlhf_operator.api.algorithm import GrpoParams
+from rlhf_operator.api.dataflow import calls_for
 from rlhf_worker.algorithms.core import (
     EPS,
     Advantages,
@@ -29,6 +29,7 @@ from rlhf_worker.algorithms.core import (
     masked_sum,
     need,
     policy_metrics,
+    zero_padding,
 )
 
 NAME = "grpo"
@@ -84,7 +85,11 @@ def actor_loss(
     )
     metrics = policy_metrics(new_logprobs, old_logprobs, was_clipped, mask)
     if params.kl_coef > 0.0 and "ref_logprobs" in batch:
-        kl = kl_per_token(new_logprobs, batch["ref_logprobs"], params.kl_estimator)
+        kl = kl_per_token(
+            zero_padding(new_logprobs, mask),
+            zero_padding(batch["ref_logprobs"], mask),
+            params.kl_estimator,
+        )
         per_token = per_token + params.kl_coef * kl
         metrics["kl"] = float(masked_sum(kl.detach(), mask, dim=1).mean())
         metrics["kl_token_mean"] = float(masked_mean(kl.detach(), mask))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlhf_operator.api.algorithm import PpoParams
-from rlhf_operator.api.dataflow import calls_for
 from torch import Tensor
 
+from rlhf_operator.api.algorithm import PpoParams
+from rlhf_operator.api.dataflow import calls_for
 from rlhf_worker.algorithms.core import (
     EPS,
     Advantages,

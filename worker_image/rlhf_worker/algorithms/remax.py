@@ -9,10 +9,10 @@ token's advantage is its reward-to-go minus the greedy reward of its prompt.
 
 from __future__ import annotations
 
-from rlhf_operator.api.algorithm import RemaxParams
-from rlhf_operator.api.dataflow import calls_for
 from torch import Tensor
 
+from rlhf_operator.api.algorithm import RemaxParams
+from rlhf_operator.api.dataflow import calls_for
 from rlhf_worker.algorithms.core import (
     Advantages,
     Batch,

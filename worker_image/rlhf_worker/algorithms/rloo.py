@@ -10,10 +10,10 @@ the first pass over the samples, where the ratio is 1).
 
 from __future__ import annotations
 
-from rlhf_operator.api.algorithm import RlooParams
-from rlhf_operator.api.dataflow import calls_for
 from torch import Tensor
 
+from rlhf_operator.api.algorithm import RlooParams
+from rlhf_operator.api.dataflow import calls_for
 from rlhf_worker.algorithms.core import (
     Advantages,
     Batch,

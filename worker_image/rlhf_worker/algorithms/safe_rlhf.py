@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from rlhf_operator.api.algorithm import SafeRlhfParams
-from rlhf_operator.api.dataflow import calls_for
 from torch import Tensor
 
+from rlhf_operator.api.algorithm import SafeRlhfParams
+from rlhf_operator.api.dataflow import calls_for
 from rlhf_worker.algorithms.core import (
     Advantages,
     Batch,
