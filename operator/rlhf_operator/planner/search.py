@@ -215,4 +215,44 @@ def anneal(
                 cur, cur_eval = prop, got
                 if got.iteration_seconds < best_eval.iteration_seconds:
                     best, best_eval = dict(prop), got
-    return SearchResult(best, best_eval, steps_done, time.monotonic() - t0)
+    best, best_eval, polished = polish(ev, cands, best, best_eval, deadline)
+    return SearchResult(best, best_eval, steps_done + polished, time.monotonic() - t0)
+
+
+def polish(
+    ev: Evaluator,
+    cands: Candidates,
+    assign: Assignment,
+    current: Evaluation,
+    deadline: float,
+    rounds: int = 3,
+) -> tuple[Assignment, Evaluation, int]:
+    """Coordinate descent after the walk: each call in turn tries the good layouts on its own
+    mesh, on every other call's mesh and on those meshes' halves; improvements are kept."""
+    tried = 0
+    for _ in range(rounds):
+        improved = False
+        for call in ev.calls:
+            meshes: list[Mesh] = []
+            for other in ev.calls:
+                mesh = assign[other.name][0]
+                for m in (mesh, *(cands.halves(mesh) or ())):
+                    if m not in meshes:
+                        meshes.append(m)
+            for mesh in meshes:
+                for lay in cands.best_on(call, mesh):
+                    if time.monotonic() > deadline:
+                        return assign, current, tried
+                    if (mesh, lay) == assign[call.name]:
+                        continue
+                    prop = dict(assign)
+                    prop[call.name] = (mesh, lay)
+                    tried += 1
+                    got = ev.evaluate(prop)
+                    if got is not None and got.iteration_seconds < current.iteration_seconds * (
+                        1 - 1e-9
+                    ):
+                        assign, current, improved = prop, got, True
+        if not improved:
+            break
+    return assign, current, tried
