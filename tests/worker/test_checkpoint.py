@@ -245,3 +245,51 @@ def test_rng_state_round_trip() -> None:
     assert got[0] == expected[0]
     assert torch.equal(got[1], expected[1])
     assert numpy.array_equal(got[2], expected[2])
+
+
+def test_optimizer_and_model_state_resume_bit_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.95))
+    data = torch.randn(8, 3)
+
+    def step(m: torch.nn.Module, o: torch.optim.Optimizer) -> None:
+        o.zero_grad()
+        m(data).pow(2).mean().backward()
+        o.step()
+
+    for _ in range(3):
+        step(model, opt)
+    model_tensors, model_skeleton = ckpt.split_tensors(model.state_dict(), "model")
+    opt_tensors, opt_skeleton = ckpt.split_tensors(opt.state_dict(), "optimizer")
+    meta = {"model": model_skeleton, "optimizer": opt_skeleton}
+    manifest = ckpt.write_rank_files(tmp_path, 3, 0, model_tensors | opt_tensors, meta)
+    ckpt.commit(tmp_path, 3, manifest, world_size=1)
+
+    info = ckpt.latest_complete(tmp_path)
+    assert info is not None
+    tensors, loaded_meta = ckpt.read_rank_files(info.path, 0)
+    torch.manual_seed(1)
+    resumed = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    resumed_opt = torch.optim.AdamW(resumed.parameters(), lr=0.5)
+    resumed.load_state_dict(ckpt.join_tensors(loaded_meta["model"], tensors))
+    resumed_opt.load_state_dict(ckpt.join_tensors(loaded_meta["optimizer"], tensors))
+    assert resumed_opt.param_groups[0]["betas"] == (0.9, 0.95)  # tuples stay tuples
+    for _ in range(2):
+        step(model, opt)
+        step(resumed, resumed_opt)
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_split_tensors_round_trip_and_errors() -> None:
+    tree = {"a": [1, 2.5, None, "x", (torch.ones(2), True)], 3: {"b": torch.zeros(1)}}
+    tensors, skeleton = ckpt.split_tensors(tree, "s")
+    assert sorted(tensors) == ["s/3.b", "s/a.4.0"]
+    back = ckpt.join_tensors(json.loads(json.dumps(skeleton)), tensors)
+    assert back.keys() == tree.keys() and back["a"][:4] == [1, 2.5, None, "x"]
+    assert isinstance(back["a"][4], tuple) and torch.equal(back[3]["b"], torch.zeros(1))
+    with pytest.raises(CheckpointError, match="cannot save s/x: a set"):
+        ckpt.split_tensors({"x": {1, 2}}, "s")
+    with pytest.raises(CheckpointError, match=r"checkpoint has no tensor 's/a\.4\.0'"):
+        ckpt.join_tensors(skeleton, {})

@@ -307,6 +307,61 @@ def read_rank_files(directory: str | Path, rank: int) -> tuple[dict[str, Tensor]
     return tensors, meta
 
 
+# ---------------------------------------------------------------- nested state
+
+
+def split_tensors(tree: Any, prefix: str) -> tuple[dict[str, Tensor], Any]:
+    """Separate the tensors of a nested state from its JSON-able structure.
+
+    ``tree`` is made of dicts (any str/int/float/bool/None keys: an optimizer's
+    state is keyed by int), lists, tuples, numbers, strings, None and tensors, as
+    in ``optimizer.state_dict()``. Tensors are named ``prefix/path`` for the
+    safetensors file; the structure goes into the JSON file. ``join_tensors``
+    puts them back together exactly (int keys stay ints, tuples stay tuples).
+    """
+    import torch
+
+    tensors: dict[str, Tensor] = {}
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            name = f"{prefix}/{path}" if path else prefix
+            tensors[name] = obj
+            return {"__tensor__": name}
+        if isinstance(obj, dict):
+            items = []
+            for key, value in obj.items():
+                if not (key is None or isinstance(key, str | int | float)):
+                    raise CheckpointError(f"cannot save {prefix}{path}: a {type(key).__name__} key")
+                items.append([key, walk(value, f"{path}.{key}" if path else str(key))])
+            return {"__dict__": items}
+        if isinstance(obj, tuple):
+            return {"__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]}
+        if isinstance(obj, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
+        if obj is None or isinstance(obj, str | int | float):
+            return obj
+        raise CheckpointError(f"cannot save {prefix}/{path}: a {type(obj).__name__}")
+
+    return tensors, walk(tree, "")
+
+
+def join_tensors(skeleton: Any, tensors: Mapping[str, Tensor]) -> Any:
+    """The nested state ``split_tensors`` took apart."""
+    if isinstance(skeleton, list):
+        return [join_tensors(v, tensors) for v in skeleton]
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            name = skeleton["__tensor__"]
+            if name not in tensors:
+                raise CheckpointError(f"checkpoint has no tensor {name!r}")
+            return tensors[name]
+        if "__tuple__" in skeleton:
+            return tuple(join_tensors(v, tensors) for v in skeleton["__tuple__"])
+        return {key: join_tensors(value, tensors) for key, value in skeleton["__dict__"]}
+    return skeleton
+
+
 # ---------------------------------------------------------------- RNG state
 
 
