@@ -86,3 +86,14 @@ def test_padding_is_ignored(
     mask = make_batch(num_values, None)[0]["mask"]
     assert (dirty["advantages"][mask == 0] == 0).all()
     assert (dirty["actor_grad"][mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize(("module", "params", "num_values"), CASES, ids=[c[0].NAME for c in CASES])
+def test_every_algorithm_reports_reward_and_kl(
+    module: ModuleType, params: object, num_values: int
+) -> None:
+    batch, _, _ = make_batch(num_values, None)
+    metrics = module.actor_advantages(batch, params, module.new_state(params), 2).metrics
+    assert metrics["reward_mean"] == pytest.approx(float(batch["rewards"].mean()))
+    assert metrics["kl"] != 0.0  # gen and ref log-probabilities differ
+    assert all(isinstance(v, float) for v in metrics.values())

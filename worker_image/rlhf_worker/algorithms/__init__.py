@@ -10,7 +10,8 @@ Every algorithm module has the same surface, so the train calls can use
   ``state_dict()`` / ``load_state_dict()`` for checkpoints;
 - ``actor_advantages(batch, params, state, samples_per_prompt) ->
   Advantages(advantages [B, T], returns [B, T] (or [B, T, 2]) | None, metrics)``,
-  called once per iteration by each train call (it may update ``state``);
+  called once per iteration by each train call (it may update ``state``); its
+  metrics always include ``reward_mean`` and ``kl`` (mean summed KL per response);
 - ``actor_loss(new_logprobs, batch, advantages, params, entropy=None) ->
   LossOut(loss, metrics)``, called per minibatch with the rows of that minibatch;
 - ``critic_loss(new_values, batch, returns, params) -> LossOut`` (PPO, Safe-RLHF).

@@ -24,11 +24,13 @@ from rlhf_worker.algorithms.core import (
     aggregate,
     clipped_surrogate,
     group_view,
+    kl_metrics,
     kl_per_token,
     masked_mean,
     masked_sum,
     need,
     policy_metrics,
+    reward_kl,
     zero_padding,
 )
 
@@ -61,7 +63,10 @@ def actor_advantages(
     rewards = need(batch, "rewards", NAME)
     advantages = group_advantages(rewards, samples_per_prompt, params.normalize_std)
     groups = group_view(rewards.float(), samples_per_prompt)
+    # The KL itself is part of the loss; this is the rollout's, for reporting.
+    rollout_kl = reward_kl(batch, params.kl_coef, params.kl_estimator)
     metrics = {
+        **kl_metrics(rollout_kl, mask),
         "reward_mean": float(rewards.float().mean()),
         "reward_group_std": float(groups.std(dim=1).mean()),
         # Groups whose responses all scored the same teach nothing.
