@@ -29,6 +29,7 @@ from rlhf_operator.k8s.run import operate, settings_for
 from .emulator import EmulatorThread
 
 JOBS = f"/apis/{GROUP}/{VERSION}"
+TEST_USER_AGENT = "rlhf-tests"
 NAMESPACE = "default"
 
 TEST_CONFIG = OperatorConfig(
@@ -118,6 +119,8 @@ class Cluster:
         self.emulator = emulator
         self.kubeconfig = kubeconfig
         self.kube = Kube.from_kubeconfig(str(kubeconfig))
+        # Tells the tests' own requests apart from the operator's in the emulator's log.
+        self.kube.api.user_agent = TEST_USER_AGENT
 
     # --- generic --------------------------------------------------------
     def get(self, path: str) -> dict[str, Any] | None:

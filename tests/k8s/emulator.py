@@ -11,6 +11,7 @@ patch/delete, but stamps no metadata. This subclass adds, and only adds:
 - 201 Created on create (the kubernetes client returns None otherwise);
 - 422 when a JSON-patch `test` operation fails (kopf's optimistic locking),
   instead of a 500;
+- the core group's discovery answer says `groupVersion: v1` (not `/v1`);
 - the status subresource: a patch of `.../status` changes only `status`, and a
   patch of the object itself leaves `status` alone, for resources declared
   with a status subresource.
@@ -63,6 +64,14 @@ class StampingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             entry.namespaced = info["namespaced"]
             entry.subresources = set(info.get("subresources", set()))
             entry.verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
+
+    async def _serve_version(self, request: Any) -> Any:
+        # kmock answers "/v1" as the core group's groupVersion; clients (Helm's
+        # discovery) need "v1".
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
+            payload["groupVersion"] = payload["groupVersion"][1:]
+        return payload
 
     def _has_status_subresource(self, resource: Any) -> bool:
         for known in self.resources:

@@ -33,6 +33,10 @@ def settings_for(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.posting.level = logging.WARNING  # kopf's own log lines are not events
     settings.peering.standalone = True  # one replica, Recreate: no peering objects needed
     settings.execution.max_workers = 16
+    # No runtime scanning of CRDs and namespaces: the chart installs the CRD before
+    # the operator starts and names the namespaces, so the operator needs no RBAC
+    # on customresourcedefinitions or namespaces.
+    settings.scanning.disabled = True
     return settings
 
 

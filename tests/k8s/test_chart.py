@@ -1,0 +1,214 @@
+"""The Helm chart: CRD, lint, install into the emulator, least-privilege RBAC
+(checked against the requests the real operator makes), and a dashboard that
+queries only metrics the code exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from rlhf_operator import metrics_names
+from rlhf_operator.k8s import builders, metrics  # noqa: F401  (registers the metrics)
+
+from . import helm
+from .cluster import NAMESPACE, TEST_USER_AGENT, Cluster, wait_for
+from .conftest import local_job
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "rlhf-operator"
+needs_helm = pytest.mark.skipif(not helm.available(), reason="helm-sdkpy is not installed")
+
+
+def test_chart_ships_the_generated_crd_unchanged():
+    shipped = (CHART / "crds" / "rlhf.dev_rlhfjobs.yaml").read_bytes()
+    generated = (ROOT / "crds" / "rlhf.dev_rlhfjobs.yaml").read_bytes()
+    assert shipped == generated, "copy crds/rlhf.dev_rlhfjobs.yaml into charts/rlhf-operator/crds/"
+
+
+@needs_helm
+def test_chart_lints_without_warnings():
+    result = helm.run("lint", str(CHART))
+    assert result["TotalChartsLinted"] == 1 and not result["Errors"]
+    # Helm's severities: 1 info, 2 warning, 3 error.
+    assert [m for m in result["Messages"] if m["Severity"] >= 2] == []
+
+
+def install(cluster: Cluster, values: dict[str, Any]) -> list[dict[str, Any]]:
+    result = helm.run(
+        "install", str(CHART), str(cluster.kubeconfig), "rlhf-system", json.dumps(values)
+    )
+    return [d for d in yaml.safe_load_all(result["manifest"]) if d]
+
+
+def rules_of(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r for d in docs if d["kind"] == kind for r in d["rules"]]
+
+
+@needs_helm
+def test_chart_installs_into_the_emulator(cluster):
+    docs = install(cluster, {})
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+        ]
+    )
+    deployment = cluster.get("/apis/apps/v1/namespaces/rlhf-system/deployments/rlhf-rlhf-operator")
+    assert deployment is not None
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["args"] == ["operator"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["RLHF_OPERATOR_NAMESPACES"] == "" and env["RLHF_OPERATOR_LOG_LEVEL"] == "INFO"
+    assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    dashboard = cluster.get(
+        "/api/v1/namespaces/rlhf-system/configmaps/rlhf-rlhf-operator-dashboard"
+    )
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    json.loads(dashboard["data"]["rlhf-operator.json"])
+
+
+@needs_helm
+def test_chart_namespaced_install_uses_roles_in_the_watched_namespaces(cluster):
+    docs = install(
+        cluster,
+        {"watchNamespaces": ["team-a", "team-b"], "metrics": {"serviceMonitor": {"enabled": True}}},
+    )
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    cluster_rules = rules_of(docs, "ClusterRole")
+    assert cluster_rules == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}
+    ]
+    assert any(d["kind"] == "ServiceMonitor" for d in docs)
+    env = {
+        e["name"]: e["value"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RLHF_OPERATOR_NAMESPACES"] == "team-a,team-b"
+
+
+VERBS = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+
+
+def used_permissions(cluster: Cluster) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) of every request the operator made."""
+    used = set()
+    for r in cluster.emulator.requests():
+        if r.resource is None or r.headers.get("User-Agent") == TEST_USER_AGENT:
+            continue
+        if r.resource.plural is None:
+            continue  # discovery
+        method = str(getattr(r.method, "value", r.method)).upper()
+        if method == "GET":
+            verb = "watch" if r.params.get("watch") else ("get" if r.name else "list")
+        else:
+            verb = VERBS[method]
+        resource = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
+        used.add((r.resource.group or "", resource, verb))
+    return used
+
+
+def granted_permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (g, res, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for res in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def exercise_every_code_path(cluster: Cluster) -> None:
+    """Jobs that make the operator use every call it has."""
+    bad = local_job("bad")
+    bad["spec"]["data"]["batchSize"] = 0
+    cluster.apply_job(bad)
+    cluster.apply_job(local_job("volcano", runPolicy={"scheduling": {"schedulerName": "volcano"}}))
+    cluster.apply_job(
+        local_job(
+            "plugins",
+            runPolicy={
+                "scheduling": {"schedulerName": "scheduler-plugins"},
+                "ttlSecondsAfterFinished": 0,
+                "backoffLimit": 1,
+            },
+        )
+    )
+    wait_for(lambda: cluster.status("plugins").get("phase") == "Running", "plugins to run")
+    cluster.set_pod_phase("plugins-worker-0", "Failed", exit_code=1)
+    wait_for(lambda: cluster.status("plugins").get("restarts") == 1, "a restart")
+    wait_for(lambda: cluster.status("plugins").get("phase") == "Running", "plugins to run again")
+    cluster.set_pod_phase("plugins-coordinator", "Succeeded")
+    wait_for(lambda: cluster.job("plugins") is None, "the ttl to delete the job")
+    wait_for(lambda: cluster.status("bad").get("phase") == "Failed", "the bad job to fail")
+    wait_for(lambda: cluster.status("volcano").get("phase") == "Running", "volcano to run")
+
+
+@needs_helm
+def test_chart_rbac_is_exactly_what_the_operator_uses(cluster, operator, kubelet):
+    exercise_every_code_path(cluster)
+    used = used_permissions(cluster)
+    docs = install(cluster, {})
+    granted = granted_permissions(rules_of(docs, "ClusterRole"))
+    # The coordinator's per-job Role grants these; RBAC lets the operator create
+    # it only when the operator holds them itself.
+    (_, role, _) = builders.build_coordinator_rbac(builders.JobRef("x", NAMESPACE, "u"))
+    delegated = granted_permissions(role["rules"])
+    assert used <= granted, f"missing from the chart: {sorted(used - granted)}"
+    assert granted - delegated <= used, (
+        f"granted but never used: {sorted(granted - delegated - used)}"
+    )
+
+
+DASHBOARD = CHART / "dashboards" / "rlhf-operator.json"
+
+
+def dashboard_metrics() -> set[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    return {m for e in exprs for m in re.findall(r"\brlhf_[a-z0-9_]+", e)}
+
+
+def test_dashboard_queries_only_metrics_the_code_names():
+    found = dashboard_metrics()
+    assert found and found <= metrics_names.exported_series(), (
+        found - metrics_names.exported_series()
+    )
+    # Every metric is on the dashboard.
+    bases = {re.sub(r"_(bucket|sum|count)$", "", m) for m in found}
+    assert set(metrics_names.OPERATOR_METRICS) | set(metrics_names.JOB_METRICS) <= bases
+
+
+def registered_families() -> set[str]:
+    names = set()
+    for family in REGISTRY.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+    return names
+
+
+def test_operator_exports_every_operator_metric():
+    assert set(metrics_names.OPERATOR_METRICS) <= registered_families()
+
+
+def test_coordinator_exports_every_job_metric():
+    pytest.importorskip("rlhf_operator.coordinator.metrics")
+    assert set(metrics_names.JOB_METRICS) <= registered_families()
