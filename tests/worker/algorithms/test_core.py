@@ -214,3 +214,33 @@ def test_no_state_rejects_foreign_state() -> None:
 def test_need_names_the_missing_input() -> None:
     with pytest.raises(KeyError, match="ppo: the batch has no 'values'"):
         core.need({"mask": torch.ones(1)}, "values", "ppo")
+
+
+def test_gae_matches_the_explicit_sum_on_random_ragged_batches() -> None:
+    # A_t = sum_l (gamma lam)^l delta_{t+l}, delta_t = r_t + gamma V_{t+1} - V_t, V_end = 0.
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        batch, length = 3, 6
+        lengths = torch.randint(0, length + 1, (batch,), generator=gen).tolist()
+        gamma, lam = torch.rand(2, generator=gen, dtype=torch.float64).tolist()
+        rewards = torch.randn(batch, length, generator=gen, dtype=torch.float64)
+        values = torch.randn(batch, length, generator=gen, dtype=torch.float64)
+        mask = torch.zeros(batch, length, dtype=torch.float64)
+        for b, n in enumerate(lengths):
+            mask[b, :n] = 1.0
+        adv, ret = core.gae(rewards, values, mask, gamma, lam)
+        for b, n in enumerate(lengths):
+            v = [*values[b, :n].tolist(), 0.0]
+            deltas = [rewards[b, t].item() + gamma * v[t + 1] - v[t] for t in range(n)]
+            for t in range(n):
+                expected = sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t))
+                assert adv[b, t].item() == pytest.approx(expected, abs=1e-9)
+                assert ret[b, t].item() == pytest.approx(expected + v[t], abs=1e-9)
+            assert (adv[b, n:] == 0).all() and (ret[b, n:] == 0).all()
+
+
+def test_whitening_gradient_ignores_infinite_padding() -> None:
+    x = torch.tensor([[1.0, 2.0, float("inf")]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    (core.masked_whiten(x, mask) * torch.tensor([[1.0, 3.0, 5.0]])).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad[0, 2] == 0

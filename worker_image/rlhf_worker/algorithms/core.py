@@ -55,6 +55,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of ``x`` over all masked-in positions."""
+    x = zero_padding(x, mask)
     mean = masked_mean(x, mask)
     count = mask.sum()
     sq = masked_sum((x - mean) ** 2, mask)
@@ -69,6 +70,7 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
 
     Padding comes out as 0 so it can never leak into a later sum.
     """
+    x = zero_padding(x, mask)
     mean = masked_mean(x, mask)
     std = masked_var(x, mask).sqrt()
     out = (x - mean) / (std + EPS)
