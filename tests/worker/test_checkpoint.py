@@ -126,7 +126,15 @@ def test_committed_checkpoints_are_never_rewritten(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["truncate", "flip", "delete", "marker-garbage", "marker-missing", "marker-empty"],
+    [
+        "truncate",
+        "flip",
+        "delete",
+        "marker-garbage",
+        "marker-missing",
+        "marker-empty",
+        "marker-of-another",
+    ],
 )
 def test_damaged_checkpoints_are_ignored(tmp_path: Path, damage: str) -> None:
     save(tmp_path, 1)
@@ -145,6 +153,8 @@ def test_damaged_checkpoints_are_ignored(tmp_path: Path, damage: str) -> None:
         (newest / ckpt.MARKER).write_text("{half a json")
     elif damage == "marker-missing":
         (newest / ckpt.MARKER).unlink()
+    elif damage == "marker-of-another":
+        (newest / ckpt.MARKER).write_bytes((tmp_path / "iter-00000001" / ckpt.MARKER).read_bytes())
     else:
         (newest / ckpt.MARKER).write_text("")
     info = ckpt.latest_complete(tmp_path)

@@ -228,6 +228,8 @@ def check_complete(directory: Path, verify_checksums: bool = True) -> Checkpoint
         marker = json.loads((directory / MARKER).read_bytes())
         files: Manifest = marker["files"]
         iteration, world_size = int(marker["iteration"]), int(marker["world_size"])
+        if directory.name != checkpoint_dir(directory.parent, iteration).name:
+            return None  # a marker copied from another checkpoint
         for name, entry in files.items():
             path = directory / name
             if path.stat().st_size != entry["bytes"]:
