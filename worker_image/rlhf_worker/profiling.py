@@ -1,8 +1,10 @@
 """Measure a device profile for the planner: `python -m rlhf_worker.profiling`.
 
 The torch side of `rlhfctl profile` (the operator package never imports torch).
-Times, on the local CPU or on a GPU when present: GEMMs of a decoder layer's
-shapes at a few token counts (peak rate and how fast small ones fall off),
+Times, on the local CPU or on a GPU when present: GEMMs at a few token counts
+(peak rate and how fast small ones fall off), a whole decoder layer forward and
+one decode step (the tiny preset's shapes on CPU, a 7B-like layer on GPU: how
+close a layer gets to its GEMMs, and the per-layer overhead of a decode step),
 memory bandwidth (a large copy), host<->device copies, a tiny kernel's launch
 overhead, and an all-reduce between two processes (gloo on CPU, NCCL across
 two GPUs when there are two). It writes a YAML profile in the format of
@@ -38,7 +40,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _time(fn: Callable[[], object], device: torch.device, repeat: int, min_seconds: float) -> float:
-    """Median seconds of one call of fn (after a warm-up)."""
+    """Fastest seconds of one call of fn (after a warm-up): the least disturbed by other load."""
     fn()
     _sync(device)
     times = []
@@ -50,7 +52,7 @@ def _time(fn: Callable[[], object], device: torch.device, repeat: int, min_secon
         times.append(time.perf_counter() - t0)
         if i >= 2 and time.perf_counter() > deadline:
             break
-    return statistics.median(times)
+    return min(times)
 
 
 def measure_gemm(device: torch.device, dtype: torch.dtype, quick: bool) -> dict[str, Any]:
@@ -73,6 +75,97 @@ def measure_gemm(device: torch.device, dtype: torch.dtype, quick: bool) -> dict[
     halves = [m * (peak / r - 1) for m, r in rates.items() if r < peak]
     half = max(1.0, statistics.median(halves)) if halves else 1.0
     return {"hidden": hidden, "flops_by_rows": rates, "peak": peak, "half_rows": half}
+
+
+def _layer_weights(
+    hidden: int, inter: int, heads: int, kv_heads: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    hd = hidden // heads
+
+    def w(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype) * 0.02
+
+    return {
+        "qkv": w(hidden, (heads + 2 * kv_heads) * hd),
+        "o": w(heads * hd, hidden),
+        "gate_up": w(hidden, 2 * inter),
+        "down": w(inter, hidden),
+        "norm": torch.ones(hidden, device=device, dtype=dtype),
+    }
+
+
+def _layer(
+    x: torch.Tensor,
+    wts: dict[str, torch.Tensor],
+    heads: int,
+    kv_heads: int,
+    cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One decoder layer (RMSNorm, GQA attention, SwiGLU), the shape of the worker's."""
+    b, t, h = x.shape
+    hd = h // heads
+    n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * wts["norm"]
+    qkv = n @ wts["qkv"]
+    q, k, v = qkv.split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
+    q = q.view(b, t, heads, hd).transpose(1, 2)
+    k = k.view(b, t, kv_heads, hd).transpose(1, 2)
+    v = v.view(b, t, kv_heads, hd).transpose(1, 2)
+    if cache is not None:  # preallocated: the new token's key/value go into the last slot
+        cache[0][:, :, -t:] = k
+        cache[1][:, :, -t:] = v
+        k, v = cache
+    att = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=cache is None, enable_gqa=heads != kv_heads
+    )
+    x = x + att.transpose(1, 2).reshape(b, t, heads * hd) @ wts["o"]
+    n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * wts["norm"]
+    gate, up = (n @ wts["gate_up"]).chunk(2, dim=-1)
+    return x + (torch.nn.functional.silu(gate) * up) @ wts["down"]
+
+
+def measure_layers(
+    device: torch.device, dtype: torch.dtype, peak: float, half_rows: float, quick: bool
+) -> dict[str, Any]:
+    """A whole decoder layer, forward and one decode step: how close to the GEMM model it runs.
+
+    Shapes: the `tiny` preset on CPU (what local mode runs), a LLaMA-7B-like layer on GPU.
+    Returns the layer efficiency (achieved FLOP/s over the GEMM model's) and the decode
+    step's time per layer beyond its compute and memory traffic (launch/dispatch overhead).
+    """
+    if device.type == "cpu":
+        hidden, inter, heads, kv_heads, batch, seq = 256, 512, 8, 4, 16, 128
+    else:
+        hidden, inter, heads, kv_heads, batch, seq = 4096, 11008, 32, 8, 8, 1024
+    if quick:
+        seq //= 2
+    hd = hidden // heads
+    wts = _layer_weights(hidden, inter, heads, kv_heads, device, dtype)
+    params = hidden * (heads + 2 * kv_heads) * hd + heads * hd * hidden + 3 * hidden * inter
+    x = torch.randn(batch, seq, hidden, device=device, dtype=dtype)
+    with torch.no_grad():
+        fwd = _time(lambda: _layer(x, wts, heads, kv_heads), device, 10, 0.3)
+    tokens = batch * seq
+    flops = tokens * (2 * params + 4 * heads * hd * seq / 2)
+    model_rate = peak * tokens / (tokens + half_rows)
+    efficiency = min(1.0, flops / fwd / model_rate)
+    # One decode step against a KV cache of `seq` tokens.
+    k = torch.randn(batch, kv_heads, seq + 1, hd, device=device, dtype=dtype)
+    cache = (k, k.clone())
+    step_x = torch.randn(batch, 1, hidden, device=device, dtype=dtype)
+    with torch.no_grad():
+        step = _time(lambda: _layer(step_x, wts, heads, kv_heads, cache), device, 20, 0.3)
+    return {
+        "shape": {"hidden": hidden, "intermediate": inter, "heads": heads, "kv_heads": kv_heads},
+        "forward_seconds": fwd,
+        "forward_tokens": tokens,
+        "efficiency": efficiency,
+        "decode_step_seconds": step,
+        "decode_batch": batch,
+        "decode_context": seq,
+        "decode_flops": batch * (2 * params + 4 * heads * hd * seq),
+        "decode_bytes": params * x.element_size()
+        + 2 * batch * seq * kv_heads * hd * x.element_size(),
+    }
 
 
 def measure_bandwidth(device: torch.device, quick: bool) -> float:
@@ -169,6 +262,16 @@ def measure(device_name: str, name: str | None, slots: int, quick: bool) -> dict
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     gemm = measure_gemm(device, dtype, quick)
     bandwidth = measure_bandwidth(device, quick)
+    layers = measure_layers(device, dtype, gemm["peak"], gemm["half_rows"], quick)
+    bw_eff = 0.9
+    # What the estimator would predict for the decode step without overhead; the rest is overhead.
+    rows = layers["decode_batch"]
+    step_rate = gemm["peak"] * layers["efficiency"] * rows / (rows + gemm["half_rows"])
+    step_model = max(
+        layers["decode_flops"] / step_rate,
+        layers["decode_bytes"] / (bandwidth * bw_eff),
+    )
+    step_overhead = max(layers["decode_step_seconds"] - step_model, 0.0)
     host = measure_host(device, quick)
     launch = measure_launch(device)
     ar = measure_allreduce(device, quick)
@@ -191,18 +294,18 @@ def measure(device_name: str, name: str | None, slots: int, quick: bool) -> dict
             assumed.append("intra-node link (one GPU: H100 NVLink figures)")
         inter_bw, inter_lat = 4.5e10, 2.5e-5
         assumed.append("inter-node link (400 Gb/s per GPU)")
-    overhead = KERNELS_PER_LAYER * launch
+    overhead = max(step_overhead, KERNELS_PER_LAYER * launch)
     return {
         "name": label,
         "kind": device.type if device.type == "cpu" else "gpu",
-        # Measured GEMM peaks; a whole layer reaches ~80% of its GEMMs' rate.
+        # Measured GEMM peak; the efficiency is what a whole decoder layer reaches of it.
         "peak_flops": float(gemm["peak"]),
-        "matmul_efficiency": 0.8,
+        "matmul_efficiency": float(layers["efficiency"]),
         "matmul_half_tokens": float(gemm["half_rows"]),
         "memory_bytes": int(memory),
         "usable_memory_fraction": 0.9 if device.type == "cuda" else 0.7,
         "memory_bandwidth": float(bandwidth),
-        "bandwidth_efficiency": 0.9,
+        "bandwidth_efficiency": bw_eff,
         "intra_node_bandwidth": float(ar["bus_bandwidth"]),
         "intra_node_latency": float(ar["latency"]),
         "inter_node_bandwidth": float(inter_bw),
@@ -223,9 +326,13 @@ def measure(device_name: str, name: str | None, slots: int, quick: bool) -> dict
             "torch": str(torch.__version__),
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()),
             "dtype": str(dtype).replace("torch.", ""),
             "gemm_hidden": gemm["hidden"],
             "gemm_flops_by_rows": {int(k): float(v) for k, v in gemm["flops_by_rows"].items()},
+            "layer": {
+                k: (float(v) if isinstance(v, int | float) else v) for k, v in layers.items()
+            },
             "assumed": assumed,
         },
     }
