@@ -127,7 +127,8 @@ def generate(
         if not ctx.is_last:
             send_to(ctx, hidden, ctx.stage + 1)
         else:
-            logits = all_gather_last_dim(model.lm_logits(hidden[:, -1]), ctx.tp_group)
+            tp_ranks = ctx.layout.tp_group(ctx.stage, ctx.dp_rank)
+            logits = all_gather_last_dim(model.lm_logits(hidden[:, -1]), ctx.tp_group, tp_ranks)
             tokens, logprobs = sample(logits, config, generators)
             picked = torch.stack([tokens.double(), logprobs.double()])
         picked = broadcast_from_last(ctx, picked)

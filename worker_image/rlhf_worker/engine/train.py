@@ -78,7 +78,7 @@ class Trainer:
         for param in params.values():
             if param.grad is None:  # a parameter this batch did not reach
                 param.grad = torch.zeros_like(param)
-        tied_embedding_grads(params, ctx)
+        tied_embedding_grads(params, model.config.shape, ctx)
         all_reduce_grads(params, ctx.dp_group)
         norm = global_grad_norm(params, model.config.shape, ctx)
         if self.config.max_grad_norm > 0:

@@ -40,11 +40,14 @@ def all_reduce_grads(params: Mapping[str, nn.Parameter], group: Group) -> None:
         grad.copy_(reduced)
 
 
-def tied_embedding_grads(params: Mapping[str, nn.Parameter], ctx: ParallelContext) -> None:
+def tied_embedding_grads(
+    params: Mapping[str, nn.Parameter], shape: ModelShape, ctx: ParallelContext
+) -> None:
     """With tied embeddings over pp > 1 the first and last stage each hold the matrix:
     add their gradients so both copies take the same step."""
     param = params.get("model.embed_tokens.weight")
-    if ctx.pp == 1 or ctx.tied_group is None or param is None or param.grad is None:
+    tied = shape.tie_word_embeddings and shape.head == "lm"
+    if not tied or ctx.pp == 1 or ctx.tied_group is None or param is None or param.grad is None:
         return
     if ctx.is_first or ctx.is_last:
         dist.all_reduce(param.grad, group=ctx.tied_group)
@@ -62,8 +65,8 @@ def global_grad_norm(
         replicated = name not in tp_split
         if replicated and ctx.tp_rank != 0:
             continue
-        if name == "model.embed_tokens.weight" and ctx.pp > 1 and not ctx.is_first:
-            continue
+        if name == "model.embed_tokens.weight" and not ctx.is_first:
+            continue  # the tied copy on the last stage: counted on the first
         total += param.grad.double().pow(2).sum()
     if ctx.layout_group is not None:
         dist.all_reduce(total, group=ctx.layout_group)

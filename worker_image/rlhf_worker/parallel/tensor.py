@@ -14,6 +14,7 @@ the group, which is what makes the identity backward correct.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -58,13 +59,19 @@ def reduce_from_tp(x: Tensor, group: Group) -> Tensor:
     return x if group is None else _ReduceFromTP.apply(x, group)
 
 
-def all_gather_last_dim(x: Tensor, group: Group) -> Tensor:
-    """Concatenate each rank's slice along the last dimension (no gradient; for sampling)."""
+def all_gather_last_dim(x: Tensor, group: Group, ranks: Sequence[int]) -> Tensor:
+    """Concatenate each rank's slice along the last dimension, in the order of ``ranks``
+    (the layout's tp order; no gradient; for sampling).
+
+    ``new_group`` numbers a group's members by ascending global rank, which is not the
+    layout's tp order when a mesh lists its ranks in another order.
+    """
     if group is None:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    parts = [torch.empty_like(x) for _ in ranks]
     dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat(parts, dim=-1)
+    by_global = dict(zip(sorted(ranks), parts, strict=True))
+    return torch.cat([by_global[r] for r in ranks], dim=-1)
 
 
 def vocab_parallel_embedding(
