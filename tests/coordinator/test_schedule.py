@@ -147,8 +147,14 @@ def test_colocated_plan_needs_no_reallocation() -> None:
     steps = iteration_steps(plan, calls_for("grpo"))
     kinds = _by_kind(steps)
     assert Realloc not in kinds and Release not in kinds
-    # Only sequence-level keys (rewards) are redistributed when layouts agree.
-    assert {s.action.key for s in kinds[MoveData]} == {"rewards"}  # type: ignore[union-attr]
+    # With equal layouts, only what the train call needs whole (and rewards) moves.
+    moves = {(s.action.key, s.action.dst_call) for s in kinds[MoveData]}  # type: ignore[union-attr]
+    assert moves == {
+        ("rewards", "actor_train"),
+        ("responses", "actor_train"),
+        ("gen_logprobs", "actor_train"),
+        ("ref_logprobs", "actor_train"),
+    }
 
 
 def test_remax_shares_one_transient_copy_between_its_two_generations() -> None:

@@ -10,7 +10,8 @@ module turns that into what the coordinator dispatches each iteration:
   by reallocation before its first call and dropped (`Release`) after its last
   one in the iteration. Nothing is copied back: transient copies are not trained.
 * `MoveData`: a call's inputs produced by another call on another layout are
-  redistributed worker to worker (never through the coordinator).
+  redistributed worker to worker (never through the coordinator). Train calls
+  and sequence-level keys (rewards) always get every row on every rank.
 * `RunCall`: the call itself.
 * `Release`: drop a transient copy after its last call.
 * `EndIteration`: every rank drops the iteration's data (iterations run one
@@ -157,7 +158,9 @@ def iteration_steps(plan: Plan, calls: Sequence[Call]) -> list[Step]:
             if source is None:
                 continue  # prompts: read by the generating workers themselves
             needs.add(ran[source])
-            if layouts[source] != layout or key in SEQUENCE_KEYS:
+            # Train calls compute advantages over the whole batch, so every rank
+            # gets all rows of every input even when the layouts agree.
+            if layouts[source] != layout or key in SEQUENCE_KEYS or call.kind == "train":
                 move = add(MoveData(key, source, call.name, layouts[source], layout), {ran[source]})
                 needs.add(move)
         index = add(RunCall(call.name, call.role, layout), needs)

@@ -1,0 +1,256 @@
+"""Local mode: one job on this machine, without Kubernetes (`rlhfctl run`).
+
+The coordinator runs in this process; one worker process per slot is started
+with exactly the command and environment a worker pod gets
+(`launch.worker_command` / `launch.worker_env`), on CPU with gloo when there
+is no GPU. A worker that dies fails the iteration (the control plane notices
+its broken stream at once); all workers are then restarted and the job resumes
+from its newest complete checkpoint, up to `runPolicy.backoffLimit` times.
+Ctrl-C finishes the running iteration, writes a checkpoint and stops; a
+second Ctrl-C stops at once (the last complete checkpoint still resumes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from rlhf_operator.api.job import RLHFJob
+from rlhf_operator.controlplane.tokens import new_token
+from rlhf_operator.coordinator.errors import CommandFailed, CommandTimeout, WorkerLost
+from rlhf_operator.coordinator.executor import JobRunner
+from rlhf_operator.coordinator.job_metrics import JobMetrics
+from rlhf_operator.coordinator.launch import WorkerLaunch, worker_command, worker_env
+from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir, format_progress
+from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
+from rlhf_operator.planner.plan import Plan
+
+RUNTIME_HANDLERS = "rlhf_worker.runtime.handlers"
+
+
+class JobFailed(RuntimeError):
+    """The job cannot finish (the message says why, in one line)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalRun:
+    job: RLHFJob
+    plan: Plan
+    base_dir: Path
+    output: OutputDir
+    metrics_port: int | None = 0  # None: no /metrics endpoint
+    heartbeat_timeout_s: float = 60.0
+    stream: TextIO = sys.stderr
+    on_iteration: Callable[[IterationRecord], None] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
+    stop_requested: bool = False
+    _workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return int(self.job.spec.device_count)
+
+    def run(self) -> dict[str, Any]:
+        """Run to the end (resuming from a checkpoint if there is one); returns the summary."""
+        self.output.create()
+        metrics = JobMetrics(self.job.metadata.name)
+        port = metrics.serve(self.metrics_port) if self.metrics_port is not None else None
+        if port is not None:
+            self._say(f"metrics: http://127.0.0.1:{port}/metrics")
+        started = time.monotonic()
+        first: IterationRecord | None = None
+        last: IterationRecord | None = None
+        previous = signal.signal(signal.SIGINT, self._interrupt)
+        try:
+            while True:
+                try:
+                    first, last = self._attempt(metrics, first, last, started)
+                    break
+                except CommandFailed as err:
+                    # A handler's error is deterministic (bad data, a reward function
+                    # that raises): restarting would only repeat it.
+                    raise JobFailed(str(err)) from None
+                except (WorkerLost, CommandTimeout) as err:
+                    if self.stop_requested:
+                        raise JobFailed("stopped by Ctrl-C") from None
+                    self.restarts += 1
+                    limit = int(self.job.spec.run_policy.backoff_limit)
+                    if self.restarts > limit:
+                        raise JobFailed(
+                            f"{err} (restarted {self.restarts - 1} time(s); backoffLimit is {limit})"
+                        ) from None
+                    self._say(
+                        f"worker failure: {err}; restarting from the last checkpoint "
+                        f"({self.restarts}/{limit})"
+                    )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self._stop_workers()
+        summary = self._summary(first, last, time.monotonic() - started, "Succeeded")
+        self.output.write_summary(summary)
+        return summary
+
+    def _attempt(
+        self,
+        metrics: JobMetrics,
+        first: IterationRecord | None,
+        last: IterationRecord | None,
+        started: float,
+    ) -> tuple[IterationRecord | None, IterationRecord | None]:
+        token = new_token()
+        config = CoordinatorConfig(
+            job_id=self.job.metadata.name,
+            token=token,
+            world_size=self.world_size,
+            heartbeat_interval_s=2.0,
+            heartbeat_timeout_s=self.heartbeat_timeout_s,
+        )
+        total = int(self.job.spec.training.iterations)
+        interval = int(self.job.spec.checkpoint.interval)
+        with Coordinator(config) as coordinator:
+            self._start_workers(coordinator.address, token)
+            runner = JobRunner(coordinator, self.job, self.plan, self.output, self.base_dir)
+            start = runner.setup()
+            for iteration in range(start, total + 1):
+                record = runner.run_iteration(iteration)
+                self.output.append_metrics(record)
+                metrics.observe(record)
+                first = first or record
+                last = record
+                if self.on_iteration is not None:
+                    self.on_iteration(record)
+                self._progress(record, total, started, start)
+                if iteration % interval == 0 or iteration == total or self.stop_requested:
+                    runner.checkpoint(iteration)
+                if self.stop_requested:
+                    raise KeyboardInterrupt
+            if start <= total or not self.output.export.exists():
+                runner.export(self.output.export)
+            runner.shutdown()
+        return first, last
+
+    def _start_workers(self, address: str, token: str) -> None:
+        self._stop_workers()
+        launch = WorkerLaunch(
+            job_id=self.job.metadata.name,
+            coordinator_addr=address,
+            world_size=self.world_size,
+            master_addr="127.0.0.1",
+            master_port=free_port(),
+            device="cpu",
+            token=token,
+            connect_timeout_s=120.0,
+            socket_ifname="lo",
+            threads_per_worker=max(1, (os.cpu_count() or 1) // self.world_size),
+            handler_modules=(RUNTIME_HANDLERS,),
+        )
+        self.output.logs.mkdir(parents=True, exist_ok=True)
+        for rank in range(self.world_size):
+            env = {**os.environ, **self.extra_env, **worker_env(launch, rank, local_rank=rank)}
+            log = (self.output.logs / f"worker-{rank}.log").open("ab")
+            # Own session: a Ctrl-C in the terminal reaches the coordinator only,
+            # which then stops the workers in order.
+            self._workers.append(
+                subprocess.Popen(
+                    worker_command(),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            log.close()
+
+    def _stop_workers(self) -> None:
+        for proc in self._workers:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self._workers:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._workers = []
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._workers]
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self._say("stopping after this iteration (Ctrl-C again to stop now)")
+
+    def _progress(self, record: IterationRecord, total: int, started: float, start: int) -> None:
+        done = record.iteration - start + 1
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (total - record.iteration) if done else math.inf
+        self._say(
+            format_progress(
+                record.iteration,
+                total,
+                record.reward_mean,
+                record.kl,
+                record.tokens_per_second,
+                eta,
+            )
+        )
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def _summary(
+        self,
+        first: IterationRecord | None,
+        last: IterationRecord | None,
+        seconds: float,
+        status: str,
+    ) -> dict[str, Any]:
+        records = self.output.read_metrics()
+        rewards = [r["reward_mean"] for r in records]
+        return {
+            "job": self.job.metadata.name,
+            "algorithm": self.job.spec.algorithm.name,
+            "status": status,
+            "iterations": len(records),
+            "restarts": self.restarts,
+            "seconds": round(seconds, 3),
+            "reward_first": rewards[0] if rewards else None,
+            "reward_last": rewards[-1] if rewards else None,
+            "reward_max": max(rewards) if rewards else None,
+            "tokens_per_second_median": _median([r["tokens_per_second"] for r in records]),
+            "samples_per_second_median": _median([r["samples_per_second"] for r in records]),
+            "plan": {
+                "strategy": self.plan.strategy,
+                "iteration_seconds_estimated": self.plan.iteration_seconds,
+            },
+            "checkpoints": str(self.output.checkpoints),
+            "export": str(self.output.export) if self.output.export.exists() else None,
+        }
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

@@ -1,0 +1,12 @@
+"""The worker's side of the main job: the state one worker process keeps across
+commands (its roles' shards under each layout, the iteration's data, the job and
+the plan) and the command handlers the coordinator drives it with.
+
+- ``state``: ``Runtime``, everything one process holds, and ``prepare`` (job, plan, groups);
+- ``models``: model directories (tiny ones built locally), loading a role,
+  reallocating it to another layout, releasing transient copies;
+- ``rows`` / ``datamove``: which rows of a call's data each rank holds and moving them;
+- ``calls``: generation, inference, reward and training calls;
+- ``persist``: checkpoints and the final export;
+- ``handlers``: the command table (``HANDLERS``) the agent dispatches to.
+"""

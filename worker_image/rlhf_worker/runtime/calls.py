@@ -1,0 +1,232 @@
+"""Running one call of an iteration on this rank: generate, score, infer, train.
+
+Data conventions (see ``datamove.key_tensors``): a sequence is the prompt
+left-padded to maxPromptLength P followed by the response right-padded to
+maxNewTokens T, so every tensor has a fixed width. ``responses`` holds
+``input_ids`` and ``attention_mask`` [rows, P+T] (the mask covers the prompt
+tokens and the response up to and including EOS); per-token results
+(log-probabilities, values) are [rows, T] over response tokens; per-sample
+scores are [rows].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rlhf_worker import algorithms
+from rlhf_worker.engine import GenerationConfig, forward_logprobs, forward_values, generate
+from rlhf_worker.reward_functions import load_reward_function, score
+from rlhf_worker.runtime.rows import rank_segments, replica_segments
+from rlhf_worker.runtime.state import LocalData, Runtime
+
+
+def run_call(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
+    """Run this rank's part of call `name`; returns metrics (the same on every rank of a replica)."""
+    call = rt.calls[name]
+    if rt.rank not in rt.layouts[name].ranks:
+        return {}
+    if call.kind == "generate":
+        return _generate(rt, name, iteration, greedy=call.greedy)
+    if call.kind == "inference":
+        return _infer(rt, name, iteration)
+    return _train(rt, name, iteration)
+
+
+# --- generation -------------------------------------------------------------------
+
+
+def _generate(rt: Runtime, name: str, iteration: int, greedy: bool) -> dict[str, float]:
+    call, layout = rt.calls[name], rt.layouts[name]
+    model = rt.roles[call.role].on(layout)
+    per_prompt = 1 if greedy else rt.samples_per_prompt
+    rows = int(rt.spec.data.batch_size) * per_prompt
+    segments = rank_segments(layout, rt.rank, rows)
+    prompts = rt.iteration_prompts(iteration)
+    rollout = rt.spec.rollout
+    config = GenerationConfig(
+        max_new_tokens=rt.response_width,
+        greedy=greedy or rollout.temperature == 0,
+        temperature=rollout.temperature or 1.0,
+        top_p=rollout.top_p,
+        eos_token_id=rt.tokenizer.eos_token_id,
+        pad_token_id=rt.tokenizer.pad_token_id,
+        seed=int(rt.spec.training.seed),
+    )
+    ids: list[Tensor] = []
+    masks: list[Tensor] = []
+    logprobs: list[Tensor] = []
+    row_ids = [r for start, stop in segments for r in range(start, stop)]
+    micro = max(1, rt.plan.call(name).micro_batches)
+    for chunk in _chunks(row_ids, micro):
+        chunk_prompts = [prompts[r // per_prompt].ids for r in chunk]
+        # Each sample has its own sampling stream: the same tokens whatever the layout.
+        out = generate(
+            model, chunk_prompts, config, sample_ids=[iteration * rows + r for r in chunk]
+        )
+        prompt_ids, prompt_mask = _left_pad(chunk_prompts, rt.prompt_width, config.pad_token_id)
+        steps = torch.arange(rt.response_width).unsqueeze(0)
+        response_mask = (steps < out.lengths.unsqueeze(1)).long()
+        ids.append(torch.cat([prompt_ids, out.tokens], dim=1))
+        masks.append(torch.cat([prompt_mask, response_mask], dim=1))
+        logprobs.append(out.logprobs)
+    key = call.outputs[0]
+    rt.data[key] = LocalData(
+        segments, {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
+    )
+    if len(call.outputs) > 1:
+        rt.data[call.outputs[1]] = LocalData(segments, {"value": torch.cat(logprobs)})
+    attention = torch.cat(masks)
+    lengths = attention[:, rt.prompt_width :].sum(dim=1).float()
+    metrics = {"response_length_mean": float(lengths.mean())}
+    p_index, _, t_index = layout.coords(rt.rank)
+    if p_index == 0 and t_index == 0:  # one rank per replica counts its rows, for the totals
+        metrics["tokens"] = float(attention.sum())
+        metrics["samples"] = float(len(row_ids))
+    return metrics
+
+
+def _chunks(items: list[int], parts: int) -> list[list[int]]:
+    size = max(1, -(-len(items) // parts))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _left_pad(prompts: list[tuple[int, ...]], width: int, pad: int) -> tuple[Tensor, Tensor]:
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        tail = list(prompt)[-width:]
+        if tail:
+            ids[i, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            mask[i, width - len(tail) :] = 1
+    return ids, mask
+
+
+# --- inference: reference log-probabilities, values, reward/cost scores ------------
+
+
+def _infer(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
+    call, layout = rt.calls[name], rt.layouts[name]
+    source = rt.data[call.inputs[0]]
+    batch = {
+        "input_ids": source.tensors["input_ids"],
+        "attention_mask": source.tensors["attention_mask"],
+    }
+    p, t = rt.prompt_width, rt.response_width
+    micro = max(1, rt.plan.call(name).micro_batches)
+    key = call.outputs[0]
+    spec = rt.spec.models.present()[call.role]
+    if getattr(spec, "reward_function", None):
+        value = _score_with_function(rt, iteration, call.inputs[0], source, spec.reward_function)
+    elif call.role in ("actor", "ref"):
+        value = forward_logprobs(rt.roles[call.role].on(layout), batch, micro)[:, p - 1 : p + t - 1]
+    elif call.role == "critic":
+        values = forward_values(rt.roles[call.role].on(layout), batch, micro)
+        value = values[:, p - 1 : p + t - 1]
+    else:  # a reward or cost model: its value at the sequence's last token
+        values = forward_values(rt.roles[call.role].on(layout), batch, micro)
+        last = _last_index(batch["attention_mask"])
+        value = values.gather(1, last.unsqueeze(1)).squeeze(1)
+    rt.data[key] = LocalData(source.segments, {"value": value.float().contiguous()})
+    if key in ("rewards", "costs", "greedy_rewards"):
+        return {f"{key}_mean": float(value.float().mean())}
+    return {}
+
+
+def _last_index(mask: Tensor) -> Tensor:
+    positions = torch.arange(mask.shape[1]).unsqueeze(0).expand_as(mask)
+    return torch.where(mask.bool(), positions, torch.zeros_like(positions)).max(dim=1).values
+
+
+def _score_with_function(
+    rt: Runtime, iteration: int, input_key: str, source: LocalData, spec: str
+) -> Tensor:
+    fn = load_reward_function(spec, search_path=[rt.base_dir])
+    greedy = input_key.startswith("greedy_")
+    per_prompt = 1 if greedy else rt.samples_per_prompt
+    iteration_prompts = rt.iteration_prompts(iteration)
+    prompts, responses = [], []
+    offset = 0
+    for start, stop in source.segments:
+        for r in range(start, stop):
+            row = offset + r - start
+            prompts.append(iteration_prompts[r // per_prompt].text)
+            mask = source.tensors["attention_mask"][row, rt.prompt_width :]
+            tokens = source.tensors["input_ids"][row, rt.prompt_width :][mask.bool()]
+            responses.append(rt.tokenizer.decode(tokens.tolist(), skip_special_tokens=True))
+        offset += stop - start
+    return torch.tensor(score(fn, prompts, responses, name=spec), dtype=torch.float32)
+
+
+# --- training ------------------------------------------------------------------------
+
+
+def _train(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
+    call, layout = rt.calls[name], rt.layouts[name]
+    role = rt.roles[call.role]
+    trainer = role.trainer
+    if trainer is None:
+        raise RuntimeError(f"{name}: role {call.role} has no trainable copy on rank {rt.rank}")
+    algo = algorithms.for_name(rt.spec.algorithm.name)
+    params = rt.spec.algorithm.params()
+    state = rt.algorithm_states.setdefault(name, algo.new_state(params))
+    p = rt.prompt_width
+    full = _full_batch(rt, call.inputs)
+    mask = full["attention_mask"][:, p:].float()
+    adv = algo.actor_advantages({**full, "mask": mask}, params, state, rt.samples_per_prompt)
+    metrics = {k: float(v) for k, v in adv.metrics.items()}
+    _, d, _ = layout.coords(rt.rank)
+    minibatches = int(rt.spec.training.minibatches)
+    micro = max(1, rt.plan.call(name).micro_batches)
+    per_row = {k: v for k, v in full.items() if v.dim() >= 1 and v.shape[0] == rt.rows}
+    per_row["mask"] = mask
+    per_row["advantages"] = adv.advantages
+    if adv.returns is not None:
+        per_row["returns"] = adv.returns
+    losses, norms = [], []
+    for _ in range(int(rt.spec.training.ppo_epochs)):
+        for m in range(minibatches):
+            start, stop = replica_segments(rt.rows, layout.dp, d, minibatches)[m]
+            chunk = rt.rows // minibatches
+            tokens = float(mask[m * chunk : (m + 1) * chunk].sum().clamp(min=1.0))
+            batch = {k: v[start:stop] for k, v in per_row.items()}
+            loss_fn = _loss_fn(rt, call.role, algo, params, tokens)
+            stats = trainer.step(batch, loss_fn, micro)
+            losses.append(stats.loss)
+            norms.append(stats.grad_norm)
+    metrics["loss"] = sum(losses) / len(losses)
+    metrics["grad_norm"] = sum(norms) / len(norms)
+    return metrics
+
+
+def _full_batch(rt: Runtime, inputs: tuple[str, ...]) -> dict[str, Tensor]:
+    """Every input of a train call, all rows (train calls receive their inputs replicated)."""
+    out: dict[str, Tensor] = {}
+    for key in inputs:
+        if key not in rt.data:
+            continue
+        held = rt.data[key]
+        if key in ("responses",):
+            out.update(held.tensors)
+        else:
+            out[key] = held.tensors["value"]
+    return out
+
+
+def _loss_fn(rt: Runtime, role: str, algo: Any, params: Any, minibatch_tokens: float) -> Any:
+    """The micro-batch loss, scaled so summing over micro-batches and replicas gives the minibatch mean."""
+    p, t = rt.prompt_width, rt.response_width
+
+    def loss(out: Tensor, mb: dict[str, Tensor]) -> Tensor:
+        share = float(mb["mask"].sum()) / minibatch_tokens
+        if role == "actor":
+            new = out[:, p - 1 : p + t - 1]
+            result = algo.actor_loss(new, mb, mb["advantages"], params)
+        else:
+            new = out[:, p - 1 : p + t - 1]
+            result = algo.critic_loss(new, mb, mb["returns"], params)
+        return result.loss * share
+
+    return loss

@@ -1,0 +1,134 @@
+"""A role's parameters on this rank: built, loaded, reallocated, released.
+
+Tiny models (`source.tiny`) are built on first use into the job's output
+directory and reused; several ranks may race to build the same one, so each
+builds into a private temporary directory and renames it into place (the
+build is deterministic: whichever rename wins, the files are the same).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from rlhf_worker.engine import OptimizerConfig, Trainer
+from rlhf_worker.engine.forward import Output
+from rlhf_worker.model.checkpoint import load_shards
+from rlhf_worker.model.config import ModelConfig
+from rlhf_worker.model.decoder import Decoder
+from rlhf_worker.parallel.groups import context_for
+from rlhf_worker.realloc.execute import reallocate
+from rlhf_worker.realloc.plan import plan_reallocation
+from rlhf_worker.runtime.state import RoleState, Runtime, model_dir_for, role_head
+from rlhf_worker.sharding import Layout
+from rlhf_worker.tiny import build_tiny_model, build_tokenizer
+
+
+def ensure_model_dirs(rt: Runtime) -> None:
+    """Build the tiny models the job names (once per directory); check the others exist."""
+    for role, model in rt.spec.models.present().items():
+        if model.source is None:
+            continue  # a reward function
+        directory = model_dir_for(rt.output_dir, rt.base_dir, role, model)
+        rt.model_dirs[role] = directory
+        if model.source.tiny is not None and not (directory / "config.json").exists():
+            assert model.architecture is not None
+            hf_config = model.architecture.resolve().to_hf_config()
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+            build_tiny_model(tmp, hf_config, seed=model.source.tiny.seed, head=role_head(role))
+            build_tokenizer(tmp, vocab_size=int(hf_config["vocab_size"]))
+            try:
+                os.rename(tmp, directory)
+            except OSError:  # another rank won the race: same files
+                shutil.rmtree(tmp, ignore_errors=True)
+        elif not directory.is_dir():
+            raise FileNotFoundError(
+                f"spec.models.{role}.source.path: model directory {directory} does not exist"
+            )
+
+
+def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
+    """Load a role's shards for this rank under its home layout (the checkpoint on the volume)."""
+    model = rt.spec.models.present()[role]
+    assert model.architecture is not None
+    expected = model.architecture.resolve().to_hf_config()
+    head = role_head(role)
+    state = rt.roles.get(role)
+    if rt.rank not in layout.ranks:
+        config = ModelConfig.from_hf(expected, head=head)
+        state = state or RoleState(role, head, config, expected, layout)
+        rt.roles[role] = state
+        return state
+    config, shards = load_shards(
+        rt.model_dirs[role], layout, rt.rank, head=head, expected=expected, dtype=rt.dtype(role)
+    )
+    shards = {k: v.to(rt.device) for k, v in shards.items()}
+    decoder = Decoder(config, context_for(layout, rt.rank), shards)
+    state = RoleState(role, head, config, expected, layout, model=decoder)
+    if model.trainable is not False and role in trained_roles(rt):
+        state.trainer = Trainer(decoder, optimizer_config(rt, role), output=output_of(role))
+    rt.roles[role] = state
+    return state
+
+
+def trained_roles(rt: Runtime) -> set[str]:
+    return {c.role for c in rt.calls.values() if c.kind == "train"}
+
+
+def output_of(role: str) -> Output:
+    return "logprobs" if role_head(role) == "lm" else "values"
+
+
+def optimizer_config(rt: Runtime, role: str) -> OptimizerConfig:
+    training = rt.spec.training
+    lr = training.actor_learning_rate if role == "actor" else training.critic_learning_rate
+    opt = training.optimizer
+    return OptimizerConfig(
+        lr=lr,
+        betas=(opt.betas[0], opt.betas[1]),
+        eps=opt.eps,
+        weight_decay=opt.weight_decay,
+        max_grad_norm=training.gradient_clipping,
+    )
+
+
+def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[str, float]:
+    """Copy a role from `src` into a transient copy under `dst` (every rank of either takes part)."""
+    state = rt.roles[role]
+    plan = plan_reallocation(
+        state.config.shape, src, dst, rt.node_of, element_bytes=_element_bytes(rt, role)
+    )
+    local_src = state.on(src).local_state() if rt.rank in src.ranks else None
+    out = reallocate(
+        plan,
+        {k: v.detach() for k, v in local_src.items()} if local_src is not None else None,
+        rt.rank,
+        dtype=rt.dtype(role),
+        device=rt.device,
+        alias_local=True,  # a transient copy is only read: share what the home copy already holds
+    )
+    if out is not None:
+        state.copies[dst] = Decoder(state.config, context_for(dst, rt.rank), out)
+    moved = sum(p.nbytes for p in plan.pieces if p.dst == rt.rank)
+    return {"bytes_received": float(moved)}
+
+
+def release_role(rt: Runtime, role: str, layout: Layout) -> None:
+    state = rt.roles.get(role)
+    if state is not None:
+        state.copies.pop(layout, None)
+
+
+def _element_bytes(rt: Runtime, role: str) -> int:
+    import torch
+
+    return torch.empty((), dtype=rt.dtype(role)).element_size()
+
+
+def with_values(config: ModelConfig, num_values: int) -> ModelConfig:
+    """A value-head config with `num_values` outputs (Safe-RLHF's critic has two)."""
+    return replace(config, shape=replace(config.shape, num_values=num_values))

@@ -1,0 +1,182 @@
+"""What one worker process holds across commands, and how a job is prepared.
+
+Every rank of the job gets ``prepare`` first (it is collective: process groups
+for every layout of the plan are created here, by all ranks in the same order,
+as gloo requires). After it, roles are loaded, reallocated and run by the other
+handlers, which all work on the ``Runtime`` kept in the worker's context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_operator.api.dataflow import Call, calls_for
+from rlhf_operator.api.job import RLHFJob
+from rlhf_operator.api.models import ModelSpec, RewardModelSpec
+from rlhf_operator.planner.plan import Plan
+from rlhf_worker.data import Prompt, epoch_order
+from rlhf_worker.engine import Trainer
+from rlhf_worker.model.config import ModelConfig
+from rlhf_worker.model.decoder import Decoder
+from rlhf_worker.parallel.groups import groups_for
+from rlhf_worker.sharding import HeadKind, Layout
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RoleState:
+    """One role on this rank: its home copy (and optimizer), and transient copies."""
+
+    name: str
+    head: HeadKind
+    config: ModelConfig
+    hf_config: dict[str, Any]
+    home: Layout
+    model: Decoder | None = None  # None if this rank is not in the home layout
+    trainer: Trainer | None = None
+    copies: dict[Layout, Decoder] = field(default_factory=dict)
+
+    def on(self, layout: Layout) -> Decoder:
+        """This rank's copy of the role under `layout` (home or transient)."""
+        if layout == self.home and self.model is not None:
+            return self.model
+        copy = self.copies.get(layout)
+        if copy is None:
+            raise RuntimeError(f"role {self.name} has no copy under layout {layout} on this rank")
+        return copy
+
+
+@dataclass
+class LocalData:
+    """Rows of one data key this rank holds: global row segments and their tensors."""
+
+    segments: list[tuple[int, int]]
+    tensors: dict[str, torch.Tensor]
+
+    def rows(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """The tensors' rows for global rows [start, stop) (which this rank must hold)."""
+        offset = 0
+        for seg_start, seg_stop in self.segments:
+            if seg_start <= start and stop <= seg_stop:
+                lo = offset + start - seg_start
+                return {k: v[lo : lo + stop - start] for k, v in self.tensors.items()}
+            offset += seg_stop - seg_start
+        raise KeyError(f"rows {start}-{stop} are not held here (held: {self.segments})")
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+    job: RLHFJob
+    plan: Plan
+    base_dir: Path  # relative paths of the job (prompts, reward modules) resolve here
+    output_dir: Path
+    calls: dict[str, Call]
+    layouts: dict[str, Layout]
+    homes: dict[str, Layout]
+    model_dirs: dict[str, Path]
+    roles: dict[str, RoleState] = field(default_factory=dict)
+    data: dict[str, LocalData] = field(default_factory=dict)
+    prompts: list[Prompt] = field(default_factory=list)
+    tokenizer: Any = None
+    algorithm_states: dict[str, Any] = field(default_factory=dict)  # by train call
+
+    @property
+    def spec(self) -> Any:
+        return self.job.spec
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return int(self.spec.samples_per_prompt)
+
+    @property
+    def rows(self) -> int:
+        """Samples per iteration."""
+        return int(self.spec.data.batch_size) * self.samples_per_prompt
+
+    @property
+    def prompt_width(self) -> int:
+        return int(self.spec.data.max_prompt_length)
+
+    @property
+    def response_width(self) -> int:
+        return int(self.spec.rollout.max_new_tokens)
+
+    def dtype(self, role: str) -> torch.dtype:
+        """Parameter dtype of a role: as the job says on GPU; float32 on CPU."""
+        if self.device.type == "cpu":
+            return torch.float32
+        model = self.spec.models.present()[role]
+        return DTYPES[model.dtype]
+
+    def node_of(self, rank: int) -> int:
+        return rank // self.plan.gpus_per_node
+
+    def iteration_prompts(self, iteration: int) -> list[Prompt]:
+        """The prompts of an iteration (1-based): a pure function of the seed and the iteration.
+
+        Epoch e is a shuffle seeded with shuffleSeed + e; iterations walk through
+        the epochs in order. Resuming at any iteration sees exactly the prompts
+        an uninterrupted run would have seen, with no stream state to restore.
+        """
+        batch, count = int(self.spec.data.batch_size), len(self.prompts)
+        start = (iteration - 1) * batch
+        out = []
+        for position in range(start, start + batch):
+            epoch, offset = divmod(position, count)
+            out.append(self.prompts[epoch_order(count, self.spec.data.shuffle_seed, epoch)[offset]])
+        return out
+
+
+def role_head(role: str) -> HeadKind:
+    return "lm" if role in ("actor", "ref") else "value"
+
+
+def model_dir_for(
+    output_dir: Path, base_dir: Path, role: str, model: ModelSpec | RewardModelSpec
+) -> Path:
+    """Where a role's model lives: its path (relative to the job), or the tiny model built for it."""
+    assert model.source is not None
+    if model.source.path is not None:
+        path = Path(model.source.path)
+        return path if path.is_absolute() else base_dir / path
+    assert model.source.tiny is not None and model.architecture is not None
+    arch = model.architecture.resolve().to_hf_config()
+    digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:10]
+    return output_dir / "models" / f"tiny-{role_head(role)}-seed{model.source.tiny.seed}-{digest}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def create_layout_groups(layouts: list[Layout]) -> None:
+    """Create every layout's process groups, in the given order, on every rank (collective)."""
+    for layout in layouts:
+        groups_for(layout)
+
+
+def distinct_layouts(
+    calls: list[Call], layouts: dict[str, Layout], extra: list[Layout]
+) -> list[Layout]:
+    """The plan's layouts in a fixed order (every rank must create groups in the same order)."""
+    out: list[Layout] = []
+    for layout in [layouts[c.name] for c in calls] + extra:
+        if layout not in out:
+            out.append(layout)
+    return out
+
+
+def job_calls(job: RLHFJob) -> list[Call]:
+    return list(calls_for(job.spec.algorithm.name, set(job.spec.models.present())))
