@@ -1,0 +1,232 @@
+"""`rlhfctl run` end to end: real worker processes, the gRPC control plane, gloo.
+
+Each test runs a tiny job for a couple of iterations on 2-4 CPU slots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from rlhf_operator.api.manifests import load_jobs
+from rlhf_operator.coordinator.local import JobFailed, LocalRun
+from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir
+from rlhf_operator.planner import plan_job
+from rlhf_worker.checkpoint import latest_complete
+
+from .conftest import tiny_job, write_job
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(900)
+
+
+def rlhfctl_run(job: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_operator.cli.main",
+            "run",
+            str(job),
+            "-o",
+            str(out),
+            "--no-metrics",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def local_run(job_path: Path, out: Path, **kwargs: Any) -> LocalRun:
+    jobs, problems = load_jobs(str(job_path))
+    assert not problems, problems
+    job = jobs[0]
+    return LocalRun(
+        job, plan_job(job), job_path.parent, OutputDir(out), metrics_port=None, **kwargs
+    )
+
+
+def test_ppo_colocated_runs_and_writes_the_output_contract(job_file: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = rlhfctl_run(job_file(tiny_job("ppo-colocated")), out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "Succeeded" and summary["iterations"] == 2
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [1, 2]
+    for record in lines:
+        for key in ("reward_mean", "kl", "seconds", "tokens_per_second", "calls"):
+            assert key in record
+        assert set(record["calls"]) == {
+            "actor_gen",
+            "ref_inf",
+            "reward_inf",
+            "critic_inf",
+            "actor_train",
+            "critic_train",
+        }
+        assert all(
+            c["seconds"] > 0 and c["estimated_seconds"] > 0 for c in record["calls"].values()
+        )
+        assert 0.0 <= record["reward_mean"] <= 1.0
+    assert latest_complete(out / "checkpoints").iteration == 2  # type: ignore[union-attr]
+    # The exported actor loads with transformers and generates.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "export")
+    tokenizer = AutoTokenizer.from_pretrained(out / "export")
+    ids = tokenizer("the red cat", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_grpo_manual_plan_reallocates_between_layouts(job_file: Any, tmp_path: Path) -> None:
+    job = tiny_job(
+        "grpo-manual",
+        "grpo",
+        algorithm={"name": "grpo", "grpo": {"groupSize": 2}},
+        placement={
+            "strategy": "manual",
+            "calls": {
+                "actor_gen": {"mesh": "0:0-1", "tp": 2},
+                "ref_inf": {"mesh": "0:1"},
+                "reward_inf": {"mesh": "0:0"},
+                "actor_train": {"mesh": "0:0-1", "dp": 2},
+            },
+        },
+    )
+    out = tmp_path / "out"
+    result = rlhfctl_run(job_file(job), out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all("reallocation_seconds" in r for r in lines)
+
+
+def test_ppo_split_plan_on_four_slots(job_file: Any, tmp_path: Path) -> None:
+    job = tiny_job(
+        "ppo-split",
+        "ppo",
+        slots=4,
+        data={"batchSize": 4},
+        placement={
+            "strategy": "manual",
+            "calls": {
+                "actor_gen": {"mesh": "0:0-1", "dp": 2},
+                "ref_inf": {"mesh": "0:2"},
+                "reward_inf": {"mesh": "0:3"},
+                "critic_inf": {"mesh": "0:2-3", "tp": 2},
+                "actor_train": {"mesh": "0:0-3", "dp": 2, "tp": 2},
+                "critic_train": {"mesh": "0:2-3", "dp": 2},
+            },
+        },
+    )
+    out = tmp_path / "out"
+    result = rlhfctl_run(job_file(job), out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    assert sum(r["reallocation_bytes"] for r in lines) > 0
+
+
+def _weights(directory: Path) -> dict[str, Any]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_killed_worker_is_restarted_and_the_run_ends_with_the_same_weights(
+    job_file: Any, tmp_path: Path
+) -> None:
+    job = tiny_job("killed", training={"iterations": 3})
+    path = job_file(job)
+    reference = local_run(path, tmp_path / "reference")
+    reference.run()
+
+    run = local_run(path, tmp_path / "killed")
+    killed: list[int] = []
+
+    def kill_during_next_iteration(record: IterationRecord) -> None:
+        if record.iteration == 1 and not killed:
+            pid = run.worker_pids[1]
+            # Kill rank 1 while iteration 2 is under way.
+            timer = threading.Timer(0.5, lambda: os.kill(pid, signal.SIGKILL))
+            timer.start()
+            killed.append(pid)
+
+    run.on_iteration = kill_during_next_iteration
+    summary = run.run()
+    assert killed and summary["restarts"] == 1
+    assert summary["iterations"] == 3
+    got, want = (
+        _weights(tmp_path / "killed" / "export"),
+        _weights(tmp_path / "reference" / "export"),
+    )
+    assert got.keys() == want.keys()
+    for name in want:
+        assert (got[name] == want[name]).all(), name
+
+
+def test_checkpoint_without_commit_marker_is_ignored(job_file: Any, tmp_path: Path) -> None:
+    path = job_file(tiny_job("resume"))
+    out = tmp_path / "out"
+    local_run(path, out).run()
+    (out / "checkpoints" / "iter-00000002" / "COMMITTED").unlink()
+    assert latest_complete(out / "checkpoints").iteration == 1  # type: ignore[union-attr]
+    summary = local_run(path, out).run()
+    # Iteration 2 ran again from checkpoint 1: one consistent record per iteration.
+    assert [r["iteration"] for r in OutputDir(out).read_metrics()] == [1, 2]
+    assert summary["iterations"] == 2
+    assert latest_complete(out / "checkpoints").iteration == 2  # type: ignore[union-attr]
+
+
+def test_bad_inputs_fail_with_one_clear_line(job_file: Any, tmp_path: Path) -> None:
+    missing_model = tiny_job("missing-model")
+    missing_model["spec"]["models"]["actor"]["source"] = {"path": str(tmp_path / "nowhere")}
+    result = rlhfctl_run(job_file(missing_model), tmp_path / "a")
+    assert result.returncode == 1
+    assert "model directory" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    unreadable = tiny_job("unreadable", data={"prompts": {"path": str(tmp_path / "nope.jsonl")}})
+    result = rlhfctl_run(job_file(unreadable), tmp_path / "b")
+    assert result.returncode == 1
+    assert "nope.jsonl" in result.stderr and "Traceback" not in result.stderr
+
+    bad = write_job(tmp_path / "bad.yaml", {"kind": "RLHFJob"})
+    result = rlhfctl_run(bad, tmp_path / "c")
+    assert result.returncode == 1 and "apiVersion: expected rlhf.dev/v1alpha1" in result.stderr
+
+
+def test_reward_function_that_raises_fails_cleanly_and_keeps_checkpoints(
+    job_file: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "flaky_reward.py").write_text(
+        "import os\n"
+        "def score(prompt, response):\n"
+        "    if os.environ.get('FLAKY_REWARD_FAIL'):\n"
+        "        raise ValueError('reward service unavailable')\n"
+        "    return float(len(response) % 3)\n"
+    )
+    job = tiny_job("flaky")
+    job["spec"]["models"]["reward"] = {"rewardFunction": "flaky_reward:score"}
+    job["spec"]["training"]["iterations"] = 1
+    path = job_file(job)
+    out = tmp_path / "out"
+    local_run(path, out).run()
+    committed = sorted(p.name for p in (out / "checkpoints").iterdir())
+
+    job["spec"]["training"]["iterations"] = 2
+    write_job(path, job)
+    with pytest.raises(JobFailed, match=r"flaky_reward:score.*reward service unavailable"):
+        local_run(path, out, extra_env={"FLAKY_REWARD_FAIL": "1"}).run()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == committed
+    assert latest_complete(out / "checkpoints").iteration == 1  # type: ignore[union-attr]
