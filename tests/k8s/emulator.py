@@ -57,6 +57,8 @@ class StampingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self._versions = itertools.count(1)
+        self.log: list[Any] = []  # every request served, in order
+        self._swapped: dict[int, Any] = {}  # id(parsed request) -> stamped request
         self.resources.load_bundled()
         for key, info in EXTRA_RESOURCES.items():
             entry = self.resources[key]
@@ -80,6 +82,19 @@ class StampingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return False
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        try:
+            return await self._handle_stamped(request)
+        finally:
+            # kmock finds a request's reactions by scanning its whole request log
+            # (O(requests) per request): keep only requests in flight there, and
+            # the full history in `log`.
+            served = self._swapped.pop(id(request), request)
+            for i in range(len(self._requests) - 1, -1, -1):
+                if self._requests[i] is served:
+                    self.log.append(self._requests.pop(i))
+                    break
+
+    async def _handle_stamped(self, request: Any) -> aiohttp.web.StreamResponse:
         original = request
         if request.resource is not None and request.action == enums.action.CREATE:
             request = self._stamp_create(request)
@@ -96,6 +111,7 @@ class StampingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             for i in range(len(self._requests) - 1, -1, -1):
                 if self._requests[i] is original:
                     self._requests[i] = request
+                    self._swapped[id(original)] = request
                     break
         response = await super()._handle(request)
         if request.action == enums.action.CREATE and response.status == 200:
@@ -211,4 +227,4 @@ class EmulatorThread:
     def requests(self) -> list[Any]:
         """Requests served so far (for counting API calls)."""
         assert self.emulator is not None
-        return list(self.emulator._requests)
+        return list(self.emulator.log)

@@ -1,0 +1,128 @@
+"""End to end through Kubernetes: the real operator against the emulator, and
+every pod it creates run as local processes by the pod executor (the
+coordinator pod runs `python -m rlhf_operator.coordinator`, the worker pods
+`python -m rlhf_worker`, on CPU slots).
+
+These need the coordinator's entry point (`rlhf_operator.coordinator.__main__`)
+and the worker's training code (torch): they are skipped until both exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .cluster import Cluster, OperatorThread, config, wait_for
+from .conftest import ROOT, example
+from .executor import PodExecutor
+
+pytest.importorskip("rlhf_operator.coordinator.__main__")
+pytest.importorskip("torch")
+
+pytestmark = pytest.mark.slow
+
+TRAINING_TIMEOUT = 540.0  # a hang guard for CPU training, not a speed assertion
+
+
+@pytest.fixture()
+def executor(cluster: Cluster, tmp_path: Path) -> Iterator[PodExecutor]:
+    # Relative prompt paths in the examples resolve against examples/.
+    ex = PodExecutor(cluster, tmp_path / "pods", ROOT / "examples").start()
+    yield ex
+    ex.stop()
+
+
+def tiny(name: str, iterations: int = 4, interval: int = 2) -> dict[str, Any]:
+    job = example("tiny-ppo.yaml")
+    job["metadata"] = {"name": name}
+    job["spec"]["training"]["iterations"] = iterations
+    job["spec"]["checkpoint"] = {"interval": interval}
+    return job
+
+
+def phase(cluster: Cluster, name: str) -> str | None:
+    return cluster.status(name).get("phase")
+
+
+def diagnose(cluster: Cluster, executor: PodExecutor, name: str) -> str:
+    logs = "\n".join(
+        f"--- {p}\n{executor.log_of(p)[-3000:]}" for p in sorted(cluster.pod_names(name))
+    )
+    return f"status: {cluster.status(name)}\n{logs}"
+
+
+def finished(cluster: Cluster, executor: PodExecutor, name: str) -> dict[str, Any]:
+    wait_for(
+        lambda: phase(cluster, name) in ("Succeeded", "Failed"),
+        f"{name} to finish",
+        TRAINING_TIMEOUT,
+    )
+    status = cluster.status(name)
+    assert status["phase"] == "Succeeded", diagnose(cluster, executor, name)
+    return status
+
+
+def test_tiny_job_goes_from_apply_to_succeeded(cluster, operator, executor):
+    cluster.apply_job(tiny("tiny", iterations=4))
+    status = finished(cluster, executor, "tiny")
+    assert status["iteration"] == 4
+    assert isinstance(status["metrics"]["rewardMean"], float)
+    assert status["lastCheckpoint"]["iteration"] == 4
+    assert status.get("restarts", 0) == 0
+
+
+def test_a_killed_worker_restarts_the_job_from_its_checkpoint(cluster, operator, executor):
+    cluster.apply_job(tiny("crash", iterations=6, interval=2))
+    wait_for(
+        lambda: (cluster.status("crash").get("lastCheckpoint") or {}).get("iteration", 0) >= 2,
+        "a first checkpoint",
+        TRAINING_TIMEOUT,
+    )
+    executor.kill("crash-worker-1")
+    wait_for(lambda: cluster.status("crash").get("restarts") == 1, "the restart")
+    status = finished(cluster, executor, "crash")
+    assert status["iteration"] == 6 and status["restarts"] == 1
+    # The second attempt's coordinator started from the checkpoint, not from 0.
+    assert "checkpoint" in executor.log_of("crash-coordinator").lower()
+
+
+def test_suspend_and_resume_continue_from_the_checkpoint(cluster, operator, executor):
+    cluster.apply_job(tiny("pause", iterations=6, interval=2))
+    wait_for(
+        lambda: (cluster.status("pause").get("lastCheckpoint") or {}).get("iteration", 0) >= 2,
+        "a first checkpoint",
+        TRAINING_TIMEOUT,
+    )
+    cluster.patch_job("pause", {"spec": {"suspend": True}})
+    wait_for(lambda: cluster.pods("pause") == [], "the pods to be removed")
+    cluster.patch_job("pause", {"spec": {"suspend": False}})
+    status = finished(cluster, executor, "pause")
+    assert status["iteration"] == 6
+
+
+def test_an_operator_restart_mid_job_leaves_it_running_to_completion(cluster, executor):
+    first = OperatorThread(config(), cluster.kubeconfig).start()
+    try:
+        cluster.apply_job(tiny("steady", iterations=6))
+        wait_for(
+            lambda: (cluster.status("steady").get("iteration") or 0) >= 1,
+            "the first iteration",
+            TRAINING_TIMEOUT,
+        )
+    finally:
+        first.stop()
+    pods = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods("steady")}
+    second = OperatorThread(config(), cluster.kubeconfig).start()
+    try:
+        status = finished(cluster, executor, "steady")
+        assert status.get("restarts", 0) == 0
+        assert status["iteration"] == 6
+        still = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods("steady")}
+        assert {n: u for n, u in still.items() if n in pods} == {
+            n: u for n, u in pods.items() if n in still
+        }
+    finally:
+        second.stop()
