@@ -11,6 +11,7 @@ to play what a real kubelet would report.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import threading
 import time
@@ -218,6 +219,7 @@ class FakeKubelet:
         self.stop_flag = threading.Event()
         self.paused = threading.Event()
         self.thread = threading.Thread(target=self._run, name="kubelet", daemon=True)
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="kubelet")
 
     def _run(self) -> None:
         while not self.stop_flag.wait(0.05):
@@ -242,6 +244,7 @@ class FakeKubelet:
     def stop(self) -> None:
         self.stop_flag.set()
         self.thread.join(10)
+        self._pool.shutdown(wait=True)
 
 
 def config(**changes: Any) -> OperatorConfig:

@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> None:
         dest="namespaces",
         help="namespace to watch (repeatable); default: all namespaces",
     )
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    p.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)"
+    )
     p.add_argument("--metrics-port", type=int, help="port of /metrics (0: off; default 8080)")
     p.add_argument("--health-port", type=int, help="port of /healthz (0: off; default 8081)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
