@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from rlhf_worker.tiny import build_tiny_model, tiny_hf_config
 
 TINY_SEED = 1234

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
+from torch import Tensor
+
 from rlhf_worker.engine import (
     GenerationConfig,
     OptimizerConfig,
@@ -29,8 +30,6 @@ from rlhf_worker.model import Decoder, load_shards
 from rlhf_worker.parallel.data import dp_slice
 from rlhf_worker.parallel.groups import context_for, groups_for, single_process_context
 from rlhf_worker.sharding import Layout, rank_shards
-from torch import Tensor
-
 from tests.worker.distributed import run_distributed
 
 WORLD = 8
@@ -102,7 +101,12 @@ class Reference:
 
 
 def run_everything(
-    ctx: Any, lm_dir: Path, value_dir: Path, batch: dict[str, Tensor], eos: int, sample_ids: list[int]
+    ctx: Any,
+    lm_dir: Path,
+    value_dir: Path,
+    batch: dict[str, Tensor],
+    eos: int,
+    sample_ids: list[int],
 ) -> dict[str, Any]:
     """Everything one rank (or the reference process) computes under one layout."""
     out: dict[str, Any] = {}
@@ -164,7 +168,9 @@ def _max_diff(a: Tensor, b: Tensor) -> float:
     return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
 
 
-def check_layout(rank: int, layout: Layout, ref: Reference, lm_dir: Path, value_dir: Path) -> dict[str, float]:
+def check_layout(
+    rank: int, layout: Layout, ref: Reference, lm_dir: Path, value_dir: Path
+) -> dict[str, float]:
     """Run one layout on this rank and measure its distance to the reference."""
     ctx = context_for(layout, rank)
     full = make_batch()
@@ -230,9 +236,7 @@ def test_round_plan_covers_the_matrix() -> None:
         used = [r for _, _, _, ranks in rnd for r in ranks]
         assert len(used) == len(set(used)) and set(used) <= set(range(WORLD))
         seen |= {(p, d, t) for p, d, t, _ in rnd}
-    wanted = {
-        (p, d, t) for p in (1, 2) for d in (1, 2) for t in (1, 2, 4) if p * d * t <= WORLD
-    }
+    wanted = {(p, d, t) for p in (1, 2) for d in (1, 2) for t in (1, 2, 4) if p * d * t <= WORLD}
     assert seen == wanted
 
 

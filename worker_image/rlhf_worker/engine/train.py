@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from rlhf_worker.engine.adamw import AdamWState, adamw_step
 from rlhf_worker.engine.forward import Output, hidden_shape, split_batch, stage_fn
 from rlhf_worker.model.decoder import Decoder
 from rlhf_worker.parallel.data import (
@@ -46,19 +47,13 @@ class TrainStats:
 
 
 class Trainer:
-    """A model's training copy: its shards and the AdamW state for them."""
+    """A model's training copy: its shards and the AdamW state for them (by name)."""
 
     def __init__(self, model: Decoder, config: OptimizerConfig, output: Output = "logprobs"):
         self.model = model
         self.config = config
         self.output: Output = output
-        self.optimizer = torch.optim.AdamW(
-            list(model.local_state().values()),
-            lr=config.lr,
-            betas=config.betas,
-            eps=config.eps,
-            weight_decay=config.weight_decay,
-        )
+        self.optimizer = AdamWState()
 
     def step(
         self, batch: Mapping[str, Tensor], loss_fn: LossFn, micro_batches: int = 1
@@ -66,7 +61,8 @@ class Trainer:
         """One optimizer step on this dp replica's batch. Gradients stay in ``.grad`` after."""
         model, ctx = self.model, self.model.ctx
         params = model.local_state()
-        self.optimizer.zero_grad(set_to_none=True)
+        for param in params.values():
+            param.grad = None
         losses = pipeline_forward_backward(
             ctx,
             split_batch(batch, micro_batches),
@@ -83,7 +79,8 @@ class Trainer:
         norm = global_grad_norm(params, model.config.shape, ctx)
         if self.config.max_grad_norm > 0:
             clip_grads(params, norm, self.config.max_grad_norm)
-        self.optimizer.step()
+        cfg = self.config
+        adamw_step(params, self.optimizer, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
         loss = (
             torch.stack(losses).sum().double() if losses else torch.zeros((), dtype=torch.float64)
         )
