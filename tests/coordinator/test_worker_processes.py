@@ -44,13 +44,17 @@ def test_progress_and_metrics_reach_the_callback(make_job):
 
 
 def test_process_group_from_the_launch_env_all_reduces(make_job):
-    coordinator, _ = make_job(3)
+    coordinator, workers = make_job(3)
     coordinator.wait_for_workers(timeout_s=READY_S)
     init = coordinator.call(range(3), m.InitProcessGroup(timeout_s=60), timeout_s=120)
     assert {r.output["backend"] for r in init.values()} == {"gloo"}
     assert sorted(r.output["rank"] for r in init.values()) == [0, 1, 2]
     reduced = coordinator.call(range(3), m.Custom("all_reduce"), timeout_s=60)
     assert [reduced[r].output["sum"] for r in range(3)] == [6.0, 6.0, 6.0]  # 1 + 2 + 3
+    # Shutdown leaves the process group, then every worker exits cleanly.
+    coordinator.shutdown(timeout_s=30)
+    exits = workers.wait_all(timeout_s=30)
+    assert {rank: code for rank, (code, _) in exits.items()} == {0: 0, 1: 0, 2: 0}
 
 
 def test_a_raising_handler_gives_a_one_line_error_and_the_worker_lives_on(make_job):
@@ -99,7 +103,6 @@ def test_a_frozen_worker_is_lost_by_missed_heartbeats(make_job):
 def test_shutdown_ends_every_worker(make_job):
     coordinator, workers = make_job(3)
     coordinator.wait_for_workers(timeout_s=READY_S)
-    coordinator.call(range(3), m.InitProcessGroup(timeout_s=60), timeout_s=120)
     coordinator.shutdown(timeout_s=20)
     exits = workers.wait_all(timeout_s=20)
     assert {rank: code for rank, (code, _) in exits.items()} == {0: 0, 1: 0, 2: 0}

@@ -34,9 +34,10 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+
+import rlhf_operator.controlplane.v1.control_pb2_grpc as pb_grpc
 from rlhf_operator.controlplane import messages as m
 from rlhf_operator.controlplane.v1 import control_pb2 as pb
-from rlhf_operator.controlplane.v1 import control_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

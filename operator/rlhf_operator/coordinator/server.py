@@ -96,6 +96,9 @@ class Coordinator:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # gRPC shares ports by default: two coordinators on one port would
+                # split the workers between them. A taken port must be an error.
+                ("grpc.so_reuseport", 0),
             ],
         )
         pb_grpc.add_ControlServicer_to_server(self._service, server)

@@ -303,7 +303,7 @@ class WorkerTable:
     def wait_connected(self, ranks: Iterable[int], timeout_s: float) -> dict[int, str]:
         """Block until every rank is connected or the time is up; returns the missing ones."""
         wanted = list(ranks)
-        deadline = self._clock() + timeout_s
+        deadline = time.monotonic() + timeout_s  # real time, whatever the clock
         with self._changed:
             while True:
                 missing = {
@@ -311,7 +311,7 @@ class WorkerTable:
                     for r in wanted
                     if (w := self._workers.get(r)) is None or w.state is not WorkerState.CONNECTED
                 }
-                left = deadline - self._clock()
+                left = deadline - time.monotonic()
                 if not missing or left <= 0:
                     return missing
                 self._changed.wait(min(left, 0.5))
@@ -320,10 +320,10 @@ class WorkerTable:
         """Block until no rank in `ranks` is registered or connected; False on timeout."""
         wanted = list(ranks)
         live = (WorkerState.REGISTERED, WorkerState.CONNECTED)
-        deadline = self._clock() + timeout_s
+        deadline = time.monotonic() + timeout_s  # real time, whatever the clock
         with self._changed:
             while any((w := self._workers.get(r)) is not None and w.state in live for r in wanted):
-                left = deadline - self._clock()
+                left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._changed.wait(min(left, 0.5))

@@ -1,0 +1,237 @@
+"""The worker agent: its environment contract, dispatch, and real worker processes
+against a coordinator in this process (wrong token, late or absent coordinator)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import time
+from dataclasses import replace
+
+import pytest
+
+from rlhf_operator.controlplane import messages as m
+from rlhf_operator.controlplane.v1 import control_pb2 as pb
+from rlhf_operator.coordinator.launch import WorkerLaunch, worker_command, worker_env
+from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
+from rlhf_worker import __main__ as entry
+from rlhf_worker.agent import (
+    AgentConfig,
+    Invocation,
+    WorkerContext,
+    backoff_delays,
+    builtin_handlers,
+    dispatch,
+    one_line,
+)
+
+LAUNCH = WorkerLaunch(
+    job_id="job-x",
+    coordinator_addr="127.0.0.1:5005",
+    world_size=4,
+    master_addr="10.0.0.7",
+    master_port=29400,
+    token="s3cret",
+    connect_timeout_s=12.5,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- the environment contract ----------------------------------------------------
+
+
+def test_what_launch_writes_the_worker_reads():
+    settings = entry.settings_from_env(worker_env(LAUNCH, rank=2, local_rank=1, node_rank=1))
+    cfg = settings.agent
+    assert (cfg.job_id, cfg.coordinator_addr, cfg.token) == ("job-x", "127.0.0.1:5005", "s3cret")
+    assert (cfg.rank, cfg.world_size, cfg.local_rank, cfg.node_rank) == (2, 4, 1, 1)
+    assert (cfg.master_addr, cfg.master_port, cfg.device) == ("10.0.0.7", 29400, "cpu")
+    assert cfg.connect_timeout_s == 12.5
+    assert settings.handler_modules == () and settings.log_level == "INFO"
+
+
+def test_token_from_a_mounted_secret_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("from-the-secret\n")
+    launch = replace(LAUNCH, token=None, token_file=str(path))
+    assert entry.settings_from_env(worker_env(launch, rank=0)).agent.token == "from-the-secret"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"RLHF_JOB_ID": ""}, "RLHF_JOB_ID is not set"),
+        ({"RANK": None}, "RANK is not set"),
+        ({"RANK": "two"}, "RANK='two' is not an integer"),
+        ({"RANK": "4"}, "RANK=4 is out of range for WORLD_SIZE=4"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
+        (
+            {"RLHF_COORDINATOR_ADDR": "coordinator"},
+            "RLHF_COORDINATOR_ADDR='coordinator' is not host:port",
+        ),
+        ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000 is not a TCP port"),
+        ({"MASTER_ADDR": None}, "MASTER_ADDR is not set"),
+        ({"RLHF_DEVICE": "tpu"}, "RLHF_DEVICE='tpu' must be one of cpu, cuda"),
+        ({"RLHF_CONNECT_TIMEOUT": "soon"}, "RLHF_CONNECT_TIMEOUT='soon' is not a number"),
+        ({"RLHF_TOKEN": None}, r"RLHF_TOKEN \(or RLHF_TOKEN_FILE\) is not set"),
+        ({"RLHF_TOKEN_FILE": "/x"}, "set only one of RLHF_TOKEN and RLHF_TOKEN_FILE"),
+        (
+            {"RLHF_TOKEN": None, "RLHF_TOKEN_FILE": "/no/such/file"},
+            "RLHF_TOKEN_FILE=/no/such/file: cannot read it",
+        ),
+        ({"RLHF_LOG_LEVEL": "loud"}, "RLHF_LOG_LEVEL='LOUD' must be one of"),
+    ],
+)
+def test_bad_environment_is_named(change, message):
+    environ = worker_env(LAUNCH, rank=0)
+    for key, value in change.items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    with pytest.raises(entry.ConfigError, match=message):
+        entry.settings_from_env(environ)
+
+
+def test_main_prints_one_line_and_exits_2_on_bad_environment(capsys):
+    assert entry.main({}) == 2
+    assert capsys.readouterr().err == "rlhf-worker: RLHF_COORDINATOR_ADDR is not set\n"
+
+
+def test_handler_modules_extend_the_builtin_table():
+    handlers = entry.load_handlers(())
+    assert set(handlers) == {"init_process_group", "shutdown", "ping"}
+    with pytest.raises(entry.ConfigError, match="cannot import 'no_such_module_x'"):
+        entry.load_handlers(("no_such_module_x",))
+    with pytest.raises(entry.ConfigError, match=r"'rlhf_worker\.rewards' has no HANDLERS dict"):
+        entry.load_handlers(("rlhf_worker.rewards",))
+
+
+# ---- dispatch --------------------------------------------------------------------
+
+
+CONFIG = AgentConfig(
+    job_id="job-x", coordinator_addr="127.0.0.1:1", token="t", rank=1, world_size=2
+)
+
+
+def run(handlers, command, args=None):
+    sent: list[pb.WorkerMessage] = []
+    msg = m.command_to_pb(m.Envelope(7, command, args or {}))
+    return dispatch(handlers, msg, WorkerContext(CONFIG), sent.append), sent
+
+
+def test_dispatch_returns_the_handlers_output_and_streams_its_reports():
+    def work(inv: Invocation):
+        inv.progress("half", 0.5)
+        inv.metrics({"loss": 2})
+        return {"got": inv.args["n"] + 1, "rank": inv.worker.config.rank}
+
+    outcome, sent = run({"work": work}, m.Custom("work"), {"n": 1})
+    assert outcome.ok and outcome.command_id == 7
+    assert outcome.output == {"got": 2, "rank": 1}
+    assert [m.report_from_pb(s) for s in sent] == [
+        m.Progress(7, "half", 0.5),
+        m.Metrics(7, {"loss": 2.0}),
+    ]
+
+
+def test_a_raising_handler_becomes_a_one_line_error(caplog):
+    def broken(inv: Invocation):
+        raise RuntimeError("weights missing\nmore detail")
+
+    outcome, _ = run({"run_call": broken}, m.RunCall("actor_gen", 3))
+    assert not outcome.ok
+    assert outcome.error == "RuntimeError: weights missing"
+    assert "Traceback" in caplog.text  # the traceback stays in the worker's log
+
+
+def test_unknown_commands_and_unserialisable_outputs_are_errors():
+    outcome, _ = run(builtin_handlers(), m.Export("/out"))
+    assert (
+        outcome.error
+        == "no handler for 'export' (this worker has: init_process_group, ping, shutdown)"
+    )
+    outcome, _ = run({"bad": lambda inv: {"x": object()}}, m.Custom("bad"))
+    assert outcome.error.startswith("MessageError: output of 'bad' is not JSON-serialisable")
+
+
+def test_one_line_errors():
+    assert one_line(ValueError("")) == "ValueError"
+    assert one_line(RuntimeError("a\nb")) == "RuntimeError: a"
+    assert len(one_line(RuntimeError("x" * 2000))) == 500
+
+
+def test_backoff_grows_to_its_cap():
+    assert list(itertools.islice(backoff_delays(0.1, 2.0, 1.0), 6)) == [
+        0.1,
+        0.2,
+        0.4,
+        0.8,
+        1.0,
+        1.0,
+    ]
+
+
+# ---- real worker processes -------------------------------------------------------
+
+
+def spawn(launch: WorkerLaunch, rank: int) -> subprocess.Popen[str]:
+    env = {**os.environ, **worker_env(launch, rank)}
+    return subprocess.Popen(
+        worker_command(), env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+
+
+def test_a_wrong_token_is_refused_and_the_worker_says_so():
+    with Coordinator(CoordinatorConfig(job_id="job-x", token="right", world_size=2)) as coord:
+        launch = replace(LAUNCH, coordinator_addr=coord.address, world_size=2, token="wrong")
+        proc = spawn(launch, rank=1)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert err.strip().splitlines()[-1] == (
+        "rlhf-worker: registration refused: rank 1 of job 'job-x': token rejected by the "
+        "coordinator (RLHF_TOKEN / RLHF_TOKEN_FILE must hold this job's token)"
+    )
+
+
+def test_a_worker_gives_up_when_no_coordinator_appears():
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    launch = replace(LAUNCH, coordinator_addr=address, world_size=1, connect_timeout_s=1.5)
+    started = time.monotonic()
+    proc = spawn(launch, rank=0)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 4
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"rlhf-worker: rank 0 of job 'job-x': gave up after 1.5 s: coordinator at {address} unreachable"
+    )
+    assert time.monotonic() - started >= 1.5
+
+
+def test_a_worker_started_first_waits_for_the_coordinator():
+    port = free_port()
+    launch = replace(
+        LAUNCH, coordinator_addr=f"127.0.0.1:{port}", world_size=1, connect_timeout_s=60
+    )
+    proc = spawn(launch, rank=0)
+    try:
+        time.sleep(1.0)  # the worker is retrying by now
+        config = CoordinatorConfig(
+            job_id="job-x", token="s3cret", world_size=1, bind=f"127.0.0.1:{port}"
+        )
+        with Coordinator(config) as coord:
+            coord.wait_for_workers(timeout_s=60)
+            assert coord.call([0], m.Custom("ping"), timeout_s=30)[0].output["pid"] == proc.pid
+        assert proc.wait(timeout=30) == 0  # leaving the block shut it down
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
