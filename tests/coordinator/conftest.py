@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from rlhf_operator.controlplane.tokens import new_token
 from rlhf_operator.coordinator.launch import WorkerLaunch, worker_command, worker_env
 from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
+from rlhf_operator.coordinator.state import Report
 
 HERE = Path(__file__).resolve().parent
 # Short on purpose, so that a frozen worker is found within seconds in tests; but
@@ -50,6 +51,9 @@ class LocalWorkers:
 
     def start(self, ranks: range | list[int] | None = None) -> None:
         for rank in ranks if ranks is not None else range(self.launch.world_size):
+            if rank in self.procs:  # a restart: reap the old process first
+                self.procs[rank].kill()
+                self.procs[rank].communicate(timeout=10)
             env = {**os.environ, **worker_env(self.launch, rank, local_rank=rank)}
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
             self.procs[rank] = subprocess.Popen(
@@ -87,6 +91,7 @@ def make_job() -> Iterator[object]:
         world_size: int,
         start_workers: bool = True,
         heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+        on_report: Callable[[Report], None] | None = None,
     ) -> tuple[Coordinator, LocalWorkers]:
         token = new_token()
         config = CoordinatorConfig(
@@ -96,7 +101,7 @@ def make_job() -> Iterator[object]:
             heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
             heartbeat_timeout_s=heartbeat_timeout_s,
         )
-        coordinator = Coordinator(config)
+        coordinator = Coordinator(config, on_report=on_report)
         address = coordinator.start()
         workers = LocalWorkers(address, config.job_id, token, world_size)
         started.append((coordinator, workers))

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from rlhf_operator.controlplane import messages as m
-from rlhf_operator.coordinator.errors import CommandFailed, WorkerLost
+from rlhf_operator.coordinator.errors import CommandFailed, CommandTimeout, WorkerLost
 from rlhf_operator.coordinator.state import WorkerState
 
 READY_S = 30.0  # startup of a few Python processes on a busy 2-core machine
@@ -30,9 +30,8 @@ def test_workers_register_and_answer_commands(make_job):
 
 
 def test_progress_and_metrics_reach_the_callback(make_job):
-    coordinator, _ = make_job(2)
     reports = []
-    coordinator._service._on_report = reports.append  # the callback the executor would pass
+    coordinator, _ = make_job(2, on_report=reports.append)
     coordinator.wait_for_workers(timeout_s=READY_S)
     coordinator.call(range(2), m.Custom("echo"), timeout_s=20)
     progress = {(r.rank, r.report.message) for r in reports if isinstance(r.report, m.Progress)}
@@ -68,7 +67,10 @@ def test_a_raising_handler_gives_a_one_line_error_and_the_worker_lives_on(make_j
     unknown = coordinator.send([0], m.Custom("no_such_command"), timeout_s=20)[0]
     with pytest.raises(CommandFailed, match="no handler for 'no_such_command'"):
         unknown.result(timeout=20)
-    assert coordinator.call([1], m.Custom("echo"), timeout_s=20)[1].output["rank"] == 1
+    with pytest.raises(CommandTimeout, match=r"rank 0: sleep got no result within 0\.3 s"):
+        coordinator.call([0], m.Custom("sleep"), args={"seconds": 1.5}, timeout_s=0.3)
+    # The workers live on: rank 0 answers once its late sleep is over.
+    assert coordinator.call([0, 1], m.Custom("echo"), timeout_s=20)[1].output["rank"] == 1
 
 
 def test_sigkilled_worker_fails_its_pending_commands_promptly(make_job):
@@ -85,6 +87,10 @@ def test_sigkilled_worker_fails_its_pending_commands_promptly(make_job):
     assert coordinator.workers()[1].state is WorkerState.LOST
     with pytest.raises(WorkerLost, match="rank 1"):  # later commands fail at once
         coordinator.send([1], m.Custom("echo"))[1].result(timeout=1)
+    # A restarted process takes the rank back (what the executor does before resuming).
+    workers.start([1])
+    coordinator.wait_for_workers(timeout_s=READY_S)
+    assert coordinator.call([1], m.Custom("echo"), timeout_s=20)[1].output["rank"] == 1
 
 
 def test_a_frozen_worker_is_lost_by_missed_heartbeats(make_job):

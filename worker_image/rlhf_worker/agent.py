@@ -64,7 +64,7 @@ _MAX_ERROR_CHARS = 500
 class AgentConfig:
     job_id: str
     coordinator_addr: str
-    token: str
+    token: str = field(repr=False)  # never in logs or reprs
     rank: int
     world_size: int
     local_rank: int = 0

@@ -49,7 +49,7 @@ class Registration:
     host: str
     pid: int
     device: str
-    token: str
+    token: str = field(repr=False)  # never in logs or reprs
 
 
 @dataclass(frozen=True)
