@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The main job: a tiny PPO run on CPU (models built locally, no downloads).
+# Starts fresh each time; `rlhfctl run` on an existing output directory resumes.
 demo: install
-	$(BIN)/rlhfctl validate examples/*.yaml
+	$(BIN)/rlhfctl validate --quiet examples/*.yaml
+	rm -rf runs/demo
+	$(BIN)/rlhfctl run examples/tiny-ppo.yaml --output runs/demo
 
 lint: install
 	$(BIN)/ruff check operator worker_image tests benchmarks

@@ -26,14 +26,14 @@ SMALL = {
 }
 
 
-def tiny_job(name: str, algorithm: str = "ppo", slots: int = 2, **spec: Any) -> dict[str, Any]:
+def tiny_job(name: str, algo: str = "ppo", slots: int = 2, **spec: Any) -> dict[str, Any]:
     model = {"source": {"tiny": {"seed": 0}}, "architecture": SMALL, "dtype": "float32"}
     models: dict[str, Any] = {
         "actor": model,
         "ref": model,
         "reward": {"rewardFunction": "rlhf_worker.rewards:vowel_fraction"},
     }
-    if algorithm == "ppo":
+    if algo == "ppo":
         models["critic"] = {**model, "source": {"tiny": {"seed": 1}}}
     job: dict[str, Any] = {
         "apiVersion": "rlhf.dev/v1alpha1",
@@ -41,7 +41,7 @@ def tiny_job(name: str, algorithm: str = "ppo", slots: int = 2, **spec: Any) -> 
         "metadata": {"name": name},
         "spec": {
             "models": copy.deepcopy(models),
-            "algorithm": {"name": algorithm},
+            "algorithm": {"name": algo},
             "rollout": {"maxNewTokens": 8},
             "data": {"prompts": {"path": str(PROMPTS)}, "batchSize": 4, "maxPromptLength": 16},
             "training": {"iterations": 2, "actorLearningRate": 1e-3, "criticLearningRate": 1e-3},

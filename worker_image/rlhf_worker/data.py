@@ -156,13 +156,13 @@ def _read_parquet(path: Path, field: str) -> list[str]:
 
 def load_tokenizer(model_dir: str | Path) -> Any:
     """The Hugging Face tokenizer saved in the actor's model directory (offline)."""
-    from transformers import AutoTokenizer
+    from rlhf_worker import tokenizer as tokenizer_module
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise DataError(f"{model_dir}: no such model directory (looking for the tokenizer)")
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        return tokenizer_module.load(model_dir)
     except Exception as err:  # transformers raises many kinds; all mean "unusable"
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{model_dir}: cannot load the tokenizer: {message}") from None

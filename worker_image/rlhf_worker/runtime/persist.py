@@ -52,11 +52,12 @@ def save(rt: Runtime, root: Path, iteration: int) -> dict[str, Any]:
         for name, param in state.model.local_state().items():
             tensors[f"{role}/param/{name}"] = param.detach()
         if state.trainer is not None:
-            opt_tensors, skeleton = split_tensors(
-                state.trainer.optimizer.state_dict(), f"{role}/optimizer"
-            )
-            tensors.update(opt_tensors)
-            optimizers[role] = skeleton
+            adam = state.trainer.optimizer  # AdamW moments keyed like the shards
+            for name, moment in adam.exp_avg.items():
+                tensors[f"{role}/exp_avg/{name}"] = moment
+            for name, moment in adam.exp_avg_sq.items():
+                tensors[f"{role}/exp_avg_sq/{name}"] = moment
+            optimizers[role] = {"step": adam.step}
     meta["optimizers"] = optimizers
     algo: dict[str, Any] = {}
     for call, algo_state in sorted(rt.algorithm_states.items()):
@@ -78,8 +79,13 @@ def restore(rt: Runtime, root: Path, iteration: int) -> None:
             for name, param in state.model.local_state().items():
                 param.copy_(tensors[f"{role}/param/{name}"])
             if state.trainer is not None and role in meta["optimizers"]:
-                opt_state = join_tensors(meta["optimizers"][role], tensors)
-                state.trainer.optimizer.load_state_dict(opt_state)
+                adam = state.trainer.optimizer
+                adam.step = int(meta["optimizers"][role]["step"])
+                for moment, prefix in ((adam.exp_avg, "exp_avg"), (adam.exp_avg_sq, "exp_avg_sq")):
+                    moment.clear()
+                    for key, tensor in tensors.items():
+                        if key.startswith(f"{role}/{prefix}/"):
+                            moment[key.split("/", 2)[2]] = tensor.to(rt.device).clone()
     from rlhf_worker import algorithms
 
     algo = algorithms.for_name(rt.spec.algorithm.name)
