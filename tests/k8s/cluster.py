@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import threading
 import time
@@ -170,6 +171,10 @@ class Cluster:
             ]
         return pods
 
+    def all_pods(self) -> list[dict[str, Any]]:
+        """Pods of every namespace (what a kubelet sees)."""
+        return self.items("/api/v1/pods")
+
     def pod_names(self, job: str) -> set[str]:
         return {p["metadata"]["name"] for p in self.pods(job)}
 
@@ -226,16 +231,19 @@ class FakeKubelet:
             if self.paused.is_set():
                 continue
             try:
-                for pod in self.cluster.pods():
-                    phase = (pod.get("status") or {}).get("phase")
-                    if phase is None and not pod["metadata"].get("deletionTimestamp"):
-                        self.cluster.set_pod_phase(
-                            pod["metadata"]["name"],
-                            "Running",
-                            namespace=pod["metadata"]["namespace"],
-                        )
+                new = [
+                    p["metadata"]
+                    for p in self.cluster.all_pods()
+                    if (p.get("status") or {}).get("phase") is None
+                    and not p["metadata"].get("deletionTimestamp")
+                ]
             except ApiException:
-                continue  # a pod deleted between list and patch
+                continue
+            list(self._pool.map(self._start, new))
+
+    def _start(self, meta: dict[str, Any]) -> None:
+        with contextlib.suppress(ApiException):  # deleted between the list and the patch
+            self.cluster.set_pod_phase(meta["name"], "Running", namespace=meta["namespace"])
 
     def start(self) -> FakeKubelet:
         self.thread.start()

@@ -106,7 +106,7 @@ class PodExecutor:
 
     def _sync(self) -> None:
         listed = {
-            (p["metadata"]["namespace"], p["metadata"]["name"]): p for p in self.cluster.pods()
+            (p["metadata"]["namespace"], p["metadata"]["name"]): p for p in self.cluster.all_pods()
         }
         for key, pod in list(self.pods.items()):
             obj = listed.get(key)

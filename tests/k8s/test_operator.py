@@ -211,3 +211,18 @@ def test_volcano_gang_gets_a_pod_group(cluster, operator, kubelet):
     for pod in cluster.pods("gang"):
         assert pod["spec"]["schedulerName"] == "volcano"
         assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "gang"
+
+
+def test_a_namespaced_operator_handles_only_its_namespaces(cluster, kubelet):
+    op = OperatorThread(config(namespaces=("team-a",)), cluster.kubeconfig).start()
+    try:
+        cluster.add_gpu_node("gpu-a", 2)
+        cluster.apply_job(gpu_job("mine", gpus=2, gpus_per_node=2), namespace="team-a")
+        cluster.apply_job(local_job("theirs"), namespace="default")
+        wait_for(lambda: cluster.status("mine", "team-a").get("phase") == "Running", "mine to run")
+        # Nodes are cluster-scoped: the GPU inventory works in a namespaced install too.
+        assert cluster.status("mine", "team-a")["gpus"] == 2
+        assert cluster.status("theirs") == {}
+        assert cluster.pods("theirs") == []
+    finally:
+        op.stop()
