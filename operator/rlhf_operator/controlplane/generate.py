@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             stale = stale_files()
             if stale:
-                print(f"stale gRPC stubs (run `make proto`): {', '.join(stale)}", file=sys.stderr)
+                print(
+                    f"stale gRPC stubs (run `python -m rlhf_operator.controlplane.generate`): {', '.join(stale)}",
+                    file=sys.stderr,
+                )
                 return 1
             print("gRPC stubs are up to date")
             return 0
