@@ -123,3 +123,16 @@ def test_workers_exit_when_the_coordinator_disappears(make_job):
     for code, err in exits.values():
         assert code == 5
         assert "lost the coordinator" in err.strip().splitlines()[-1]
+
+
+def test_leaving_the_coordinator_by_an_error_ends_even_busy_workers(make_job):
+    coordinator, workers = make_job(2)
+    coordinator.wait_for_workers(timeout_s=READY_S)
+    busy = coordinator.send(range(2), m.Custom("sleep"), args={"seconds": 120})
+    error = RuntimeError("the iteration failed")
+    coordinator.__exit__(RuntimeError, error, None)  # as `with Coordinator(...)` does on an error
+    exits = workers.wait_all(timeout_s=30)  # far less than the handlers' 120 s
+    assert {rank: code for rank, (code, _) in exits.items()} == {0: 5, 1: 5}
+    for future in busy.values():
+        with pytest.raises(WorkerLost, match="the coordinator stopped"):
+            future.result(timeout=1)

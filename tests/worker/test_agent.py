@@ -235,3 +235,17 @@ def test_a_worker_started_first_waits_for_the_coordinator():
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+def test_the_control_plane_imports_neither_torch_nor_kubernetes():
+    # torch is imported by the handlers that need it; kopf/kubernetes never.
+    code = (
+        "import sys, rlhf_worker.__main__, rlhf_worker.agent, rlhf_operator.coordinator.server, "
+        "rlhf_operator.coordinator.launch; "
+        "print(sorted(m for m in ('torch', 'kopf', 'kubernetes') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [*worker_command()[:1], "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

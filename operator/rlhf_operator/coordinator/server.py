@@ -6,7 +6,8 @@
         coord.call(range(4), InitProcessGroup(), timeout_s=300)
         futures = coord.send([0, 1], RunCall("actor_gen", iteration=3), args={...})
         ...
-    # leaving the block sends Shutdown to every connected worker and stops the server
+    # leaving the block sends Shutdown to every connected worker and stops the server;
+    # leaving it by an exception stops at once (every worker exits as its stream ends)
 
 Every command future ends: with a `CommandResult`, or `CommandFailed` (the
 handler raised), `CommandTimeout` (its deadline passed) or `WorkerLost` (missed
@@ -69,7 +70,11 @@ class CoordinatorConfig:
 
 
 class Coordinator:
-    """A running control-plane server for one job."""
+    """A running control-plane server for one job.
+
+    `on_report` receives workers' progress and metrics; it is called from the
+    server's threads (one per worker stream), so it must be thread-safe and quick.
+    """
 
     def __init__(
         self, config: CoordinatorConfig, on_report: Callable[[Report], None] | None = None
@@ -156,7 +161,12 @@ class Coordinator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.shutdown(reason="job finished" if exc is None else f"coordinator error: {exc}")
+        if exc is None:
+            self.shutdown()
+        else:
+            # Failing: some workers may be stuck in a collective whose peer died and
+            # would never get to a Shutdown. Ending their streams makes them exit now.
+            self.stop()
 
     def _watch(self) -> None:
         tick = min(0.25, self.config.heartbeat_interval_s / 2)
