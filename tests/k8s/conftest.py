@@ -63,3 +63,8 @@ def local_job(name: str, slots: int = 2, **spec: Any) -> dict[str, Any]:
     for key, value in spec.items():
         job["spec"][key] = value
     return job
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kmock loads its bundled resource list with a deprecated importlib call.
+    config.addinivalue_line("filterwarnings", "ignore:read_binary is deprecated:DeprecationWarning")

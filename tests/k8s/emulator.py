@@ -82,6 +82,7 @@ class StampingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return False
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        self.log.append(request)  # when it arrives: watches stay open for long
         try:
             return await self._handle_stamped(request)
         finally:
@@ -91,7 +92,7 @@ class StampingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             served = self._swapped.pop(id(request), request)
             for i in range(len(self._requests) - 1, -1, -1):
                 if self._requests[i] is served:
-                    self.log.append(self._requests.pop(i))
+                    del self._requests[i]
                     break
 
     async def _handle_stamped(self, request: Any) -> aiohttp.web.StreamResponse:
