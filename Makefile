@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint typecheck crd constraints clean
+.PHONY: install demo test test-slow lint typecheck crd proto constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-slow: install
 # Regenerate the checked-in CRD from the API models.
 crd: install
 	$(BIN)/rlhfctl crd > crds/rlhf.dev_rlhfjobs.yaml
+
+# Regenerate the control plane's gRPC stubs from its .proto (a test checks they are current).
+proto: install
+	$(PY) -m rlhf_operator.controlplane.generate
 
 constraints: install
 	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new

@@ -230,3 +230,37 @@ def test_reward_function_that_raises_fails_cleanly_and_keeps_checkpoints(
         local_run(path, out, extra_env={"FLAKY_REWARD_FAIL": "1"}).run()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == committed
     assert latest_complete(out / "checkpoints").iteration == 1  # type: ignore[union-attr]
+
+
+def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(job_file: Any, tmp_path: Path) -> None:
+    path = job_file(
+        tiny_job("interrupted", training={"iterations": 4}, checkpoint={"interval": 10})
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_operator.cli.main",
+            "run",
+            str(path),
+            "-o",
+            str(out),
+            "--no-metrics",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "iter 1/4" in line:
+            proc.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 130, rest
+    assert "run the same command to resume" in rest and "Traceback" not in rest
+    done = latest_complete(out / "checkpoints")
+    assert done is not None and done.iteration in (1, 2)
+    result = rlhfctl_run(path, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["iteration"] for r in OutputDir(out).read_metrics()] == [1, 2, 3, 4]

@@ -145,6 +145,10 @@ def settings_from_env(environ: Mapping[str, str]) -> WorkerSettings:
     return WorkerSettings(agent, modules, log_level)
 
 
+# The main job's commands (prepare, load_role, run_call, ...): in every worker.
+MAIN_JOB_HANDLERS = "rlhf_worker.runtime.handlers"
+
+
 def load_handlers(modules: tuple[str, ...]) -> dict[str, Handler]:
     """The built-in handlers plus each module's `HANDLERS` (later ones win)."""
     handlers = builtin_handlers()
@@ -164,7 +168,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     try:
         settings = settings_from_env(environ)
-        handlers = load_handlers(settings.handler_modules)
+        handlers = load_handlers((MAIN_JOB_HANDLERS, *settings.handler_modules))
     except ConfigError as err:
         print(f"rlhf-worker: {err}", file=sys.stderr)
         return EXIT_CONFIG

@@ -34,8 +34,6 @@ from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir, format
 from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
 from rlhf_operator.planner.plan import Plan
 
-RUNTIME_HANDLERS = "rlhf_worker.runtime.handlers"
-
 
 class JobFailed(RuntimeError):
     """The job cannot finish (the message says why, in one line)."""
@@ -158,7 +156,6 @@ class LocalRun:
             connect_timeout_s=120.0,
             socket_ifname="lo",
             threads_per_worker=max(1, (os.cpu_count() or 1) // self.world_size),
-            handler_modules=(RUNTIME_HANDLERS,),
         )
         self.output.logs.mkdir(parents=True, exist_ok=True)
         for rank in range(self.world_size):
