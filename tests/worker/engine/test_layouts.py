@@ -30,18 +30,27 @@ from rlhf_worker.model import Decoder, load_shards
 from rlhf_worker.parallel.data import dp_slice
 from rlhf_worker.parallel.groups import context_for, groups_for, single_process_context
 from rlhf_worker.sharding import Layout, rank_shards
+from rlhf_worker.tiny import build_tiny_model, tiny_hf_config
 from tests.worker.distributed import run_distributed
 
 WORLD = 8
-# Rounds of layouts that run at the same time on disjoint ranks: (pp, dp, tp, ranks).
-ROUNDS: list[list[tuple[int, int, int, tuple[int, ...]]]] = [
-    [(2, 1, 4, (7, 6, 5, 4, 3, 2, 1, 0))],
-    [(1, 2, 4, (0, 1, 2, 3, 4, 5, 6, 7))],
-    [(2, 2, 2, (3, 1, 0, 2, 6, 7, 5, 4))],
-    [(2, 1, 2, (0, 2, 4, 6)), (1, 2, 2, (1, 3, 5, 7))],
-    [(1, 2, 2, (6, 7, 4, 5)), (1, 1, 4, (0, 1, 2, 3))],
-    [(1, 1, 1, (5,)), (1, 1, 2, (0, 3)), (2, 1, 1, (1, 4)), (1, 2, 1, (7, 6))],
-    [(2, 2, 1, (2, 0, 7, 1))],
+# Rounds of layouts that run at the same time on disjoint ranks: (pp, dp, tp, ranks, model).
+# "llama" is the tiny preset; "qwen2-tied" adds q/k/v biases and tied embeddings, whose
+# two copies (first and last stage) must take the same step, here over pp = 4.
+Spec = tuple[int, int, int, tuple[int, ...], str]
+ROUNDS: list[list[Spec]] = [
+    [(2, 1, 4, (7, 6, 5, 4, 3, 2, 1, 0), "llama")],
+    [(1, 2, 4, (0, 1, 2, 3, 4, 5, 6, 7), "llama")],
+    [(2, 2, 2, (3, 1, 0, 2, 6, 7, 5, 4), "llama")],
+    [(2, 1, 2, (0, 2, 4, 6), "llama"), (1, 2, 2, (1, 3, 5, 7), "llama")],
+    [(1, 2, 2, (6, 7, 4, 5), "llama"), (1, 1, 4, (0, 1, 2, 3), "llama")],
+    [
+        (1, 1, 1, (5,), "llama"),
+        (1, 1, 2, (0, 3), "llama"),
+        (2, 1, 1, (1, 4), "llama"),
+        (1, 2, 1, (7, 6), "llama"),
+    ],
+    [(2, 2, 1, (2, 0, 7, 1), "llama"), (4, 1, 1, (6, 5, 4, 3), "qwen2-tied")],
 ]
 OPTIM = OptimizerConfig(lr=1e-3, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1, max_grad_norm=0.5)
 MICRO_BATCHES = 2
@@ -215,17 +224,20 @@ def shape_of(role: str, lm_dir: Path, value_dir: Path) -> Any:
     return ModelConfig.from_hf(read_config(value_dir), head="value").shape
 
 
-def _world(rank: int, world_size: int, ref: Reference, lm_dir: Path, value_dir: Path) -> dict:
+def _world(
+    rank: int, world_size: int, models: dict[str, tuple[Reference, Path]], value_dir: Path
+) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
-    layouts = [[Layout(ranks=r, pp=p, dp=d, tp=t) for p, d, t, r in rnd] for rnd in ROUNDS]
-    for rnd in layouts:  # every rank creates every layout's groups, in the same order
-        for layout in rnd:
+    rounds = [[(Layout(ranks=r, pp=p, dp=d, tp=t), m) for p, d, t, r, m in rnd] for rnd in ROUNDS]
+    for rnd in rounds:  # every rank creates every layout's groups, in the same order
+        for layout, _ in rnd:
             groups_for(layout)
     results: dict[str, dict[str, float]] = {}
-    for rnd in layouts:
-        for layout in rnd:
+    for rnd in rounds:
+        for layout, model in rnd:
             if rank in layout.ranks:
-                key = f"pp{layout.pp}-dp{layout.dp}-tp{layout.tp}@{layout.ranks}"
+                ref, lm_dir = models[model]
+                key = f"{model} pp{layout.pp}-dp{layout.dp}-tp{layout.tp}@{layout.ranks}"
                 results[key] = check_layout(rank, layout, ref, lm_dir, value_dir)
     return results
 
@@ -233,18 +245,23 @@ def _world(rank: int, world_size: int, ref: Reference, lm_dir: Path, value_dir: 
 def test_round_plan_covers_the_matrix() -> None:
     seen = set()
     for rnd in ROUNDS:
-        used = [r for _, _, _, ranks in rnd for r in ranks]
+        used = [r for _, _, _, ranks, _ in rnd for r in ranks]
         assert len(used) == len(set(used)) and set(used) <= set(range(WORLD))
-        seen |= {(p, d, t) for p, d, t, _ in rnd}
+        seen |= {(p, d, t) for p, d, t, _, model in rnd if model == "llama"}
     wanted = {(p, d, t) for p in (1, 2) for d in (1, 2) for t in (1, 2, 4) if p * d * t <= WORLD}
     assert seen == wanted
 
 
 def test_every_layout_matches_the_single_process_reference(
-    tiny_lm_dir: Path, tiny_value_dir: Path
+    tiny_lm_dir: Path, tiny_value_dir: Path, tmp_path: Path
 ) -> None:
-    ref = compute_reference(tiny_lm_dir, tiny_value_dir)
-    per_rank = run_distributed(_world, WORLD, ref, tiny_lm_dir, tiny_value_dir, timeout=400)
+    qwen_config = {**tiny_hf_config(), "model_type": "qwen2", "tie_word_embeddings": True}
+    qwen_dir = build_tiny_model(tmp_path / "qwen2-tied", qwen_config, seed=99)
+    models = {
+        "llama": (compute_reference(tiny_lm_dir, tiny_value_dir), tiny_lm_dir),
+        "qwen2-tied": (compute_reference(qwen_dir, tiny_value_dir), qwen_dir),
+    }
+    per_rank = run_distributed(_world, WORLD, models, tiny_value_dir, timeout=500)
     checked = set()
     failures = []
     for rank, results in enumerate(per_rank):

@@ -10,16 +10,14 @@ import torch
 from rlhf_worker.engine import GenerationConfig, generate
 from rlhf_worker.engine.adamw import AdamWState, adamw_step
 from rlhf_worker.engine.generate import left_pad, sample, sequence_generators
-from rlhf_worker.model import Decoder, load_shards
-from rlhf_worker.parallel.groups import single_process_context
+from rlhf_worker.model import Decoder, load_decoder
+from rlhf_worker.sharding import Layout
 
 PROMPTS = [[1, 30, 31, 32], [1, 40], [1, 50, 51, 52, 53, 54, 55]]
 
 
 def model_from(model_dir: Path) -> Decoder:
-    ctx = single_process_context()
-    config, shards = load_shards(model_dir, ctx.layout, ctx.rank)
-    return Decoder(config, ctx, shards)
+    return load_decoder(model_dir, Layout(ranks=(0,)), 0)
 
 
 def test_greedy_generation_equals_transformers_with_left_padding(tiny_lm_dir: Path) -> None:

@@ -67,14 +67,18 @@ def output_shape(batch: Batch, output: Output) -> tuple[int, int]:
 
 def _forward(model: Decoder, batch: Batch, output: Output, micro_batches: int) -> Tensor:
     ctx = model.ctx
-    dtype = model.dtype
     outs = pipeline_forward(
-        ctx, split_batch(batch, micro_batches), stage_fn(model, output), hidden_shape(model), dtype
+        ctx,
+        split_batch(batch, micro_batches),
+        stage_fn(model, output),
+        hidden_shape(model),
+        model.dtype,
+        model.device,
     )
     result = (
         torch.cat([o.float() for o in outs])
         if ctx.is_last
-        else torch.empty(output_shape(batch, output))
+        else torch.empty(output_shape(batch, output), device=model.device)
     )
     return broadcast_from_last(ctx, result)
 

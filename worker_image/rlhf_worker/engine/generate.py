@@ -77,7 +77,7 @@ def sample(
         before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
         probs = probs.masked_fill(before >= config.top_p, 0.0)  # the most likely always stays
     cdf = probs.cumsum(dim=-1)
-    uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
+    uniforms = torch.stack([torch.rand((), generator=g) for g in generators]).to(logits.device)
     pick = (cdf < (uniforms * cdf[:, -1]).unsqueeze(-1)).sum(dim=-1)
     pick = pick.clamp(max=probs.shape[-1] - 1)
     tokens = order.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
@@ -97,17 +97,18 @@ def generate(
     """
     ctx = model.ctx
     batch, steps = len(prompts), config.max_new_tokens
-    ids, mask = left_pad(prompts, config.pad_token_id)
+    device = model.device
+    ids, mask = (t.to(device) for t in left_pad(prompts, config.pad_token_id))
     width = ids.shape[1]
     generators = sequence_generators(config.seed, sample_ids or range(batch))
     cache = model.new_cache(batch, width + steps)
-    key_valid = torch.zeros((batch, width + steps), dtype=torch.bool)
+    key_valid = torch.zeros((batch, width + steps), dtype=torch.bool, device=device)
     key_valid[:, :width] = mask.bool()
     prompt_len = mask.sum(dim=1)
-    out_tokens = torch.full((batch, steps), config.pad_token_id, dtype=torch.long)
-    out_logprobs = torch.zeros((batch, steps))
-    lengths = torch.zeros(batch, dtype=torch.long)
-    done = torch.zeros(batch, dtype=torch.bool)
+    out_tokens = torch.full((batch, steps), config.pad_token_id, dtype=torch.long, device=device)
+    out_logprobs = torch.zeros((batch, steps), device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
     hidden_size = model.config.shape.hidden_size
     for step in range(steps):
         if step == 0:
@@ -121,9 +122,9 @@ def generate(
         if ctx.is_first:
             hidden = model.embed(inputs)
         else:
-            hidden = recv_from(ctx, (batch, span, hidden_size), model.dtype, ctx.stage - 1)
+            hidden = recv_from(ctx, (batch, span, hidden_size), model.dtype, ctx.stage - 1, device)
         hidden = model.run_layers(hidden, positions, key_valid[:, : start + span], cache, start)
-        picked = torch.zeros((2, batch), dtype=torch.float64)
+        picked = torch.zeros((2, batch), dtype=torch.float64, device=device)
         if not ctx.is_last:
             send_to(ctx, hidden, ctx.stage + 1)
         else:

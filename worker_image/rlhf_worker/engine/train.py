@@ -70,6 +70,7 @@ class Trainer:
             loss_fn,
             hidden_shape(model),
             model.dtype,
+            model.device,
         )
         for param in params.values():
             if param.grad is None:  # a parameter this batch did not reach
@@ -82,7 +83,9 @@ class Trainer:
         cfg = self.config
         adamw_step(params, self.optimizer, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
         loss = (
-            torch.stack(losses).sum().double() if losses else torch.zeros((), dtype=torch.float64)
+            torch.stack(losses).sum().double()
+            if losses
+            else torch.zeros((), dtype=torch.float64, device=model.device)
         )
         loss = broadcast_from_last(ctx, loss.reshape(1))
         if ctx.dp_group is not None:

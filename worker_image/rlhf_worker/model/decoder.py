@@ -118,6 +118,10 @@ class Decoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(iter(self._params.values())).dtype
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self._params.values())).device
+
     def p(self, name: str) -> Tensor:
         return self._params[name]
 

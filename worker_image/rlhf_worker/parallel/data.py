@@ -57,7 +57,8 @@ def global_grad_norm(
     params: Mapping[str, nn.Parameter], shape: ModelShape, ctx: ParallelContext
 ) -> float:
     """The L2 norm of the whole model's gradient (after the dp reduction), on every rank."""
-    total = torch.zeros((), dtype=torch.float64)
+    device = next(iter(params.values())).device if params else None
+    total = torch.zeros((), dtype=torch.float64, device=device)
     tp_split = {p.name for p in shape.params() if p.tp_dim is not None}
     for name, param in params.items():
         if param.grad is None:

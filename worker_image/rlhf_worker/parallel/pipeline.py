@@ -26,8 +26,14 @@ def send_to(ctx: ParallelContext, tensor: Tensor, stage: int) -> None:
     dist.send(tensor.contiguous(), dst=ctx.stage_rank(stage), group=ctx.pp_group)
 
 
-def recv_from(ctx: ParallelContext, shape: Sequence[int], dtype: torch.dtype, stage: int) -> Tensor:
-    out = torch.empty(tuple(shape), dtype=dtype)
+def recv_from(
+    ctx: ParallelContext,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    stage: int,
+    device: torch.device | None = None,
+) -> Tensor:
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
     dist.recv(out, src=ctx.stage_rank(stage), group=ctx.pp_group)
     return out
 
@@ -53,12 +59,17 @@ def pipeline_forward(
     stage_fn: StageFn[MB],
     hidden_shape: ShapeFn[MB],
     dtype: torch.dtype,
+    device: torch.device | None = None,
 ) -> list[Tensor]:
     """Forward only, no graph kept; the last stage's outputs per micro-batch (empty elsewhere)."""
     outputs = []
     with torch.no_grad():
         for mb in micro_batches:
-            x = None if ctx.is_first else recv_from(ctx, hidden_shape(mb), dtype, ctx.stage - 1)
+            x = (
+                None
+                if ctx.is_first
+                else recv_from(ctx, hidden_shape(mb), dtype, ctx.stage - 1, device)
+            )
             y = stage_fn(x, mb)
             if ctx.is_last:
                 outputs.append(y)
@@ -74,6 +85,7 @@ def pipeline_forward_backward(
     loss_fn: Callable[[Tensor, MB], Tensor],
     hidden_shape: ShapeFn[MB],
     dtype: torch.dtype,
+    device: torch.device | None = None,
 ) -> list[Tensor]:
     """GPipe forward and backward; gradients accumulate in the parameters.
 
@@ -84,7 +96,7 @@ def pipeline_forward_backward(
     for mb in micro_batches:
         x = None
         if not ctx.is_first:
-            x = recv_from(ctx, hidden_shape(mb), dtype, ctx.stage - 1).requires_grad_()
+            x = recv_from(ctx, hidden_shape(mb), dtype, ctx.stage - 1, device).requires_grad_()
         y = stage_fn(x, mb)
         if ctx.is_last:
             y = loss_fn(y, mb)
@@ -96,7 +108,7 @@ def pipeline_forward_backward(
         if ctx.is_last:
             y.backward()
         else:
-            y.backward(recv_from(ctx, y.shape, y.dtype, ctx.stage + 1))
+            y.backward(recv_from(ctx, y.shape, y.dtype, ctx.stage + 1, y.device))
         if x is not None:
             assert x.grad is not None
             send_to(ctx, x.grad, ctx.stage - 1)
