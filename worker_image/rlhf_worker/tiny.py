@@ -99,3 +99,21 @@ def build_tiny(model_dir: str | Path, seed: int = 0, head: HeadKind = "lm") -> P
     cfg = tiny_hf_config()
     build_tiny_model(model_dir, cfg, seed=seed, head=head)
     return build_tokenizer(model_dir, vocab_size=int(cfg["vocab_size"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rlhf_worker.tiny DIR [--seed N] [--value]``: write the tiny preset to DIR."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rlhf_worker.tiny", description=main.__doc__)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--value", action="store_true", help="a scalar value head (critic, reward)")
+    args = parser.parse_args(argv)
+    build_tiny(args.model_dir, seed=args.seed, head="value" if args.value else "lm")
+    print(args.model_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
