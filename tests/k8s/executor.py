@@ -71,6 +71,8 @@ class PodExecutor:
     workdir: Path
     """Working directory of every process (relative paths in job manifests)."""
     extra_env: dict[str, str] = field(default_factory=dict)
+    replace_modules: dict[str, list[str]] = field(default_factory=dict)
+    """`python -m MODULE` commands to run as another command (a test stand-in)."""
     pods: dict[tuple[str, str], RunningPod] = field(default_factory=dict)
     ports: dict[tuple[str, str, int], int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -170,8 +172,10 @@ class PodExecutor:
                 **self.extra_env,
             }
         )
-        command = [sys.executable if c == "python" else c for c in container["command"]]
-        command += container.get("args") or []
+        command = list(container["command"]) + list(container.get("args") or [])
+        if command[:2] == ["python", "-m"] and command[2] in self.replace_modules:
+            command = self.replace_modules[command[2]] + command[3:]
+        command = [sys.executable if c == "python" else c for c in command]
         pod_dir.mkdir(parents=True, exist_ok=True)
         (job_dir / "home").mkdir(parents=True, exist_ok=True)
         log = pod_dir / "log"
