@@ -39,7 +39,7 @@ def padded_batch() -> dict[str, torch.Tensor]:
 
 def ours(model_dir: Path, head: str = "lm") -> Decoder:
     ctx = single_process_context()
-    config, shards = load_shards(model_dir, ctx.layout, ctx.rank, head=head)  # type: ignore[arg-type]
+    config, shards = load_shards(model_dir, ctx.layout, ctx.rank, head=head)
     return Decoder(config, ctx, shards)
 
 
