@@ -63,7 +63,6 @@ class JobRunner:
     plan: Plan
     output: OutputDir
     base_dir: Path
-    device: str = "cpu"
     on_iteration: Callable[[IterationRecord], None] | None = None
     command_timeout_s: float | None = None
     calls: list[Call] = field(init=False)
@@ -90,7 +89,6 @@ class JobRunner:
             "plan": self.plan.to_dict(),
             "base_dir": str(self.base_dir),
             "output_dir": str(self.output.root),
-            "device": self.device,
         }
         self.coordinator.call(self.world, m.Custom("prepare"), args)
         models = self.job.spec.models.present()
@@ -190,6 +188,35 @@ class JobRunner:
             return m.Custom("release"), {"role": a.role, "layout": _layout_args(a.layout)}
         assert isinstance(a, EndIteration)
         return m.Custom("end_iteration"), {"iteration": iteration}
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    def run_to_end(
+        self,
+        start: int,
+        on_record: Callable[[IterationRecord, Path | None], None],
+        should_stop: Callable[[], bool] = lambda: False,
+        export_path: Path | None = None,
+    ) -> bool:
+        """Iterations `start`..last, with checkpoints every `interval` and at the end, then the
+        export. `on_record(record, checkpoint)` follows each iteration. Returns False if it
+        stopped early (`should_stop`), after checkpointing the last completed iteration."""
+        total = int(self.job.spec.training.iterations)
+        interval = int(self.job.spec.checkpoint.interval)
+        for iteration in range(start, total + 1):
+            record = self.run_iteration(iteration)
+            self.output.append_metrics(record)
+            stop = should_stop()
+            saved = None
+            if iteration % interval == 0 or iteration == total or stop:
+                saved = self.checkpoint(iteration)
+            on_record(record, saved)
+            if stop and iteration < total:
+                return False
+        export = export_path or self.output.export
+        if start <= total or not export.exists():
+            self.export(export)
+        return True
 
     # --- checkpoints and export ------------------------------------------------------------
 

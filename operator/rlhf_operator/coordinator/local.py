@@ -120,27 +120,25 @@ class LocalRun:
             heartbeat_timeout_s=self.heartbeat_timeout_s,
         )
         total = int(self.job.spec.training.iterations)
-        interval = int(self.job.spec.checkpoint.interval)
+        records: list[IterationRecord] = []
+
+        def on_record(record: IterationRecord, checkpoint: Path | None) -> None:
+            records.append(record)
+            metrics.observe(record)
+            if self.on_iteration is not None:
+                self.on_iteration(record)
+            self._progress(record, total, started, records[0].iteration)
+
         with Coordinator(config) as coordinator:
             self._start_workers(coordinator.address, token)
             runner = JobRunner(coordinator, self.job, self.plan, self.output, self.base_dir)
             start = runner.setup()
-            for iteration in range(start, total + 1):
-                record = runner.run_iteration(iteration)
-                self.output.append_metrics(record)
-                metrics.observe(record)
-                first = first or record
-                last = record
-                if self.on_iteration is not None:
-                    self.on_iteration(record)
-                self._progress(record, total, started, start)
-                if iteration % interval == 0 or iteration == total or self.stop_requested:
-                    runner.checkpoint(iteration)
-                if self.stop_requested:
-                    raise KeyboardInterrupt
-            if start <= total or not self.output.export.exists():
-                runner.export(self.output.export)
+            finished = runner.run_to_end(start, on_record, lambda: self.stop_requested)
+            if not finished:
+                raise KeyboardInterrupt
             runner.shutdown()
+        if records:
+            first, last = first or records[0], records[-1]
         return first, last
 
     def _start_workers(self, address: str, token: str) -> None:

@@ -45,7 +45,9 @@ def prepare(inv: Invocation) -> dict[str, Any]:
     args = inv.args
     job = RLHFJob.model_validate(args["job"])
     plan = Plan.from_dict(args["plan"])
-    device = torch.device(args.get("device", "cpu"))
+    # The worker's own launch environment says which device it has (RLHF_DEVICE).
+    cfg = inv.worker.config
+    device = torch.device("cuda", cfg.local_rank) if cfg.device == "cuda" else torch.device("cpu")
     job_call_list = job_calls(job)
     layouts = {c.name: call_layout(plan.call(c.name), plan.gpus_per_node) for c in job_call_list}
     homes = home_layouts(plan, job_call_list)
