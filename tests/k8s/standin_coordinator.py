@@ -5,16 +5,20 @@ It honours the coordinator's process contract (`CoordinatorSettings.from_env`,
 the plan and token files) and uses the real control-plane server: it waits
 for every worker pod's process to register (token, job id and rank checked by
 the server), reports progress into the RLHFJob's status through the API as the
-coordinator does, shuts the workers down and exits 0. No training.
+coordinator does, then "trains" until the file `finish` appears in its output
+directory (exit 0 after shutting the workers down) or a worker is lost (exit 1,
+as a coordinator whose rank died). No training.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
+from rlhf_operator.coordinator.state import WorkerState
 from rlhf_operator.coordinator_env import CoordinatorSettings
 from rlhf_operator.k8s.kube import Kube
 
@@ -40,6 +44,14 @@ def main() -> int:
             settings.job_name,
             {"status": {"iteration": 1, "metrics": {"rewardMean": 0.25}}},
         )
+        finish = Path(settings.output_dir) / "finish"
+        while not finish.exists():
+            lost = [
+                r for r, w in coordinator.workers().items() if w.state is not WorkerState.CONNECTED
+            ]
+            if lost:
+                raise RuntimeError(f"lost worker(s) {lost}")
+            time.sleep(0.1)
     except Exception as exc:
         print(f"stand-in coordinator: {exc}", file=sys.stderr, flush=True)
         coordinator.stop()
