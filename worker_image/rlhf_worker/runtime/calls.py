@@ -73,11 +73,11 @@ def _generate(rt: Runtime, name: str, iteration: int, greedy: bool) -> dict[str,
         masks.append(torch.cat([prompt_mask, response_mask], dim=1))
         logprobs.append(out.logprobs)
     key = call.outputs[0]
-    rt.data[key] = LocalData(
+    rt.data[(key, name)] = LocalData(
         segments, {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
     )
     if len(call.outputs) > 1:
-        rt.data[call.outputs[1]] = LocalData(segments, {"value": torch.cat(logprobs)})
+        rt.data[(call.outputs[1], name)] = LocalData(segments, {"value": torch.cat(logprobs)})
     attention = torch.cat(masks)
     lengths = attention[:, rt.prompt_width :].sum(dim=1).float()
     metrics = {"response_length_mean": float(lengths.mean())}
@@ -109,7 +109,7 @@ def _left_pad(prompts: list[tuple[int, ...]], width: int, pad: int) -> tuple[Ten
 
 def _infer(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
     call, layout = rt.calls[name], rt.layouts[name]
-    source = rt.data[call.inputs[0]]
+    source = rt.input(call.inputs[0], name)
     batch = {
         "input_ids": source.tensors["input_ids"],
         "attention_mask": source.tensors["attention_mask"],
@@ -129,7 +129,7 @@ def _infer(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
         values = forward_values(rt.roles[call.role].on(layout), batch, micro)
         last = _last_index(batch["attention_mask"])
         value = values.gather(1, last.unsqueeze(1)).squeeze(1)
-    rt.data[key] = LocalData(source.segments, {"value": value.float().contiguous()})
+    rt.data[(key, name)] = LocalData(source.segments, {"value": value.float().contiguous()})
     if key in ("rewards", "costs", "greedy_rewards"):
         return {f"{key}_mean": float(value.float().mean())}
     return {}
@@ -173,7 +173,7 @@ def _train(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
     params = rt.spec.algorithm.params()
     state = rt.algorithm_states.setdefault(name, algo.new_state(params))
     p = rt.prompt_width
-    full = _full_batch(rt, call.inputs)
+    full = _full_batch(rt, name, call.inputs)
     mask = full["attention_mask"][:, p:].float()
     adv = algo.actor_advantages({**full, "mask": mask}, params, state, rt.samples_per_prompt)
     metrics = {k: float(v) for k, v in adv.metrics.items()}
@@ -201,13 +201,13 @@ def _train(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
     return metrics
 
 
-def _full_batch(rt: Runtime, inputs: tuple[str, ...]) -> dict[str, Tensor]:
+def _full_batch(rt: Runtime, call: str, inputs: tuple[str, ...]) -> dict[str, Tensor]:
     """Every input of a train call, all rows (train calls receive their inputs replicated)."""
     out: dict[str, Tensor] = {}
     for key in inputs:
-        if key not in rt.data:
-            continue
-        held = rt.data[key]
+        held = rt.data.get((key, call))
+        if held is None:
+            raise RuntimeError(f"{call}: input {key!r} was not moved to this rank")
         if key in ("responses",):
             out.update(held.tensors)
         else:

@@ -69,7 +69,7 @@ def move_data(rt: Runtime, key: str, src_call: str, dst_call: str) -> int:
         dst_chunks=chunks_of(rt, dst_call),
         dst_replicated=replicated_for(rt, key, dst_call),
     )
-    have = rt.data.get(key)
+    have = rt.data.get((key, src_call))
     shapes = key_tensors(rt, key)
     out: LocalData | None = None
     if rt.rank in dst.ranks:
@@ -109,5 +109,5 @@ def move_data(rt: Runtime, key: str, src_call: str, dst_call: str) -> int:
         for work in dist.batch_isend_irecv(ops):
             work.wait()
     if out is not None:
-        rt.data[key] = out
+        rt.data[(key, dst_call)] = out
     return received

@@ -86,7 +86,10 @@ class Runtime:
     homes: dict[str, Layout]
     model_dirs: dict[str, Path]
     roles: dict[str, RoleState] = field(default_factory=dict)
-    data: dict[str, LocalData] = field(default_factory=dict)
+    # An iteration's data by (key, call holding it): the producing call's rows,
+    # and each consumer's own copy made by a data move. Separate entries, so a
+    # move for one consumer never disturbs what another move still reads.
+    data: dict[tuple[str, str], LocalData] = field(default_factory=dict)
     prompts: list[Prompt] = field(default_factory=list)
     tokenizer: Any = None
     algorithm_states: dict[str, Any] = field(default_factory=dict)  # by train call
@@ -111,6 +114,20 @@ class Runtime:
     @property
     def response_width(self) -> int:
         return int(self.spec.rollout.max_new_tokens)
+
+    def producer(self, key: str) -> str:
+        """The call that produces a data key."""
+        for call in self.calls.values():
+            if key in call.outputs:
+                return call.name
+        raise KeyError(f"no call produces {key!r}")
+
+    def input(self, key: str, call: str) -> LocalData:
+        """A call's rows of an input: its own moved copy, else the producer's (same layout)."""
+        held = self.data.get((key, call))
+        if held is not None:
+            return held
+        return self.data[(key, self.producer(key))]
 
     def dtype(self, role: str) -> torch.dtype:
         """Parameter dtype of a role: as the job says on GPU; float32 on CPU."""
