@@ -110,7 +110,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, kube: Kube
 
     @kopf.on.probe(id="jobs", registry=registry)
     def jobs_probe(**_: Any) -> int:
-        return sum(1 for _ in metrics._phases)
+        return metrics.job_count()
 
 
 def connection_info(kube: Kube) -> kopf.ConnectionInfo:

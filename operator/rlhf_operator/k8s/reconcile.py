@@ -322,8 +322,7 @@ def _run(
         _create_children(ref, job, topology, config, attempt, current, kube)
         if not status.get("startTime"):
             update.set("startTime", iso(now))
-        if update.phase not in ("Restarting",) or not current:
-            update.set_phase("Starting" if attempt == 0 else "Restarting")
+        update.set_phase("Starting" if attempt == 0 else "Restarting")
         update.set_condition(
             "PodsReady", "False", "Creating", f"creating {expected} pods (attempt {attempt})"
         )
