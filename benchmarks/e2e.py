@@ -135,7 +135,6 @@ def run_trl(
         per_device_train_batch_size=prompts * group,
         num_generations=group,
         max_completion_length=tokens,
-        max_prompt_length=32,
         max_steps=iterations,
         learning_rate=1e-5,
         beta=0.04,
