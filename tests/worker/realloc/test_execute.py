@@ -39,6 +39,13 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
             local = {
                 n: full[n][slices(region)].clone() for n, region in plan.src_shards[rank].items()
             }
+        # Sometimes fill existing tensors (garbage-filled) instead of new ones.
+        into = None
+        if rank in dst.ranks and rng.random() < 0.2:
+            into = {
+                n: torch.full([b - a for a, b in r], float("nan"))
+                for n, r in plan.dst_shards[rank].items()
+            }
         stats = MemoryStats()
         out = reallocate(
             plan,
@@ -46,6 +53,7 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
             rank,
             dtype=torch.float32,
             alias_local=alias,
+            into=into,
             max_inflight_steps=inflight,
             stats=stats,
         )
@@ -60,6 +68,8 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
             assert out[n].shape == expected.shape, (n, src, dst)
             assert torch.equal(out[n], expected), (n, src, dst, rank)
             checked["tensors"] += 1
+            if into is not None:
+                assert out[n] is into[n]
         # Memory: destination shards plus at most a send and a receive bucket per step in flight.
         assert stats.peak <= stats.destination + inflight * 2 * max(bucket, 4 * 36)
         checked["received"] += bytes_received(plan)[rank]

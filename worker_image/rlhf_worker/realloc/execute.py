@@ -75,6 +75,7 @@ def reallocate(
     group: dist.ProcessGroup | None = None,
     max_inflight_steps: int = 4,
     alias_local: bool = False,
+    into: Mapping[str, torch.Tensor] | None = None,
     stats: MemoryStats | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Run this rank's part of a plan; return its destination shards (None if it holds none).
@@ -83,7 +84,9 @@ def reallocate(
     it); ``rank`` is its global rank, as the layouts name ranks. With
     ``alias_local`` a destination shard identical to a source shard is returned
     as the same tensor instead of a copy (right for a transient copy that is
-    only read; never for one that will be trained independently).
+    only read; never for one that will be trained independently). With ``into``
+    the destination shards are written into these existing tensors (e.g. the
+    weights of a rollout engine that keeps its own buffers) instead of new ones.
     """
     in_src = rank in plan.src_shards
     dst_regions = plan.dst_shards.get(rank)
@@ -101,6 +104,14 @@ def reallocate(
     if dst_regions is not None:
         out = {}
         for name, region in dst_regions.items():
+            if into is not None:
+                if (
+                    tuple(into[name].shape) != region_shape(region)
+                    or not into[name].is_contiguous()
+                ):
+                    raise ValueError(f"{name}: cannot receive {region_shape(region)} into it")
+                out[name] = into[name]
+                continue
             if alias_local and local_src is not None and src_regions.get(name) == region:
                 out[name] = local_src[name]
                 continue
@@ -109,26 +120,43 @@ def reallocate(
             stats.alloc(out[name].numel() * element_bytes)
 
     with torch.no_grad():
-        if out is not None and local_src is not None:
-            for copy in plan.local:
-                if copy.rank != rank or out[copy.name] is local_src[copy.name]:
-                    continue
-                target = out[copy.name][_slices(copy.region, dst_regions[copy.name])]  # type: ignore[index]
-                target.copy_(local_src[copy.name][_slices(copy.region, src_regions[copy.name])])
-
         inflight: deque[_InFlight] = deque()
+        local_done = False
         for step in plan.steps:
             mine = [i for i in step if rank in (plan.buckets[i].src, plan.buckets[i].dst)]
             if not mine:
                 continue
-            while len(inflight) >= max_inflight_steps:
+            if len(inflight) >= max_inflight_steps:
+                if not local_done:
+                    # The local copies overlap with the first steps in flight.
+                    _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
+                    local_done = True
                 _finish(inflight.popleft(), out, dst_regions, stats)
             inflight.append(
                 _post(plan, mine, rank, local_src, src_regions, out, dst_regions, group, stats)
             )
+        if not local_done:
+            _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
         while inflight:
             _finish(inflight.popleft(), out, dst_regions, stats)
     return out
+
+
+def _copy_local(
+    plan: ReallocPlan,
+    rank: int,
+    local_src: Mapping[str, torch.Tensor] | None,
+    src_regions: dict[str, Region],
+    out: dict[str, torch.Tensor] | None,
+    dst_regions: dict[str, Region] | None,
+) -> None:
+    if out is None or local_src is None or dst_regions is None:
+        return
+    for copy in plan.local:
+        if copy.rank != rank or out[copy.name] is local_src[copy.name]:
+            continue  # another rank's copy, or a shard shared as is
+        target = out[copy.name][_slices(copy.region, dst_regions[copy.name])]
+        target.copy_(local_src[copy.name][_slices(copy.region, src_regions[copy.name])])
 
 
 def _post(

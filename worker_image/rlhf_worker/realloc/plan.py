@@ -19,9 +19,9 @@ How a plan is made:
    destination's node if there is one, then the least loaded so far.
 3. Pieces are grouped per (sender, receiver) pair into buckets of at most
    ``bucket_bytes`` (a piece larger than that is cut along its first dimension).
-   A big piece travels alone so it can go straight from and into the tensors
-   without packing; small ones are packed together so many small tensors do
-   not mean many messages.
+   A piece of ``solo_bytes`` or more travels alone so it can go straight from
+   and into the tensors without packing; smaller ones are packed together so
+   many small tensors do not mean many messages.
 4. Buckets are ordered into *steps*: in one step every rank sends at most one
    bucket and receives at most one. Steps are independent, so the executor
    keeps a few in flight (overlap) while the memory it needs stays bounded by
@@ -44,8 +44,10 @@ from rlhf_worker.sharding import (
 )
 
 DEFAULT_BUCKET_BYTES = 32 << 20
-# A chunk at least this fraction of a bucket travels alone (no packing copy).
-SOLO_FRACTION = 4
+# A chunk of at least this many bytes (or a quarter of a bucket, if less) travels
+# alone: straight from and into the tensors, without a packing copy. Below that,
+# the cost of a message outweighs the copy, so chunks are packed.
+DEFAULT_SOLO_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ def plan_reallocation(
     *,
     element_bytes: int = 4,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    solo_bytes: int | None = None,
 ) -> ReallocPlan:
     """Plan moving a role's parameters from the source layout to the destination layout."""
     for layout, what in ((src, "source"), (dst, "destination")):
@@ -197,7 +200,8 @@ def plan_reallocation(
                 sent[sender] += nbytes
                 pieces.append(Piece(name, part, sender, rank, nbytes))
 
-    buckets = _bucketize(pieces, bucket_bytes, element_bytes)
+    solo = min(DEFAULT_SOLO_BYTES, bucket_bytes // 4) if solo_bytes is None else solo_bytes
+    buckets = _bucketize(pieces, bucket_bytes, element_bytes, solo)
     return ReallocPlan(
         model=model,
         src=src,
@@ -240,7 +244,9 @@ def _cut(piece: Piece, bucket_bytes: int, element_bytes: int) -> list[Piece]:
     return out
 
 
-def _bucketize(pieces: Iterable[Piece], bucket_bytes: int, element_bytes: int) -> list[Bucket]:
+def _bucketize(
+    pieces: Iterable[Piece], bucket_bytes: int, element_bytes: int, solo_bytes: int
+) -> list[Bucket]:
     by_pair: dict[tuple[int, int], list[Piece]] = {}
     for piece in pieces:
         by_pair.setdefault((piece.src, piece.dst), []).append(piece)
@@ -250,7 +256,7 @@ def _bucketize(pieces: Iterable[Piece], bucket_bytes: int, element_bytes: int) -
         packed_bytes = 0
         for piece in pair_pieces:
             for chunk in _cut(piece, bucket_bytes, element_bytes):
-                if chunk.nbytes * SOLO_FRACTION >= bucket_bytes:
+                if chunk.nbytes >= solo_bytes:
                     buckets.append(Bucket(src, dst, (chunk,)))
                     continue
                 if packed_bytes + chunk.nbytes > bucket_bytes:

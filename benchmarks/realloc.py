@@ -1,0 +1,299 @@
+"""Reallocation throughput against raw gloo transfers of the same bytes between the same ranks.
+
+    .venv/bin/python benchmarks/realloc.py [--repeats 5] [--bucket-mb 32] [--inflight 4]
+
+Four CPU processes (gloo on loopback, one thread each) hold a ~100M-parameter
+Llama-shaped model (random float32 weights, GQA) under a source layout and
+reallocate it to a destination layout. For each layout pair it prints:
+
+* MB moved (between ranks; local copies excluded) and the median seconds of
+  ``--repeats`` runs, and the effective GB/s;
+* raw p2p: the same bytes per (sender, receiver) pair as one preallocated flat
+  buffer each, all posted at once with ``batch_isend_irecv``; raw bcast: the
+  same, as concurrent broadcasts in one 2-rank group per pair. Both are
+  measured in the same run, interleaved with the reallocation repeats;
+* ratio = reallocation GB/s / raw p2p GB/s (the target is >= 0.8);
+* peak extra memory per rank: "acct" is the executor's exact accounting of
+  what it allocates (destination shards + message buffers, ``MemoryStats``);
+  "rss" is the growth of the process's peak resident set (VmHWM, reset through
+  /proc/self/clear_refs before each run), max over ranks. "dst" is the largest
+  destination shard set of any rank, the floor for both.
+
+Every destination shard is checked against the source shards once per pair.
+The machine is shared and has 2 cores for 4 processes: compare the columns of
+one run, not runs with each other. Sample output (2-core machine, other jobs running):
+
+    model: 99.0M params, 396 MB float32; bucket 32 MB, 4 steps in flight, 5 repeats
+    pair                       MB moved  realloc s  GB/s  p2p GB/s  bcast GB/s  ratio  dst MB  acct MB  rss MB
+    ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from rlhf_worker.realloc.execute import MemoryStats, reallocate
+from rlhf_worker.realloc.plan import ReallocPlan, bytes_by_pair, bytes_moved, plan_reallocation
+from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
+
+WORLD = 4
+SMALL = ModelShape(
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=16,
+    vocab_size=128,
+)
+MODEL = ModelShape(
+    hidden_size=768,
+    intermediate_size=2048,
+    num_layers=8,
+    num_heads=12,
+    num_kv_heads=4,
+    head_dim=64,
+    vocab_size=32000,
+)
+PAIRS: list[tuple[str, Layout, Layout]] = [
+    ("tp2dp2 -> tp1dp4", Layout((0, 1, 2, 3), dp=2, tp=2), Layout((0, 1, 2, 3), dp=4)),
+    ("tp4 -> tp2dp2", Layout((0, 1, 2, 3), tp=4), Layout((0, 1, 2, 3), dp=2, tp=2)),
+    ("pp2tp2 -> tp4", Layout((0, 1, 2, 3), pp=2, tp=2), Layout((0, 1, 2, 3), tp=4)),
+    ("tp2@01 -> tp2@23", Layout((0, 1), tp=2), Layout((2, 3), tp=2)),
+    ("tp1@0 -> dp3@123", Layout((0,)), Layout((1, 2, 3), dp=3)),
+]
+
+
+@dataclass
+class PairResult:
+    name: str
+    moved: int
+    realloc_s: float
+    warm_s: float
+    p2p_s: float
+    bcast_s: float
+    dst_bytes: int
+    acct_peak: int
+    rss_peak: int
+
+
+def source_shard(name: str, region: Region) -> torch.Tensor:
+    """Random weights of one source region, the same on every replica that holds it."""
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((name, region)).encode()))
+    return torch.rand(tuple(b - a for a, b in region), generator=gen)
+
+
+def rss_reset() -> int:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0); return the current RSS in bytes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS") * 1024
+
+
+def rss_peak() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def check(plan: ReallocPlan, rank: int, out: dict[str, torch.Tensor] | None) -> None:
+    """Destination shards equal the source shards they came from (no full model built)."""
+    from rlhf_worker.realloc.plan import intersect, source_holders
+
+    if out is None:
+        return
+    holders = source_holders(plan.model, plan.src)
+    for name, want in plan.dst_shards[rank].items():
+        for region, _ in holders[name]:
+            part = intersect(want, region)
+            if part is None:
+                continue
+            got = out[name][
+                tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(part, want, strict=True))
+            ]
+            src = source_shard(name, region)
+            ref = src[
+                tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(part, region, strict=True))
+            ]
+            if not torch.equal(got, ref):
+                raise AssertionError(f"rank {rank}: {name} {part} differs after reallocation")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    dist.barrier()
+    start = time.perf_counter()
+    fn()
+    dist.barrier()
+    return time.perf_counter() - start
+
+
+def raw_p2p(rank: int, pairs: dict[tuple[int, int], torch.Tensor]) -> None:
+    ops = [
+        dist.P2POp(dist.isend if src == rank else dist.irecv, buf, dst if src == rank else src)
+        for (src, dst), buf in pairs.items()
+    ]
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+
+
+def raw_bcast(pairs: dict[tuple[int, int], torch.Tensor], groups: dict) -> None:
+    works = [
+        dist.broadcast(buf, src, group=groups[pair], async_op=True)
+        for pair, buf in pairs.items()
+        for src in [pair[0]]
+    ]
+    for work in works:
+        work.wait()
+
+
+def bench_pair(
+    rank: int, name: str, src: Layout, dst: Layout, args: argparse.Namespace
+) -> PairResult:
+    model = SMALL if args.small else MODEL
+    plan = plan_reallocation(model, src, dst, WORLD, bucket_bytes=int(args.bucket_mb * (1 << 20)))
+    local = (
+        {n: source_shard(n, r) for n, r in plan.src_shards[rank].items()}
+        if rank in plan.src_shards
+        else None
+    )
+    # Raw baselines: the same bytes between the same pairs, one flat buffer per pair.
+    volume = bytes_by_pair(plan)
+    mine = {pair: torch.ones(n // 4) for pair, n in sorted(volume.items()) if rank in pair}
+    groups = {pair: dist.new_group(list(pair)) for pair in sorted(volume)}  # all ranks, same order
+
+    def run_realloc(
+        stats: MemoryStats, into: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor] | None:
+        return reallocate(
+            plan,
+            local,
+            rank,
+            dtype=torch.float32,
+            max_inflight_steps=args.inflight,
+            into=into,
+            stats=stats,
+        )
+
+    # "Warm": refill existing destination tensors (no allocation, no page faults), as
+    # when a rollout engine keeps its weight buffers or the allocator caches memory.
+    warm = run_realloc(MemoryStats())
+    check(plan, rank, warm)
+    times: dict[str, list[float]] = {"realloc": [], "warm": [], "p2p": [], "bcast": []}
+    acct = rss = 0
+    for _ in range(args.repeats):
+        stats = MemoryStats()
+        before = rss_reset()
+        times["realloc"].append(timed(partial(run_realloc, stats)))  # the copy is dropped after
+        rss = max(rss, rss_peak() - before)
+        acct = max(acct, stats.peak)
+        times["warm"].append(timed(partial(run_realloc, MemoryStats(), warm)))
+        times["p2p"].append(timed(partial(raw_p2p, rank, mine)))
+        times["bcast"].append(timed(partial(raw_bcast, mine, groups)))
+    for group in groups.values():
+        dist.destroy_process_group(group)
+    dst_bytes = 4 * sum(region_numel(r) for r in plan.dst_shards.get(rank, {}).values())
+    return PairResult(
+        name,
+        bytes_moved(plan),
+        statistics.median(times["realloc"]),
+        statistics.median(times["warm"]),
+        statistics.median(times["p2p"]),
+        statistics.median(times["bcast"]),
+        dst_bytes,
+        acct,
+        rss,
+    )
+
+
+def selected(args: argparse.Namespace) -> list[tuple[str, Layout, Layout]]:
+    return [pair for pair in PAIRS if args.only in pair[0]]
+
+
+def worker(rank: int, port: int, args: argparse.Namespace) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    results = [bench_pair(rank, name, src, dst, args) for name, src, dst in selected(args)]
+    gathered: list[list[PairResult]] = [[] for _ in range(WORLD)]
+    dist.all_gather_object(gathered, results)
+    if rank == 0:
+        print_table(gathered, args)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> None:
+    n = sum(p.numel for p in (SMALL if args.small else MODEL).params())
+    print(
+        f"model: {n / 1e6:.1f}M params, {n * 4 / 1e6:.0f} MB float32; bucket {args.bucket_mb:g} MB, "
+        f"{args.inflight} steps in flight, {args.repeats} repeats (medians), "
+        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}"
+    )
+    header = (
+        f"{'pair':<17} {'MB':>5} {'cold s':>6} {'GB/s':>5} {'warm s':>6} {'GB/s':>5} "
+        f"{'p2p GB/s':>8} {'bcast GB/s':>10} {'ratio cold':>10} {'warm':>5} "
+        f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6}"
+    )
+    print(header)
+    for i in range(len(selected(args))):
+        rows = [results[i] for results in per_rank]
+        r = rows[0]
+        gb = r.moved / 1e9
+        print(
+            f"{r.name:<17} {r.moved / 1e6:>5.0f} {r.realloc_s:>6.3f} {gb / r.realloc_s:>5.2f} "
+            f"{r.warm_s:>6.3f} {gb / r.warm_s:>5.2f} "
+            f"{gb / r.p2p_s:>8.2f} {gb / r.bcast_s:>10.2f} {r.p2p_s / r.realloc_s:>10.2f} "
+            f"{r.p2p_s / r.warm_s:>5.2f} "
+            f"{max(x.dst_bytes for x in rows) / 1e6:>6.0f} "
+            f"{max(x.acct_peak for x in rows) / 1e6:>7.0f} "
+            f"{max(x.rss_peak for x in rows) / 1e6:>6.0f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bucket-mb", type=float, default=32)
+    parser.add_argument("--inflight", type=int, default=4)
+    parser.add_argument(
+        "--no-thp",
+        action="store_true",
+        help="leave torch's CPU allocations on 4 KiB pages (no THP_MEM_ALLOC_ENABLE)",
+    )
+    parser.add_argument("--only", default="", help="run the pairs whose name contains this")
+    parser.add_argument("--small", action="store_true", help="a tiny model, as a smoke test")
+    args = parser.parse_args(argv)
+    import socket
+
+    if not args.no_thp:
+        # Destination shards are fresh memory: on 4 KiB pages the page faults cost more
+        # than the transfer itself on this machine. The spawned ranks inherit this.
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(worker, args=(port, args), nprocs=WORLD, start_method="spawn")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
