@@ -13,7 +13,13 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[operator,worker,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[operator,worker,dev,bench]'
+	# The Helm library (chart lint and install tests) declares Python >= 3.12
+	# but loads on 3.11: fetch the 3.12 wheel and install it past the check.
+	$(PY) -m pip download --quiet --ignore-requires-python --python-version 3.12 \
+		--only-binary=:all: --no-deps "helm-sdkpy==0.1.32" -d $(VENV)/wheels
+	$(PY) -m pip install --quiet --ignore-requires-python -c constraints.txt \
+		$(VENV)/wheels/helm_sdkpy-0.1.32-*.whl
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,13 +48,15 @@ test-slow: install
 # Regenerate the checked-in CRD from the API models.
 crd: install
 	$(BIN)/rlhfctl crd > crds/rlhf.dev_rlhfjobs.yaml
+	cp crds/rlhf.dev_rlhfjobs.yaml charts/rlhf-operator/crds/rlhf.dev_rlhfjobs.yaml
 
 # Regenerate the control plane's gRPC stubs from its .proto (a test checks they are current).
 proto: install
 	$(PY) -m rlhf_operator.controlplane.generate
 
 constraints: install
-	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable \
+		| sed 's#^helm-sdkpy @ .*#helm-sdkpy==0.1.32#'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean:

@@ -264,3 +264,20 @@ def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(job_file: Any, tmp_pat
     result = rlhfctl_run(path, out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [r["iteration"] for r in OutputDir(out).read_metrics()] == [1, 2, 3, 4]
+
+
+def test_reward_rises_on_the_demo_task(job_file: Any, tmp_path: Path) -> None:
+    """The demo's task (vowel fraction), shortened: PPO visibly learns within a dozen iterations."""
+    job = tiny_job(
+        "learns",
+        data={"batchSize": 8},
+        rollout={"maxNewTokens": 12},
+        training={"iterations": 12, "minibatches": 2},
+        checkpoint={"interval": 100},
+    )
+    out = tmp_path / "out"
+    summary = local_run(job_file(job), out).run()
+    rewards = [r["reward_mean"] for r in OutputDir(out).read_metrics()]
+    assert summary["iterations"] == 12
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.15, rewards
