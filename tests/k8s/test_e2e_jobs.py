@@ -2,9 +2,6 @@
 every pod it creates run as local processes by the pod executor (the
 coordinator pod runs `python -m rlhf_operator.coordinator`, the worker pods
 `python -m rlhf_worker`, on CPU slots).
-
-These need the coordinator's entry point (`rlhf_operator.coordinator.__main__`)
-and the worker's training code (torch): they are skipped until both exist.
 """
 
 from __future__ import annotations
@@ -18,11 +15,6 @@ import pytest
 from .cluster import Cluster, OperatorThread, config, wait_for
 from .conftest import ROOT, example
 from .executor import PodExecutor
-
-pytest.importorskip("rlhf_operator.coordinator.__main__")
-pytest.importorskip("torch")
-
-pytestmark = pytest.mark.slow
 
 TRAINING_TIMEOUT = 540.0  # a hang guard for CPU training, not a speed assertion
 
