@@ -230,6 +230,8 @@ def test_reward_function_that_raises_fails_cleanly_and_keeps_checkpoints(
         local_run(path, out, extra_env={"FLAKY_REWARD_FAIL": "1"}).run()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == committed
     assert latest_complete(out / "checkpoints").iteration == 1  # type: ignore[union-attr]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "Failed" and "reward service unavailable" in summary["error"]
 
 
 def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(job_file: Any, tmp_path: Path) -> None:

@@ -65,52 +65,60 @@ class LocalRun:
         return int(self.job.spec.device_count)
 
     def run(self) -> dict[str, Any]:
-        """Run to the end (resuming from a checkpoint if there is one); returns the summary."""
+        """Run to the end (resuming from a checkpoint if there is one); returns the summary.
+
+        summary.json is written however the run ends: Succeeded, Failed (with the
+        one-line reason) or Stopped (Ctrl-C).
+        """
         self.output.create()
         metrics = JobMetrics(self.job.metadata.name)
         port = metrics.serve(self.metrics_port) if self.metrics_port is not None else None
         if port is not None:
             self._say(f"metrics: http://127.0.0.1:{port}/metrics")
         started = time.monotonic()
-        first: IterationRecord | None = None
-        last: IterationRecord | None = None
+        status, error = "Failed", None
         previous = signal.signal(signal.SIGINT, self._interrupt)
         try:
-            while True:
-                try:
-                    first, last = self._attempt(metrics, first, last, started)
-                    break
-                except CommandFailed as err:
-                    # A handler's error is deterministic (bad data, a reward function
-                    # that raises): restarting would only repeat it.
-                    raise JobFailed(str(err)) from None
-                except (WorkerLost, CommandTimeout) as err:
-                    if self.stop_requested:
-                        raise JobFailed("stopped by Ctrl-C") from None
-                    self.restarts += 1
-                    limit = int(self.job.spec.run_policy.backoff_limit)
-                    if self.restarts > limit:
-                        raise JobFailed(
-                            f"{err} (restarted {self.restarts - 1} time(s); backoffLimit is {limit})"
-                        ) from None
-                    self._say(
-                        f"worker failure: {err}; restarting from the last checkpoint "
-                        f"({self.restarts}/{limit})"
-                    )
+            self._attempts(metrics, started)
+            status = "Succeeded"
+        except JobFailed as err:
+            error = str(err)
+            raise
+        except KeyboardInterrupt:
+            status = "Stopped"
+            raise
         finally:
             signal.signal(signal.SIGINT, previous)
             self._stop_workers()
-        summary = self._summary(first, last, time.monotonic() - started, "Succeeded")
-        self.output.write_summary(summary)
+            summary = self._summary(time.monotonic() - started, status, error)
+            self.output.write_summary(summary)
         return summary
 
-    def _attempt(
-        self,
-        metrics: JobMetrics,
-        first: IterationRecord | None,
-        last: IterationRecord | None,
-        started: float,
-    ) -> tuple[IterationRecord | None, IterationRecord | None]:
+    def _attempts(self, metrics: JobMetrics, started: float) -> None:
+        """Run, restarting all workers after a lost one, up to the job's backoff limit."""
+        while True:
+            try:
+                self._attempt(metrics, started)
+                return
+            except CommandFailed as err:
+                # A handler's error is deterministic (bad data, a reward function
+                # that raises): restarting would only repeat it.
+                raise JobFailed(str(err)) from None
+            except (WorkerLost, CommandTimeout) as err:
+                if self.stop_requested:
+                    raise JobFailed("stopped by Ctrl-C") from None
+                self.restarts += 1
+                limit = int(self.job.spec.run_policy.backoff_limit)
+                if self.restarts > limit:
+                    raise JobFailed(
+                        f"{err} (restarted {self.restarts - 1} time(s); backoffLimit is {limit})"
+                    ) from None
+                self._say(
+                    f"worker failure: {err}; restarting from the last checkpoint "
+                    f"({self.restarts}/{limit})"
+                )
+
+    def _attempt(self, metrics: JobMetrics, started: float) -> None:
         token = new_token()
         config = CoordinatorConfig(
             job_id=self.job.metadata.name,
@@ -120,26 +128,22 @@ class LocalRun:
             heartbeat_timeout_s=self.heartbeat_timeout_s,
         )
         total = int(self.job.spec.training.iterations)
-        records: list[IterationRecord] = []
+        first_iteration: list[int] = []
 
         def on_record(record: IterationRecord, checkpoint: Path | None) -> None:
-            records.append(record)
+            first_iteration[:] = first_iteration or [record.iteration]
             metrics.observe(record)
             if self.on_iteration is not None:
                 self.on_iteration(record)
-            self._progress(record, total, started, records[0].iteration)
+            self._progress(record, total, started, first_iteration[0])
 
         with Coordinator(config) as coordinator:
             self._start_workers(coordinator.address, token)
             runner = JobRunner(coordinator, self.job, self.plan, self.output, self.base_dir)
             start = runner.setup()
-            finished = runner.run_to_end(start, on_record, lambda: self.stop_requested)
-            if not finished:
+            if not runner.run_to_end(start, on_record, lambda: self.stop_requested):
                 raise KeyboardInterrupt
             runner.shutdown()
-        if records:
-            first, last = first or records[0], records[-1]
-        return first, last
 
     def _start_workers(self, address: str, token: str) -> None:
         self._stop_workers()
@@ -213,19 +217,14 @@ class LocalRun:
     def _say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 
-    def _summary(
-        self,
-        first: IterationRecord | None,
-        last: IterationRecord | None,
-        seconds: float,
-        status: str,
-    ) -> dict[str, Any]:
+    def _summary(self, seconds: float, status: str, error: str | None) -> dict[str, Any]:
         records = self.output.read_metrics()
         rewards = [r["reward_mean"] for r in records]
         return {
             "job": self.job.metadata.name,
             "algorithm": self.job.spec.algorithm.name,
             "status": status,
+            "error": error,
             "iterations": len(records),
             "restarts": self.restarts,
             "seconds": round(seconds, 3),
