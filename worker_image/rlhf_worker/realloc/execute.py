@@ -2,9 +2,10 @@
 
 The same code runs on gloo (CPU tensors) and NCCL (device tensors). Every rank
 walks the plan's steps in the same order and posts its part of each step with
-``batch_isend_irecv``; a few steps stay in flight at once so independent
-transfers overlap, and the memory for messages stays bounded by
-``max_inflight_steps`` x (one send + one receive bucket).
+``batch_isend_irecv``; many steps stay in flight at once so independent
+transfers overlap, while the packing buffers in flight stay under a bound
+(two buckets by default), so peak extra memory is the destination shards plus
+about two buckets.
 
 A bucket holding a single piece that is contiguous in both tensors (the
 common case for big column-parallel slices) is sent from, and received into,
@@ -21,7 +22,7 @@ when it is the first operation on a group.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -73,7 +74,8 @@ def reallocate(
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
     group: dist.ProcessGroup | None = None,
-    max_inflight_steps: int = 4,
+    max_inflight_steps: int = 32,
+    max_buffer_bytes: int | None = None,
     alias_local: bool = False,
     into: Mapping[str, torch.Tensor] | None = None,
     stats: MemoryStats | None = None,
@@ -84,7 +86,10 @@ def reallocate(
     it); ``rank`` is its global rank, as the layouts name ranks. With
     ``alias_local`` a destination shard identical to a source shard is returned
     as the same tensor instead of a copy (right for a transient copy that is
-    only read; never for one that will be trained independently). With ``into``
+    only read; never for one that will be trained independently). Up to
+    ``max_inflight_steps`` steps are in flight while their packing buffers stay
+    under ``max_buffer_bytes`` (default two buckets; messages sent straight
+    from and into the tensors cost nothing). With ``into``
     the destination shards are written into these existing tensors (e.g. the
     weights of a rollout engine that keeps its own buffers) instead of new ones.
     """
@@ -119,6 +124,7 @@ def reallocate(
             stats.destination += out[name].numel() * element_bytes
             stats.alloc(out[name].numel() * element_bytes)
 
+    buffer_limit = 2 * plan.bucket_bytes if max_buffer_bytes is None else max_buffer_bytes
     with torch.no_grad():
         inflight: deque[_InFlight] = deque()
         local_done = False
@@ -126,15 +132,23 @@ def reallocate(
             mine = [i for i in step if rank in (plan.buckets[i].src, plan.buckets[i].dst)]
             if not mine:
                 continue
-            if len(inflight) >= max_inflight_steps:
+            flight, ops = _prepare(
+                plan, mine, rank, local_src, src_regions, out, dst_regions, stats
+            )
+            while inflight and (
+                len(inflight) >= max_inflight_steps
+                or flight.buffer_bytes + sum(f.buffer_bytes for f in inflight) > buffer_limit
+            ):
                 if not local_done:
                     # The local copies overlap with the first steps in flight.
                     _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
                     local_done = True
                 _finish(inflight.popleft(), out, dst_regions, stats)
-            inflight.append(
-                _post(plan, mine, rank, local_src, src_regions, out, dst_regions, group, stats)
-            )
+            p2p = [
+                dist.P2POp(op, tensor, peer, group=group, tag=tag) for op, tensor, peer, tag in ops
+            ]
+            flight.works = dist.batch_isend_irecv(p2p)
+            inflight.append(flight)
         if not local_done:
             _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
         while inflight:
@@ -159,7 +173,10 @@ def _copy_local(
         target.copy_(local_src[copy.name][_slices(copy.region, src_regions[copy.name])])
 
 
-def _post(
+_Op = tuple[Callable[..., object], torch.Tensor, int, int]  # isend/irecv, tensor, peer, tag
+
+
+def _prepare(
     plan: ReallocPlan,
     bucket_ids: list[int],
     rank: int,
@@ -167,10 +184,10 @@ def _post(
     src_regions: dict[str, Region],
     out: dict[str, torch.Tensor] | None,
     dst_regions: dict[str, Region] | None,
-    group: dist.ProcessGroup | None,
     stats: MemoryStats,
-) -> _InFlight:
-    ops: list[dist.P2POp] = []
+) -> tuple[_InFlight, list[_Op]]:
+    """This rank's messages of one step: tensor views where possible, packed buffers otherwise."""
+    ops: list[_Op] = []
     flight = _InFlight(works=[])
     for index in bucket_ids:
         bucket = plan.buckets[index]
@@ -188,7 +205,7 @@ def _post(
                 stats.messages += bucket.nbytes
                 stats.alloc(bucket.nbytes)
             flight.keep.append(message)
-            ops.append(dist.P2POp(dist.isend, message, bucket.dst, group=group, tag=index))
+            ops.append((dist.isend, message, bucket.dst, index))
         if bucket.dst == rank:
             assert out is not None and dst_regions is not None
             first = bucket.pieces[0]
@@ -204,9 +221,8 @@ def _post(
                 stats.messages += bucket.nbytes
                 stats.alloc(bucket.nbytes)
                 flight.unpack.append((buffer, bucket))
-            ops.append(dist.P2POp(dist.irecv, buffer, bucket.src, group=group, tag=index))
-    flight.works = dist.batch_isend_irecv(ops)
-    return flight
+            ops.append((dist.irecv, buffer, bucket.src, index))
+    return flight, ops
 
 
 def _finish(
