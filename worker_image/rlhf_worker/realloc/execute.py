@@ -12,8 +12,12 @@ common case for big column-parallel slices) is sent from, and received into,
 the parameter tensors themselves: no packing copy. Other buckets are packed
 into one flat buffer so many small tensors do not mean many messages.
 
-Point-to-point needs no new process group, so nothing here has to be called
-collectively: a rank outside both layouts simply returns. With NCCL, make sure
+Why point-to-point rather than ReaL's broadcasts in groups: on gloo, measured by
+``benchmarks/realloc.py`` in the same run, broadcasts in 2-rank groups and
+batched isend/irecv move the same bytes at the same speed within noise, and
+point-to-point needs no new process group (``new_group`` must be called by all
+ranks, in the same order, for every sender/receivers set). So nothing here
+has to be called collectively: a rank outside both layouts simply returns. With NCCL, make sure
 the communicator exists before the first reallocation (e.g. pass ``device_id``
 to ``init_process_group`` or run a barrier), as ``batch_isend_irecv`` requires
 when it is the first operation on a group.
