@@ -29,6 +29,11 @@ def run_call(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
     if rt.rank not in rt.layouts[name].ranks:
         return {}
     if call.kind == "generate":
+        if rt.spec.rollout.backend == "vllm":
+            # Imported here: the vLLM backend (and vLLM) loads only in jobs that ask for it.
+            from rlhf_worker.rollout.backend import generate_with_vllm
+
+            return generate_with_vllm(rt, name, iteration, greedy=call.greedy)
         return _generate(rt, name, iteration, greedy=call.greedy)
     if call.kind == "inference":
         return _infer(rt, name, iteration)

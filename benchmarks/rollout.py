@@ -1,0 +1,133 @@
+"""Rollout throughput of vLLM against the torch generator, and in-place weight updates.
+
+    .venv-vllm/bin/python benchmarks/rollout.py [--prompts 32] [--new-tokens 64] [--small]
+
+One Llama-shaped model built locally (random float32 weights, GQA; head_dim 64,
+which vLLM's CPU attention wants) and one set of prompts (random token ids,
+8-24 tokens, a fixed seed). In one run it prints:
+
+* rollout tokens/s of the torch generator (``rlhf_worker.engine.generate``, the
+  whole batch at once, greedy, no EOS so every sequence runs to the end) and of
+  a vLLM engine on the same weights and prompts (greedy, ``max_tokens`` fixed);
+  how many sequences came out identical (a sanity check, not a timing);
+* weight updates into the running engine (``VllmEngine.update_weights``: the
+  parameters pushed through ``collective_rpc`` in buckets and reloaded in
+  place) for several bucket sizes: seconds (median of ``--repeats``), GB/s
+  against the model's bytes.
+
+vLLM's engine start (tens of seconds here) is printed, not counted. The
+machine is shared: compare the lines of one run, not runs with each other.
+Needs vllm (``.venv-vllm``, see the vllm make target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ARCH = {  # ~10M parameters unless --small
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "vocab_size": 4096,
+    "max_position_embeddings": 512,
+}
+SMALL = {**ARCH, "intermediate_size": 512, "num_hidden_layers": 2, "vocab_size": 512}
+
+
+def build(root: Path, small: bool) -> Path:
+    from rlhf_worker.tiny import build_tiny_model, build_tokenizer, tiny_hf_config
+
+    config = {**tiny_hf_config(), **(SMALL if small else ARCH)}
+    build_tiny_model(root, config, seed=0)
+    build_tokenizer(root, vocab_size=int(config["vocab_size"]))
+    return root
+
+
+def prompts_for(count: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(8, 25, (count,), generator=gen)
+    return [[1, *torch.randint(3, vocab, (int(n) - 1,), generator=gen).tolist()] for n in lengths]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--small", action="store_true", help="a 2-layer model (quick check)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    from rlhf_worker.engine import GenerationConfig, generate
+    from rlhf_worker.model import load_decoder
+    from rlhf_worker.rollout.engine import SamplingSpec, VllmEngine
+    from rlhf_worker.rollout.weights import named_tensors, total_bytes
+    from rlhf_worker.sharding import Layout
+
+    with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
+        root = build(Path(tmp), args.small)
+        model = load_decoder(root, Layout(ranks=(0,)), 0)
+        named = named_tensors(model.local_state())
+        nbytes = total_bytes(named)
+        params = sum(t.numel() for _, t in named)
+        vocab = (SMALL if args.small else ARCH)["vocab_size"]
+        prompts = prompts_for(args.prompts, int(vocab))
+        steps = args.new_tokens
+        print(
+            f"model: {params / 1e6:.1f}M params, {nbytes / 1e6:.0f} MB float32; "
+            f"{len(prompts)} prompts x {steps} new tokens, greedy; "
+            f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus"
+        )
+
+        start = time.perf_counter()
+        ref = generate(model, prompts, GenerationConfig(steps))
+        torch_s = time.perf_counter() - start
+        tokens = int(ref.lengths.sum())
+        print(
+            f"torch generator   {tokens:6d} tokens {torch_s:8.2f} s {tokens / torch_s:9.1f} tok/s"
+        )
+
+        start = time.perf_counter()
+        engine = VllmEngine(root, max_model_len=32 + steps)
+        print(f"vllm engine start {time.perf_counter() - start:.1f} s (not counted)")
+        engine.update_weights(named)  # the same weights as the torch model, as in a job
+        spec = SamplingSpec(steps, True, 1.0, 1.0, None, 0, 0)
+        engine.generate(prompts[:2], spec, sample_ids=[0, 1])  # warm-up
+        start = time.perf_counter()
+        out = engine.generate(prompts, spec, sample_ids=range(len(prompts)))
+        vllm_s = time.perf_counter() - start
+        vtokens = int(out.lengths.sum())
+        same = sum(bool(torch.equal(out.tokens[i], ref.tokens[i])) for i in range(len(prompts)))
+        print(
+            f"vllm              {vtokens:6d} tokens {vllm_s:8.2f} s {vtokens / vllm_s:9.1f} tok/s"
+            f"  ({vtokens / vllm_s / (tokens / torch_s):.2f}x torch; "
+            f"{same}/{len(prompts)} sequences identical)"
+        )
+
+        print(f"weight update of {nbytes / 1e6:.0f} MB (median of {args.repeats}):")
+        for bucket_mb in (1, 16, 256):
+            times, count = [], 0
+            for _ in range(args.repeats):
+                stats = engine.update_weights(named, bucket_bytes=bucket_mb * 1024 * 1024)
+                times.append(stats.seconds)
+                count = stats.buckets
+            median = statistics.median(times)
+            print(
+                f"  bucket {bucket_mb:4d} MB {count:4d} buckets {median:7.3f} s "
+                f"{nbytes / median / 1e9:6.2f} GB/s"
+            )
+        engine.close()
+
+
+if __name__ == "__main__":  # vLLM starts processes: keep the guard
+    main()
