@@ -161,7 +161,14 @@ class LocalRun:
         )
         self.output.logs.mkdir(parents=True, exist_ok=True)
         for rank in range(self.world_size):
-            env = {**os.environ, **self.extra_env, **worker_env(launch, rank, local_rank=rank)}
+            env = {
+                **os.environ,
+                # Huge pages for torch's CPU allocations: fresh shards (transient copies
+                # made by reallocation) fill about 4x faster than on 4 KiB pages.
+                "THP_MEM_ALLOC_ENABLE": "1",
+                **self.extra_env,
+                **worker_env(launch, rank, local_rank=rank),
+            }
             log = (self.output.logs / f"worker-{rank}.log").open("ab")
             # Own session: a Ctrl-C in the terminal reaches the coordinator only,
             # which then stops the workers in order.
