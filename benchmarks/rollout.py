@@ -17,7 +17,23 @@ which vLLM's CPU attention wants) and one set of prompts (random token ids,
 
 vLLM's engine start (tens of seconds here) is printed, not counted. The
 machine is shared: compare the lines of one run, not runs with each other.
-Needs vllm (``.venv-vllm``, see the vllm make target).
+Needs vllm (``.venv-vllm``, see the vllm make target). Sample output (2-core
+machine, load average ~7 from other jobs; vLLM's log lines left out):
+
+    model: 8.0M params, 32 MB float32; 32 prompts x 64 new tokens, greedy; torch threads 2, 2 cpus
+    torch generator     2048 tokens    90.22 s      22.7 tok/s
+    vllm engine start 153.1 s (not counted)
+    vllm                2048 tokens     8.73 s     234.6 tok/s  (10.33x torch; 32/32 sequences identical)
+    weight update of 32 MB (median of 3):
+      bucket    1 MB   27 buckets   0.601 s   0.05 GB/s
+      bucket   16 MB    2 buckets   0.912 s   0.04 GB/s
+      bucket  256 MB    1 buckets   0.340 s   0.09 GB/s
+
+Reading it: an update is a fixed cost more than a bandwidth one at this size:
+three or more ``collective_rpc`` round trips (pickled through vLLM's shared-memory
+queue to its worker process) and vLLM re-packing every linear weight for its CPU
+GEMM kernel. vLLM logs "RotaryEmbedding: Failed to load weights" on each update:
+the rotary cache is no checkpoint weight, and vLLM puts its own tensor back.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ from rlhf_worker.runtime.state import LocalData, Runtime
 
 # One engine per process and model directory, for the life of the worker.
 _ENGINES: dict[Path, VllmEngine] = {}
+# The iteration whose weights each engine holds: ReMax's two generation calls of
+# one iteration (sampled, greedy) run before its training step, so the second
+# needs no update.
+_LOADED: dict[Path, int] = {}
 
 
 def engine_for(rt: Runtime, role: str) -> VllmEngine:
@@ -45,6 +49,7 @@ def shutdown_engines() -> None:
     for engine in _ENGINES.values():
         engine.close()
     _ENGINES.clear()
+    _LOADED.clear()
 
 
 def generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) -> dict[str, float]:
@@ -53,7 +58,16 @@ def generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) -> 
     check_layout(layout)
     model = rt.roles[call.role].on(layout)
     engine = engine_for(rt, call.role)
-    update = engine.update_weights(named_tensors(model.local_state()))
+    directory = rt.model_dirs[call.role]
+    if _LOADED.get(directory) != iteration:
+        update = engine.update_weights(named_tensors(model.local_state()))
+        _LOADED[directory] = iteration
+        metrics_update = {
+            "weight_update_seconds": update.seconds,
+            "weight_update_gb_per_s": update.gb_per_s,
+        }
+    else:
+        metrics_update = {}
 
     per_prompt = 1 if greedy else rt.samples_per_prompt
     rows = int(rt.spec.data.batch_size) * per_prompt
@@ -83,11 +97,7 @@ def generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) -> 
     }
     rt.data[(call.outputs[0], name)] = LocalData(segments, batch)
 
-    metrics = {
-        "response_length_mean": float(out.lengths.float().mean()),
-        "weight_update_seconds": update.seconds,
-        "weight_update_gb_per_s": update.gb_per_s,
-    }
+    metrics = {"response_length_mean": float(out.lengths.float().mean()), **metrics_update}
     if len(call.outputs) > 1:
         logprobs = out.logprobs
         if getattr(rollout, "recompute_logprobs", True):
@@ -97,6 +107,7 @@ def generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) -> 
             metrics.update(mismatch(out.logprobs, recomputed, response_mask))
             logprobs = recomputed
         rt.data[(call.outputs[1], name)] = LocalData(segments, {"value": logprobs.contiguous()})
+    engine.sleep()  # training may use this device next (a no-op where vLLM cannot sleep)
     p_index, _, t_index = layout.coords(rt.rank)
     if p_index == 0 and t_index == 0:  # one rank per replica counts its rows, for the totals
         metrics["tokens"] = float(batch["attention_mask"].sum())

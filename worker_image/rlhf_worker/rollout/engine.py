@@ -70,13 +70,26 @@ class UpdateStats:
 class VllmEngine:
     """A ``vllm.LLM`` over one model directory, with sequences of at most `max_model_len`."""
 
-    def __init__(self, model_dir: Path, max_model_len: int, seed: int = 0, dtype: str = "float32"):
+    def __init__(
+        self,
+        model_dir: Path,
+        max_model_len: int,
+        seed: int = 0,
+        dtype: str = "float32",
+        sleep_between_calls: bool = True,
+    ):
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         self.model_dir = Path(model_dir)
         self.max_model_len = max_model_len
+        # Sleep mode frees the engine's device memory while training runs on the
+        # same devices. vLLM offers it on CUDA/ROCm/XPU only: on CPU,
+        # enable_sleep_mode raises "Sleep mode is not supported on current platform".
+        self.sleep_mode = sleep_between_calls and current_platform.is_sleep_mode_available()
+        self.asleep = False
         self.llm: Any = LLM(
             model=str(self.model_dir),
             dtype=dtype,
@@ -88,6 +101,7 @@ class VllmEngine:
             # torch.distributed world of one rank, never the job's gloo world.
             distributed_executor_backend="mp",
             enable_prefix_caching=False,  # cached KV would outlive a weight update
+            enable_sleep_mode=self.sleep_mode,
         )
 
     def generate(
@@ -141,13 +155,27 @@ class VllmEngine:
         """Load new weights into the running engine, one bucket per ``collective_rpc``."""
         start = time.perf_counter()
         count = 0
+        if self.asleep:  # weights' memory back first; the KV cache after the update
+            self.llm.wake_up(tags=["weights"])
         self.llm.collective_rpc("rlhf_begin_update")
         for bucket in buckets(named, bucket_bytes):
             self.llm.collective_rpc("rlhf_load_bucket", args=(bucket,))
             count += 1
         self.llm.collective_rpc("rlhf_finish_update")
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         self._reset_prefix_cache()
         return UpdateStats(time.perf_counter() - start, total_bytes(named), count)
+
+    def sleep(self) -> None:
+        """Release the engine's device memory until the next update (where vLLM can).
+
+        Level 2 drops the weights too: the next ``update_weights`` loads all of them.
+        """
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
 
     def weight_checksum(self) -> float:
         return float(self.llm.collective_rpc("rlhf_weight_checksum")[0])
