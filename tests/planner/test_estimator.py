@@ -17,7 +17,7 @@ from rlhf_operator.planner.estimator import (
     layout_problem,
     layouts_for,
 )
-from rlhf_operator.planner.profiles import load_profile
+from rlhf_operator.planner.profiles import GenerationBackend, load_profile
 from rlhf_operator.planner.reallocation import stage_layers
 from rlhf_operator.planner.workload import RoleModel, workload_for
 
@@ -169,3 +169,68 @@ def test_layout_problems_are_named():
 def test_compare_measured():
     out = compare_measured({"a": 2.0, "b": 1.0}, {"a": 1.0, "c": 3.0})
     assert out == {"a": {"estimated": 2.0, "measured": 1.0, "relative_error": 1.0}}
+
+
+def test_call_overhead_is_added_once_per_call():
+    job = make_job("tiny", gpus=1, per_node=1, batch=4, prompt=8, gen=8, minibatches=1)
+    w = workload_for(job)
+    mesh, lay = Mesh(0, 1), Layout(1, 1, 1, 1)
+    for name in ("actor_gen", "ref_inf", "actor_train"):
+        base = call_cost(w, w.call(name), Cluster(1, 1, simple_profile()), mesh, lay).seconds
+        more = Cluster(1, 1, simple_profile(call_overhead=0.01))
+        assert call_cost(w, w.call(name), more, mesh, lay).seconds == pytest.approx(base + 0.01)
+
+
+def test_backward_factor_scales_the_backward():
+    job = make_job("tiny", gpus=1, per_node=1, batch=4, prompt=8, gen=8, minibatches=1)
+    w = workload_for(job)
+    mesh, lay = Mesh(0, 1), Layout(1, 1, 1, 1)
+    cluster = Cluster(1, 1, simple_profile())
+    fwd = call_cost(w, w.call("ref_inf"), cluster, mesh, lay).seconds  # same forward
+    two = call_cost(w, w.call("actor_train"), cluster, mesh, lay).seconds
+    three = Cluster(1, 1, simple_profile(backward_factor=3.0))
+    # forward + 2 forwards (+ the optimizer) vs forward + 3 forwards: one forward more
+    assert call_cost(w, w.call("actor_train"), three, mesh, lay).seconds == pytest.approx(
+        two + fwd, rel=1e-6
+    )
+
+
+def test_decode_overheads_per_layer_and_per_sequence():
+    w = workload_for(
+        make_job(
+            "tiny", gpus=1, per_node=1, batch=4, prompt=8, gen=8, minibatches=1, backend="torch"
+        )
+    )
+    mesh = Mesh(0, 1)
+    torch_backend = GenerationBackend(1.0, 0.0, 0.0)
+    prof = simple_profile(generation={"torch": torch_backend})
+    base = call_cost(w, w.call("actor_gen"), Cluster(1, 1, prof), mesh, Layout(1, 1, 1, 1))
+    slow = simple_profile(generation={"torch": GenerationBackend(1.0, 1e-3, 1e-4)})
+    for m in (1, 2):
+        lay = Layout(1, 1, 1, m)
+        got = call_cost(w, w.call("actor_gen"), Cluster(1, 1, slow), mesh, lay).seconds
+        ref = call_cost(w, w.call("actor_gen"), Cluster(1, 1, prof), mesh, lay).seconds
+        # 7 decode steps per micro-batch, m micro-batches of 4/m sequences, 4 layers:
+        # 7 x m x (4 x 1e-3 + 4/m x 1e-4)
+        assert got - ref == pytest.approx(7 * m * (4e-3 + 4 / m * 1e-4), rel=1e-6)
+    assert base.seconds > 0
+
+
+def test_reward_function_cost_per_sample_and_rank():
+    job = make_job("tiny", gpus=2, per_node=2, batch=6, prompt=8, gen=8, minibatches=1)
+    w = workload_for(job)
+    # The reward role as a function (no model): rows split evenly over the mesh.
+    w = dataclasses.replace(w, roles={**w.roles, "reward": RoleModel("reward", None)})
+    prof = simple_profile(call_overhead=0.002, function_seconds_per_sample=1e-3)
+    cost = call_cost(w, w.call("reward_inf"), Cluster(1, 2, prof), Mesh(0, 2), Layout(2, 1, 1))
+    # 6 samples over 2 ranks: 3 each, plus the call's fixed overhead
+    assert cost.seconds == pytest.approx(0.002 + 3e-3)
+
+
+def test_optimizer_step_overhead_once_per_optimizer_step():
+    # 2 minibatches: two optimizer steps per iteration, each paying the fixed overhead.
+    w = workload_for(make_job("tiny", gpus=1, per_node=1, batch=4, prompt=8, gen=8, minibatches=2))
+    mesh, lay, call = Mesh(0, 1), Layout(1, 1, 1, 1), w.call("actor_train")
+    base = call_cost(w, call, Cluster(1, 1, simple_profile()), mesh, lay).seconds
+    more = Cluster(1, 1, simple_profile(optimizer_step_overhead=0.01))
+    assert call_cost(w, call, more, mesh, lay).seconds == pytest.approx(base + 2 * 0.01)

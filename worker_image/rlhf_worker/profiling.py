@@ -60,16 +60,21 @@ def measure_gemm(device: torch.device, dtype: torch.dtype, quick: bool) -> dict[
     rows = [8, 32, 128, 512, 2048] if device.type == "cpu" else [16, 64, 256, 1024, 4096, 16384]
     if quick:
         rows = rows[::2]
-    rates = {}
+    fns: dict[str, Callable[[], object]] = {}
+    repeats = {m: max(1, 2048 // m) for m in rows}  # small GEMMs repeated: timings long enough
     for m in rows:
         a = torch.randn(m, hidden, device=device, dtype=dtype)
         b = torch.randn(hidden, hidden, device=device, dtype=dtype)
 
-        def gemm(a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor:
-            return a @ b
+        def gemms(a: torch.Tensor = a, b: torch.Tensor = b, n: int = repeats[m]) -> None:
+            for _ in range(n):
+                a @ b
+            _sync(device)
 
-        secs = _time(gemm, device, 20, 0.3)
-        rates[m] = 2 * m * hidden * hidden / secs
+        fns[str(m)] = gemms
+    # In turns, medians: the fall-off with rows is a ratio, so all shapes must see the same load.
+    seconds = _interleaved_medians(fns, 5 if quick else 11)
+    rates = {m: 2 * m * repeats[m] * hidden * hidden / seconds[str(m)] for m in rows}
     peak = max(rates.values())
     # Fit rate(m) = peak * m / (m + half): half = m * (peak / rate - 1), median over shapes.
     halves = [m * (peak / r - 1) for m, r in rates.items() if r < peak]
@@ -165,6 +170,120 @@ def measure_layers(
         "decode_flops": batch * (2 * params + 4 * heads * hd * seq),
         "decode_bytes": params * x.element_size()
         + 2 * batch * seq * kv_heads * hd * x.element_size(),
+    }
+
+
+def _interleaved_medians(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds of each fn, timed in turns (a, b, c, a, b, c, ...) after one warm-up each.
+
+    The machine is shared: taking turns lets every measurement see the same mix of load, so
+    their ratios (backward over forward, a decode step over the forward) hold even when the
+    absolute figures drift; medians describe a typical run rather than the luckiest one.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def measure_engine(quick: bool) -> dict[str, Any]:
+    """The worker's own engine on the `tiny` preset in one process (what local mode runs).
+
+    - decode: `engine.generate` with per-sequence sampling at two batch sizes and two step
+      counts; the difference of step counts cancels the prefill, so `step_seconds[rows]` is
+      one decode step (the layers, the head, sampling with one generator per sequence and
+      the loop's bookkeeping);
+    - forward: `forward_logprobs` over [rows, prompt + new] (inference calls);
+    - train: one `Trainer.step` on that batch and on its first rows (forward, backward,
+      gradient norm, AdamW): `train_seconds[rows]`;
+    - reward: a reward-function call's work for `n` rows: per row the response's tokens,
+      decoding, `rewards:vowel_fraction` (as `runtime.calls._score_with_function`).
+    """
+    from rlhf_worker.data import epoch_order
+    from rlhf_worker.engine import GenerationConfig, forward_logprobs, generate
+    from rlhf_worker.engine.train import OptimizerConfig, Trainer
+    from rlhf_worker.model import load_decoder
+    from rlhf_worker.reward_functions import load_reward_function, score
+    from rlhf_worker.sharding import Layout
+    from rlhf_worker.tiny import build_tiny
+
+    # A decode step is the difference of two generations: many turns keep its noise down.
+    repeat = 3 if quick else 11
+    prompt, new, rows_big, rows_small = 32, 16, 16, 4
+    steps_short, steps_long = 2, (6 if quick else 16)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny(f"{tmp}/tiny", seed=0)
+        model = load_decoder(model_dir, Layout(ranks=(0,)), 0)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    gen = torch.Generator().manual_seed(0)
+    fns: dict[str, Callable[[], object]] = {}
+    for rows in (rows_small, rows_big):
+        prompts: list[list[int]] = torch.randint(3, 512, (rows, prompt), generator=gen).tolist()
+        for steps in (steps_short, steps_long):
+            config = GenerationConfig(steps, greedy=False, temperature=1.0, seed=0)
+
+            def generation(p: list[list[int]] = prompts, c: GenerationConfig = config) -> None:
+                generate(model, p, c, sample_ids=list(range(len(p))))
+
+            fns[f"gen{rows}x{steps}"] = generation
+    ids = torch.randint(3, 512, (rows_big, prompt + new), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    fns["forward"] = lambda: forward_logprobs(model, batch)
+    trainer = Trainer(model, OptimizerConfig(lr=0.0))  # lr 0: the weights stay as they are
+
+    def loss(out: torch.Tensor, mb: object) -> torch.Tensor:
+        return out.mean()
+
+    fns["train"] = lambda: trainer.step(batch, loss)
+    # A smaller step too: what does not grow with the rows (AdamW's Python loop over the
+    # parameters, gradient bookkeeping) shows as the intercept.
+    small = {k: v[:rows_small] for k, v in batch.items()}
+    fns["train_small"] = lambda: trainer.step(small, loss)
+    for n in (4, 64):
+        sample_ids = torch.randint(3, 512, (n, prompt + new), generator=gen)
+        masks = torch.ones_like(sample_ids)
+
+        def scoring(ids: torch.Tensor = sample_ids, mask: torch.Tensor = masks) -> None:
+            # What a reward-function call does (runtime.calls._score_with_function): resolve the
+            # function, and per row take the response's valid tokens, decode them, score.
+            fn = load_reward_function("rlhf_worker.rewards:vowel_fraction")
+            texts: list[str] = []
+            for row in range(ids.shape[0]):
+                # The row's prompt: Runtime.iteration_prompts shuffles the prompt list per
+                # prompt (epoch_order); 256 prompts, the example data set's size.
+                epoch_order(256, 0, row)
+                valid = mask[row, prompt:]
+                tokens = ids[row, prompt:][valid.bool()]
+                texts.append(str(tokenizer.decode(tokens.tolist(), skip_special_tokens=True)))
+            torch.tensor(score(fn, ["a prompt"] * len(texts), texts), dtype=torch.float32)
+
+        fns[f"reward{n}"] = scoring
+    # No torch.no_grad() around the forward: the worker's inference calls run without it.
+    seconds = _interleaved_medians(fns, repeat)
+    step_seconds = {
+        rows: max(seconds[f"gen{rows}x{steps_long}"] - seconds[f"gen{rows}x{steps_short}"], 0.0)
+        / (steps_long - steps_short)
+        for rows in (rows_small, rows_big)
+    }
+    forward = seconds["forward"]
+    train = {rows_small: seconds["train_small"], rows_big: seconds["train"]}
+    reward = {n: seconds[f"reward{n}"] for n in (4, 64)}
+    return {
+        "model": "tiny",
+        "prompt": prompt,
+        "new_tokens": new,
+        "decode_step_seconds": step_seconds,
+        "forward_rows": rows_big,
+        "forward_seconds": forward,
+        "train_seconds": train,
+        "reward_seconds": reward,
     }
 
 
@@ -295,7 +414,7 @@ def measure(device_name: str, name: str | None, slots: int, quick: bool) -> dict
         inter_bw, inter_lat = 4.5e10, 2.5e-5
         assumed.append("inter-node link (400 Gb/s per GPU)")
     overhead = max(step_overhead, KERNELS_PER_LAYER * launch)
-    return {
+    data = {
         "name": label,
         "kind": device.type if device.type == "cpu" else "gpu",
         # Measured GEMM peak; the efficiency is what a whole decoder layer reaches of it.
@@ -336,6 +455,24 @@ def measure(device_name: str, name: str | None, slots: int, quick: bool) -> dict
             "assumed": assumed,
         },
     }
+    if device.type == "cpu":
+        data = _with_engine_terms(data, quick)
+    return data
+
+
+def _with_engine_terms(data: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Solve the profile's engine terms from the worker's own engine (what local mode runs):
+    the synthetic layer above misses the engine's Python decode loop, per-sequence sampling,
+    its real backward/optimizer and a reward function's per-sample cost."""
+    from rlhf_operator.planner.calibrate import calibrate
+    from rlhf_operator.planner.profiles import profile_from_dict
+
+    engine = measure_engine(quick)
+    profile = calibrate(profile_from_dict(data, "measured"), engine)
+    out = profile.to_dict()
+    out["measured"]["engine"] = engine
+    out["measured"]["load_average_after"] = list(os.getloadavg())
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

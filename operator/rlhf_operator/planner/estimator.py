@@ -17,7 +17,14 @@ Time (seconds) of a call per iteration, from the device profile:
 - generation: prefill as an inference over the prompts, then one decode step
   per generated token; a step of a stage is the larger of its compute and of
   reading its weights and KV cache (at the backend's bandwidth efficiency),
-  plus a per-layer overhead (kernel launches; vLLM's CUDA graphs make it small).
+  plus a per-layer overhead (kernel launches; vLLM's CUDA graphs make it small)
+  and a per-sequence overhead (the torch engine samples each sequence with its own
+  generator and keeps per-sequence bookkeeping in Python);
+- training: the backward takes `backward_factor` x the forward (2 in theory; the
+  profile measures the engine's own ratio), and each optimizer step a fixed
+  `optimizer_step_overhead` (per-parameter Python work in the torch engine);
+- every call: a fixed worker-side overhead (`call_overhead`); a reward function
+  costs `function_seconds_per_sample` per sample (decode + Python).
 
 Links: a tensor-parallel group is always inside a node (tp divides the devices
 per node); a dp group or a stage boundary crosses nodes when the mesh spans
@@ -43,7 +50,6 @@ from .profiles import Profile
 from .reallocation import stage_layers
 from .workload import Workload
 
-FUNCTION_SECONDS_PER_SAMPLE = 2e-4  # a reward function scoring decoded text on CPU
 KERNELS_PER_LAYER = 12
 
 
@@ -133,8 +139,9 @@ def _call_cost(
 ) -> CallCost:
     role = workload.roles[call.role]
     if role.arch is None:
-        n = workload.samples * workload.passes(call)
-        return CallCost(n * FUNCTION_SECONDS_PER_SAMPLE / size, 0.0, 0.0, 0.0)
+        # Rows split evenly over the mesh; a rank scores its share (ceil: the slowest rank).
+        n = math.ceil(workload.samples * workload.passes(call) / size)
+        return CallCost(prof.call_overhead + n * prof.function_seconds_per_sample, 0.0, 0.0, 0.0)
     a = role.arch
     dp, tp, pp, m = layout.dp, layout.tp, layout.pp, layout.micro_batches
     b = role.dtype_bytes
@@ -194,11 +201,12 @@ def _call_cost(
     elif call.kind == "train":
         tokens = seqs * seq
         fwd = forward_stage(tokens, seq / 2)
-        bwd = 2 * (fwd - kernel) + kernel
+        bwd = prof.backward_factor * (fwd - kernel) + kernel
         slot = fwd + bwd + (fwd if layout.recompute else 0.0) + 2 * p2p(tokens)
         grads = rank_elems * b
         sync = allreduce_seconds(grads, dp, dp_bw, dp_lat)
         optim = 32 * rank_elems / dp / (prof.memory_bandwidth * prof.bandwidth_efficiency)
+        optim += prof.optimizer_step_overhead
         steps = workload.passes(call)
         seconds = steps * ((m + pp - 1) * slot + sync + optim)
         state_bytes = rank_elems * b + 12 * rank_elems / dp
@@ -221,14 +229,14 @@ def _call_cost(
             gemm_seconds(step_flops, seqs, prof),
             step_bytes / (prof.memory_bandwidth * backend.bandwidth_efficiency),
         )
-        step += ls * backend.step_overhead_per_layer
+        step += ls * backend.step_overhead_per_layer + seqs * backend.step_overhead_per_sequence
         step += 2 * ls * allreduce_seconds(seqs * h * b, tp, intra_bw, intra_lat)
         step += p2p(seqs)
         decode = max(g - 1, 0) * max(m, pp) * step
         seconds = prefill + decode
         kv_cache = (batch / dp) * seq * ls * kv_tok_layer
         active = kv_cache + prompt_tokens * act_tok_layer + seqs * logits_tok
-    return CallCost(seconds, weight_bytes, state_bytes, active)
+    return CallCost(seconds + prof.call_overhead, weight_bytes, state_bytes, active)
 
 
 def offload_seconds(weight_bytes: float, profile: Profile) -> float:

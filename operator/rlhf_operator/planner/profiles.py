@@ -33,6 +33,9 @@ class GenerationBackend:
     """Fraction of memory bandwidth a decode step reaches (weights and KV cache reads)."""
     step_overhead_per_layer: float
     """Seconds of launch/scheduling overhead per decoder layer per decode step."""
+    step_overhead_per_sequence: float = 0.0
+    """Seconds per sequence per decode step beyond the model's work: the torch engine samples
+    with one generator per sequence and keeps per-sequence bookkeeping in Python."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,17 @@ class Profile:
     kernel_overhead: float
     generation: dict[str, GenerationBackend] = field(default_factory=dict)
     measured: dict[str, Any] = field(default_factory=dict)
+    # Optional (older profiles lack them; the defaults are the former fixed assumptions).
+    backward_factor: float = 2.0
+    """A training backward's time over its forward's (2: two GEMMs per forward GEMM)."""
+    optimizer_step_overhead: float = 0.0
+    """Seconds per optimizer step that do not grow with the batch (the torch engine's AdamW
+    and gradient bookkeeping loop over the parameters in Python)."""
+    call_overhead: float = 0.0
+    """Seconds a worker spends on any call beyond its model work (handler entry, input lookup,
+    result bookkeeping)."""
+    function_seconds_per_sample: float = 2e-4
+    """A reward function call per sample: decoding the response and the Python function."""
 
     @property
     def usable_memory(self) -> float:
@@ -75,9 +89,33 @@ class Profile:
         return out
 
 
+_OPTIONAL_FIELDS = (
+    "backward_factor",
+    "optimizer_step_overhead",
+    "call_overhead",
+    "function_seconds_per_sample",
+)
 _NUMBER_FIELDS = [
-    f.name for f in fields(Profile) if f.name not in ("name", "kind", "generation", "measured")
+    f.name
+    for f in fields(Profile)
+    if f.name not in ("name", "kind", "generation", "measured", *_OPTIONAL_FIELDS)
 ]
+
+
+def _number(data: dict[str, Any], key: str, source: str, allow_zero: bool = False) -> float:
+    value = data[key]
+    if isinstance(value, str):  # YAML 1.1 reads 1.0e12 (no exponent sign) as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ProfileError(f"{source}: {key} must be {kind} number (got {value!r})")
+    return value
 
 
 def profile_from_dict(data: Any, source: str = "profile") -> Profile:
@@ -88,13 +126,10 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
     for key in _NUMBER_FIELDS:
         if key not in data:
             raise ProfileError(f"{source}: missing field {key}")
-        value = data[key]
-        if isinstance(value, str):  # YAML 1.1 reads 1.0e12 (no exponent sign) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ProfileError(f"{source}: {key} must be a positive number (got {value!r})")
-        values[key] = value
+        values[key] = _number(data, key, source)
+    for key in _OPTIONAL_FIELDS:
+        if key in data:
+            values[key] = _number(data, key, source, allow_zero=key.endswith("overhead"))
     values["memory_bytes"] = int(values["memory_bytes"])
     gen: dict[str, GenerationBackend] = {}
     raw_gen = data.get("generation") or {}
@@ -103,7 +138,9 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
     for backend, params in raw_gen.items():
         try:
             gen[str(backend)] = GenerationBackend(
-                float(params["bandwidth_efficiency"]), float(params["step_overhead_per_layer"])
+                float(params["bandwidth_efficiency"]),
+                float(params["step_overhead_per_layer"]),
+                float(params.get("step_overhead_per_sequence", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{source}: generation.{backend}: {exc}") from None
