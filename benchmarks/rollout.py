@@ -17,23 +17,29 @@ which vLLM's CPU attention wants) and one set of prompts (random token ids,
 
 vLLM's engine start (tens of seconds here) is printed, not counted. The
 machine is shared: compare the lines of one run, not runs with each other.
-Needs vllm (``.venv-vllm``, see the vllm make target). Sample output (2-core
-machine, load average ~7 from other jobs; vLLM's log lines left out):
+Needs vllm (``.venv-vllm``, see the vllm make target). Sample output
+(``--prompts 16 --new-tokens 32``; 2-core machine, load average ~8 from other
+jobs; vLLM's log lines left out):
 
-    model: 8.0M params, 32 MB float32; 32 prompts x 64 new tokens, greedy; torch threads 2, 2 cpus
-    torch generator     2048 tokens    90.22 s      22.7 tok/s
-    vllm engine start 153.1 s (not counted)
-    vllm                2048 tokens     8.73 s     234.6 tok/s  (10.33x torch; 32/32 sequences identical)
+    model: 8.0M params, 32 MB float32; 16 prompts x 32 new tokens, greedy; torch threads 1, 2 cpus
+    torch generator      512 tokens     1.04 s     492.2 tok/s
+    vllm engine start 62.8 s (not counted)
+    vllm                 512 tokens     1.46 s     351.7 tok/s  (0.71x torch; 16/16 sequences identical)
     weight update of 32 MB (median of 3):
-      bucket    1 MB   27 buckets   0.601 s   0.05 GB/s
-      bucket   16 MB    2 buckets   0.912 s   0.04 GB/s
-      bucket  256 MB    1 buckets   0.340 s   0.09 GB/s
+      bucket    1 MB   27 buckets   0.364 s   0.09 GB/s
+      bucket   16 MB    2 buckets   0.274 s   0.12 GB/s
+      bucket  256 MB    1 buckets   0.251 s   0.13 GB/s
 
-Reading it: an update is a fixed cost more than a bandwidth one at this size:
-three or more ``collective_rpc`` round trips (pickled through vLLM's shared-memory
-queue to its worker process) and vLLM re-packing every linear weight for its CPU
-GEMM kernel. vLLM logs "RotaryEmbedding: Failed to load weights" on each update:
-the rotary cache is no checkpoint weight, and vLLM puts its own tensor back.
+Reading it: on CPU at this size a vLLM decode step is mostly fixed cost (its
+scheduler and the hop to its worker process), so the torch generator with one
+thread is as fast or faster; an earlier run with ``--threads 2`` (the default
+torch threads) showed vLLM 10x faster, but that was the torch generator's two
+OpenMP threads spinning against the other jobs on 2 cores, not vLLM. A weight
+update is also a fixed cost more than a bandwidth one here: a few
+``collective_rpc`` round trips (pickled through vLLM's shared-memory queue) and
+vLLM re-packing every linear weight for its CPU GEMM kernel. vLLM logs
+"RotaryEmbedding: Failed to load weights" on each update: the rotary cache is
+no checkpoint weight, and vLLM puts its own tensor back.
 """
 
 from __future__ import annotations
@@ -81,8 +87,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="a 2-layer model (quick check)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (local mode: 1)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    # One thread, as a local-mode worker slot runs: on a shared 2-core machine two
+    # spinning OpenMP threads slow the torch generator several-fold (measured 10x).
+    torch.set_num_threads(args.threads)
 
     from rlhf_worker.engine import GenerationConfig, generate
     from rlhf_worker.model import load_decoder
