@@ -269,17 +269,22 @@ def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(job_file: Any, tmp_pat
 
 
 def test_reward_rises_on_the_demo_task(job_file: Any, tmp_path: Path) -> None:
-    """The demo's task (vowel fraction), shortened: PPO visibly learns within a dozen iterations."""
+    """The demo's task (vowel fraction), shortened to CI size: GRPO visibly learns in a dozen
+    iterations on the small model (the demo itself runs PPO on the tiny preset for 30)."""
     job = tiny_job(
         "learns",
-        data={"batchSize": 8},
+        "grpo",
+        algorithm={"name": "grpo", "grpo": {"groupSize": 4, "klCoef": 0.0}},
+        data={"batchSize": 4},
         rollout={"maxNewTokens": 12},
-        training={"iterations": 12, "minibatches": 2},
+        training={"iterations": 16, "minibatches": 1, "actorLearningRate": 5e-3},
         checkpoint={"interval": 100},
     )
+    del job["spec"]["models"]["ref"]  # no KL term: the reference model is not needed
     out = tmp_path / "out"
     summary = local_run(job_file(job), out).run()
     rewards = [r["reward_mean"] for r in OutputDir(out).read_metrics()]
-    assert summary["iterations"] == 12
+    assert summary["iterations"] == 16
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
-    assert last > first + 0.15, rewards
+    # Sampling and training are deterministic for a seed, so this curve is the same every run.
+    assert last > first + 0.1, rewards

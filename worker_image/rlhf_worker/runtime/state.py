@@ -148,10 +148,13 @@ class Runtime:
         """
         batch, count = int(self.spec.data.batch_size), len(self.prompts)
         start = (iteration - 1) * batch
+        orders: dict[int, list[int]] = {}  # one shuffle per epoch touched, not one per prompt
         out = []
         for position in range(start, start + batch):
             epoch, offset = divmod(position, count)
-            out.append(self.prompts[epoch_order(count, self.spec.data.shuffle_seed, epoch)[offset]])
+            if epoch not in orders:
+                orders[epoch] = epoch_order(count, self.spec.data.shuffle_seed, epoch)
+            out.append(self.prompts[orders[epoch][offset]])
         return out
 
 
