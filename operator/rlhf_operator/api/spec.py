@@ -33,6 +33,8 @@ class Rollout(ApiModel):
     """Nucleus sampling mass."""
     samples_per_prompt: Annotated[int | None, Field(ge=1, le=1024)] = None
     """Responses per prompt; defaults to the algorithm's group size (GRPO, RLOO), else 1."""
+    recompute_logprobs: bool = True
+    """With vllm: recompute the old log-probabilities with the training engine (the mismatch with vLLM's is reported); false uses vLLM's own."""
 
 
 class PromptSource(ApiModel):

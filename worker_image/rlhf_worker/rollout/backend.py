@@ -100,7 +100,7 @@ def generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) -> 
     metrics = {"response_length_mean": float(out.lengths.float().mean()), **metrics_update}
     if len(call.outputs) > 1:
         logprobs = out.logprobs
-        if getattr(rollout, "recompute_logprobs", True):
+        if rollout.recompute_logprobs:
             micro = max(1, rt.plan.call(name).micro_batches)
             recomputed = forward_logprobs(model, batch, micro)[:, p - 1 : p + t - 1]
             recomputed = recomputed.float() * response_mask

@@ -127,7 +127,17 @@ def export(inv: Invocation) -> dict[str, Any]:
     return {"written": persist.export(_runtime(inv), cmd.role, Path(cmd.path))}
 
 
+def shutdown(inv: Invocation) -> dict[str, Any]:
+    """Close any vLLM engines (and their worker processes) before the agent's own shutdown."""
+    from rlhf_worker.agent import shutdown as leave_process_group
+    from rlhf_worker.rollout.backend import shutdown_engines
+
+    shutdown_engines()
+    return leave_process_group(inv)
+
+
 HANDLERS: dict[str, Handler] = {
+    "shutdown": shutdown,
     "prepare": prepare,
     "load_role": load_role,
     "reallocate": reallocate,
