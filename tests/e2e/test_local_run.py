@@ -288,3 +288,18 @@ def test_reward_rises_on_the_demo_task(job_file: Any, tmp_path: Path) -> None:
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     # Sampling and training are deterministic for a seed, so this curve is the same every run.
     assert last > first + 0.1, rewards
+
+
+@pytest.mark.parametrize("algo", ["safe-rlhf", "remax", "rloo"])
+def test_other_algorithms_run_end_to_end(job_file: Any, tmp_path: Path, algo: str) -> None:
+    """Safe-RLHF (reward and cost, two-output critic), ReMax (greedy baseline) and RLOO."""
+    job = tiny_job(
+        f"algo-{algo}", "ppo" if algo == "safe-rlhf" else algo, training={"iterations": 1}
+    )
+    job["spec"]["algorithm"] = {"name": algo}
+    if algo == "safe-rlhf":
+        job["spec"]["models"]["cost"] = {"rewardFunction": "rlhf_worker.rewards:digit_fraction"}
+    if algo == "rloo":
+        job["spec"]["data"]["batchSize"] = 2  # 2 prompts x groupSize 4
+    summary = local_run(job_file(job), tmp_path / "out").run()
+    assert summary["status"] == "Succeeded" and summary["iterations"] == 1

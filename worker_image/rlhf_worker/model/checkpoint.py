@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def load_shards(
     head: HeadKind = "lm",
     expected: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
+    num_values: int = 1,
 ) -> tuple[ModelConfig, dict[str, Tensor]]:
     """This rank's shards of a checkpoint under a layout, and the model's config.
 
@@ -90,6 +92,8 @@ def load_shards(
         if problem:
             raise CheckpointError(f"{Path(model_dir) / 'config.json'}: {problem}")
     config = ModelConfig.from_hf(cfg, head=head)
+    if num_values != config.shape.num_values:  # e.g. Safe-RLHF's critic: reward and cost values
+        config = replace(config, shape=replace(config.shape, num_values=num_values))
     files = tensor_files(model_dir)
     specs = {p.name: p for p in config.shape.params()}
     regions = rank_shards(config.shape, layout, rank)
@@ -112,6 +116,15 @@ def load_shards(
                 for name in names:
                     piece = f.get_slice(name)
                     shape = tuple(piece.get_shape())
+                    if (
+                        name == "score.weight"
+                        and shape != specs[name].shape
+                        and shape[1:] == specs[name].shape[1:]
+                    ):
+                        # A value head of another width (a one-output reward model
+                        # starting a two-output critic) is initialised, as a missing one.
+                        out[name] = _initial_score(specs[name].shape, regions[name], dtype)
+                        continue
                     if shape != specs[name].shape:
                         raise CheckpointError(
                             f"{path}: {name} has shape {list(shape)}, "

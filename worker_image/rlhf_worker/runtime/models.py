@@ -59,12 +59,18 @@ def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
     head = role_head(role)
     state = rt.roles.get(role)
     if rt.rank not in layout.ranks:
-        config = ModelConfig.from_hf(expected, head=head)
+        config = with_values(ModelConfig.from_hf(expected, head=head), num_values(rt, role))
         state = state or RoleState(role, head, config, expected, layout)
         rt.roles[role] = state
         return state
     config, shards = load_shards(
-        rt.model_dirs[role], layout, rt.rank, head=head, expected=expected, dtype=rt.dtype(role)
+        rt.model_dirs[role],
+        layout,
+        rt.rank,
+        head=head,
+        expected=expected,
+        dtype=rt.dtype(role),
+        num_values=num_values(rt, role),
     )
     shards = {k: v.to(rt.device) for k, v in shards.items()}
     decoder = Decoder(config, context_for(layout, rt.rank), shards)
@@ -73,6 +79,11 @@ def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
         state.trainer = Trainer(decoder, optimizer_config(rt, role), output=output_of(role))
     rt.roles[role] = state
     return state
+
+
+def num_values(rt: Runtime, role: str) -> int:
+    """Outputs of a role's value head: Safe-RLHF's critic predicts reward and cost values."""
+    return 2 if role == "critic" and rt.spec.algorithm.name == "safe-rlhf" else 1
 
 
 def trained_roles(rt: Runtime) -> set[str]:
