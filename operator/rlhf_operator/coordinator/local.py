@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -238,8 +239,10 @@ class LocalRun:
             "reward_first": rewards[0] if rewards else None,
             "reward_last": rewards[-1] if rewards else None,
             "reward_max": max(rewards) if rewards else None,
-            "tokens_per_second_median": _median([r["tokens_per_second"] for r in records]),
-            "samples_per_second_median": _median([r["samples_per_second"] for r in records]),
+            "tokens_per_second_median": _median_or_none([r["tokens_per_second"] for r in records]),
+            "samples_per_second_median": _median_or_none(
+                [r["samples_per_second"] for r in records]
+            ),
             "plan": {
                 "strategy": self.plan.strategy,
                 "iteration_seconds_estimated": self.plan.iteration_seconds,
@@ -249,9 +252,5 @@ class LocalRun:
         }
 
 
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+def _median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None

@@ -226,11 +226,10 @@ def _loss_fn(rt: Runtime, role: str, algo: Any, params: Any, minibatch_tokens: f
 
     def loss(out: Tensor, mb: dict[str, Tensor]) -> Tensor:
         share = float(mb["mask"].sum()) / minibatch_tokens
+        new = out[:, p - 1 : p + t - 1]  # response tokens' log-probabilities or values
         if role == "actor":
-            new = out[:, p - 1 : p + t - 1]
             result = algo.actor_loss(new, mb, mb["advantages"], params)
         else:
-            new = out[:, p - 1 : p + t - 1]
             result = algo.critic_loss(new, mb, mb["returns"], params)
         return result.loss * share
 

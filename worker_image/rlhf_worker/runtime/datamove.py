@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from rlhf_operator.coordinator.schedule import SEQUENCE_KEYS
 from rlhf_worker.runtime.rows import plan_rows, rank_segments
 from rlhf_worker.runtime.state import LocalData, Runtime
-
-SEQUENCE_KEYS = frozenset({"rewards", "costs", "greedy_rewards"})
 
 
 def key_rows(rt: Runtime, key: str) -> int:

@@ -111,7 +111,7 @@ def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[st
     """Copy a role from `src` into a transient copy under `dst` (every rank of either takes part)."""
     state = rt.roles[role]
     plan = plan_reallocation(
-        state.config.shape, src, dst, rt.node_of, element_bytes=_element_bytes(rt, role)
+        state.config.shape, src, dst, rt.node_of, element_bytes=rt.element_bytes(role)
     )
     local_src = state.on(src).local_state() if rt.rank in src.ranks else None
     out = reallocate(
@@ -132,12 +132,6 @@ def release_role(rt: Runtime, role: str, layout: Layout) -> None:
     state = rt.roles.get(role)
     if state is not None:
         state.copies.pop(layout, None)
-
-
-def _element_bytes(rt: Runtime, role: str) -> int:
-    import torch
-
-    return torch.empty((), dtype=rt.dtype(role)).element_size()
 
 
 def with_values(config: ModelConfig, num_values: int) -> ModelConfig:

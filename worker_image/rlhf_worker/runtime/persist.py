@@ -110,7 +110,7 @@ def export(rt: Runtime, role: str, path: Path) -> bool:
         state.home,
         target,
         rt.node_of,
-        element_bytes=torch.empty((), dtype=rt.dtype(role)).element_size(),
+        element_bytes=rt.element_bytes(role),
     )
     local = None
     if state.model is not None:

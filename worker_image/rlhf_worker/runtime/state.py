@@ -136,6 +136,10 @@ class Runtime:
         model = self.spec.models.present()[role]
         return DTYPES[model.dtype]
 
+    def element_bytes(self, role: str) -> int:
+        """Bytes per parameter element of a role (reallocation plans count bytes with it)."""
+        return torch.empty((), dtype=self.dtype(role)).element_size()
+
     def node_of(self, rank: int) -> int:
         return rank // self.plan.gpus_per_node
 
