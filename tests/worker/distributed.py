@@ -17,6 +17,7 @@ import os
 import socket
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -52,7 +53,13 @@ def _entry(
         timeout=timedelta(seconds=timeout),
     )
     try:
-        result = fn(rank, world_size, *args)
+        try:
+            result = fn(rank, world_size, *args)
+        except BaseException:
+            # Written before this rank exits, so before any peer can fail because of
+            # the exit ("connection closed"): the parent reports this one, not those.
+            (Path(out_dir) / f"rank{rank}.error").write_text(traceback.format_exc())
+            raise
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
         # Nobody leaves while a peer may still talk to it.
         dist.barrier()
@@ -73,14 +80,22 @@ def run_distributed(
             start_method="spawn",
         )
         deadline = time.monotonic() + timeout
-        # join() raises ProcessRaisedException (with the rank's traceback) as soon as
-        # any rank fails, and terminates the others.
-        while not context.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    if process.is_alive():
-                        process.kill()
-                raise TimeoutError(f"distributed run of {fn.__name__} exceeded {timeout} s")
+        # join() raises as soon as any rank fails and terminates the others; that rank
+        # may be a peer that merely lost its connection to the one whose fn raised.
+        try:
+            while not context.join(timeout=0.5):
+                if time.monotonic() > deadline:
+                    for process in context.processes:
+                        if process.is_alive():
+                            process.kill()
+                    raise TimeoutError(f"distributed run of {fn.__name__} exceeded {timeout} s")
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as failure:
+            errors = sorted(Path(out_dir).glob("rank*.error"))
+            if errors:
+                raise RuntimeError(
+                    f"{errors[0].stem} failed in {fn.__name__}:\n{errors[0].read_text()}"
+                ) from failure
+            raise
         return [
             torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=False)
             for rank in range(world_size)

@@ -16,8 +16,8 @@ def _all_reduce_rank(rank: int, world_size: int, scale: int) -> torch.Tensor:
 
 
 def _fail_on_rank_one(rank: int, world_size: int) -> None:
-    # The other rank finishes normally: were it blocked in a collective, it would fail
-    # too ("connection closed") and either error could be reported first.
+    # Rank 0 then fails too, in the helper's closing barrier ("connection closed"),
+    # and may be noticed first: the helper must still report rank 1's own error.
     if rank == 1:
         raise RuntimeError("rank one fails on purpose")
 
