@@ -97,7 +97,7 @@ def main() -> None:
     from rlhf_worker.engine import GenerationConfig, generate
     from rlhf_worker.model import load_decoder
     from rlhf_worker.rollout.engine import SamplingSpec, VllmEngine
-    from rlhf_worker.rollout.weights import named_tensors, total_bytes
+    from rlhf_worker.rollout.weights import buckets, named_tensors, total_bytes
     from rlhf_worker.sharding import Layout
 
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
@@ -126,7 +126,7 @@ def main() -> None:
         start = time.perf_counter()
         engine = VllmEngine(root, max_model_len=32 + steps)
         print(f"vllm engine start {time.perf_counter() - start:.1f} s (not counted)")
-        engine.update_weights(named)  # the same weights as the torch model, as in a job
+        engine.update_weights(buckets(named))  # the same weights as the torch model, as in a job
         spec = SamplingSpec(steps, True, 1.0, 1.0, None, 0, 0)
         engine.generate(prompts[:2], spec, sample_ids=[0, 1])  # warm-up
         start = time.perf_counter()
@@ -144,7 +144,7 @@ def main() -> None:
         for bucket_mb in (1, 16, 256):
             times, count = [], 0
             for _ in range(args.repeats):
-                stats = engine.update_weights(named, bucket_bytes=bucket_mb * 1024 * 1024)
+                stats = engine.update_weights(buckets(named, bucket_mb * 1024 * 1024))
                 times.append(stats.seconds)
                 count = stats.buckets
             median = statistics.median(times)

@@ -63,3 +63,39 @@ def test_grpo_with_vllm_rollout_runs_and_reports_the_logprob_gap(
         gap = flat["actor_gen/logprob_mismatch_mean"]
         assert math.isfinite(gap) and 0.0 <= gap < 0.05
         assert record["tokens_per_second"] > 0
+
+
+def test_grpo_with_a_tensor_parallel_vllm_engine_over_both_workers(
+    job_file: Any, tmp_path: Path
+) -> None:
+    job = tiny_job(
+        "grpo-vllm-tp2",
+        "grpo",
+        slots=2,
+        algorithm={"name": "grpo", "grpo": {"groupSize": 2}},
+        rollout={"backend": "vllm", "maxNewTokens": 8},
+        placement={
+            "strategy": "manual",
+            "calls": {
+                # One vLLM engine with tensor parallelism 2, a rank in each worker.
+                "actor_gen": {"mesh": "0:0-1", "tp": 2},
+                "ref_inf": {"mesh": "0:1"},
+                "reward_inf": {"mesh": "0:0"},
+                "actor_train": {"mesh": "0:0-1", "dp": 2},
+            },
+        },
+    )
+    # 4 heads of 64 over 2 key/value heads: tp=2 splits both.
+    arch = {"config": {**VLLM_ARCH["config"], "hiddenSize": 256, "intermediateSize": 512}}
+    arch["config"].update(numAttentionHeads=4, numKeyValueHeads=2)
+    for role in ("actor", "ref"):
+        job["spec"]["models"][role]["architecture"] = arch
+    out = tmp_path / "out"
+    result = rlhfctl_run(job_file(job), out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [1, 2]
+    for record in lines:
+        flat = {**record, **record.get("extra", {})}
+        assert flat["actor_gen/weight_update_seconds"] > 0
+        assert 0.0 <= flat["actor_gen/logprob_mismatch_mean"] < 0.05

@@ -166,6 +166,21 @@ def test_layout_problems_are_named():
         assert lay.dp * lay.tp * lay.pp == 16 and lay.tp <= 8
 
 
+def test_vllm_generation_layouts_are_what_the_worker_can_launch():
+    w = workload_for(make_job("llama2-7b", gpus=16, backend="vllm"))
+    cluster = Cluster(2, 8, load_profile("H100"))
+    gen, train = w.call("actor_gen"), w.call("actor_train")
+    assert "pp must be 1" in layout_problem(w, gen, cluster, Mesh(0, 16), Layout(4, 2, 2))
+    # tp>1: one engine per tp consecutive ranks of the job's whole world.
+    assert "all 16 devices" in layout_problem(w, gen, cluster, Mesh(0, 8), Layout(4, 2, 1))
+    assert layout_problem(w, gen, cluster, Mesh(0, 16), Layout(8, 2, 1)) is None
+    assert layout_problem(w, gen, cluster, Mesh(8, 8), Layout(8, 1, 1)) is None
+    # Only generation is restricted, and only with vLLM.
+    assert layout_problem(w, train, cluster, Mesh(0, 8), Layout(2, 2, 2)) is None
+    torch_w = workload_for(make_job("llama2-7b", gpus=16, backend="torch"))
+    assert layout_problem(torch_w, gen, cluster, Mesh(0, 8), Layout(2, 2, 2)) is None
+
+
 def test_compare_measured():
     out = compare_measured({"a": 2.0, "b": 1.0}, {"a": 1.0, "c": 3.0})
     assert out == {"a": {"estimated": 2.0, "measured": 1.0, "relative_error": 1.0}}

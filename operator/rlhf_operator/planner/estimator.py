@@ -110,6 +110,14 @@ def layout_problem(
         return f"tp {tp} must divide the intermediate size ({a.intermediate_size})"
     if pp > a.num_hidden_layers:
         return f"pp {pp} exceeds the {a.num_hidden_layers} layers"
+    if call.kind == "generate" and workload.backend == "vllm":
+        # One vLLM engine per dp replica, no pipeline stages; a tensor-parallel engine
+        # is launched inside the job's torch.distributed world, which vLLM cuts into
+        # engines of tp consecutive ranks: the mesh must be every device of the job.
+        if pp > 1:
+            return "vLLM generation runs without pipeline stages (pp must be 1)"
+        if tp > 1 and mesh.size != cluster.devices:
+            return f"vLLM generation with tp {tp} needs a mesh of all {cluster.devices} devices"
     batch = workload.batch(call)
     if batch % (dp * m):
         return f"{batch} sequences do not split over dp {dp} x micro-batches {m}"

@@ -20,7 +20,7 @@ if not vllm_available():
 from rlhf_worker.engine import GenerationConfig, OptimizerConfig, Trainer, generate
 from rlhf_worker.model import Decoder, load_decoder
 from rlhf_worker.rollout.engine import SamplingSpec, VllmEngine
-from rlhf_worker.rollout.weights import named_tensors
+from rlhf_worker.rollout.weights import buckets, named_tensors
 from rlhf_worker.sharding import Layout
 from rlhf_worker.tiny import build_tiny_model, build_tokenizer, tiny_hf_config
 
@@ -68,7 +68,7 @@ def test_greedy_equals_torch_generator_for_the_same_weights(
     model_dir: Path, engine: VllmEngine
 ) -> None:
     model = load_decoder(model_dir, Layout(ranks=(0,)), 0)
-    stats = engine.update_weights(named_tensors(model.local_state()), bucket_bytes=64 * 1024)
+    stats = engine.update_weights(buckets(named_tensors(model.local_state()), 64 * 1024))
     assert stats.buckets > 1  # the update really went in several messages
     assert torch.equal(greedy_vllm(engine), greedy_torch(model))
     # With an EOS: vLLM stops at it, includes it, and pads after (the torch convention).
@@ -86,7 +86,7 @@ def test_weights_after_a_training_step_land_in_the_running_engine(
     model_dir: Path, engine: VllmEngine
 ) -> None:
     model = load_decoder(model_dir, Layout(ranks=(0,)), 0)
-    engine.update_weights(named_tensors(model.local_state()))
+    engine.update_weights(buckets(named_tensors(model.local_state())))
     before = greedy_vllm(engine)
     checksum = engine.weight_checksum()
 
@@ -98,6 +98,6 @@ def test_weights_after_a_training_step_land_in_the_running_engine(
     after_torch = greedy_torch(model)
     assert not torch.equal(after_torch, before)  # the step changed what greedy decoding picks
 
-    engine.update_weights(named_tensors(model.local_state()))
+    engine.update_weights(buckets(named_tensors(model.local_state())))
     assert engine.weight_checksum() != checksum
     assert torch.equal(greedy_vllm(engine), after_torch)

@@ -1,31 +1,52 @@
 """The generation copy's parameters as Hugging Face named tensors, in buckets.
 
-vLLM's ``load_weights`` takes (Hugging Face name, full tensor) pairs. A
-generation layout with tp=1 and pp=1 holds every parameter whole, so its
-shards are already those tensors: nothing is copied here, the buckets hold
-references to the reallocated transient copy. Buckets bound how much one
-``collective_rpc`` message carries (it is serialised to the engine's process),
-so the extra memory of an update is one bucket, never a second model.
+vLLM's ``load_weights`` takes (Hugging Face name, full tensor) pairs and cuts
+each rank's slice itself. With tp=1 the generation copy holds every parameter
+whole, so its shards are already those tensors: nothing is copied, the buckets
+hold references to the reallocated transient copy. With tp>1 each bucket's
+shards are all-gathered over the tensor-parallel group into full tensors just
+before they are loaded. Either way buckets bound the extra memory of an update
+to one bucket, never a second model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import torch
+import torch.distributed as dist
 from torch import Tensor
 
-from rlhf_worker.sharding import Layout
+from rlhf_worker.parallel import ParallelContext
+from rlhf_worker.sharding import Layout, ModelShape
 
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
 
 
-def check_layout(layout: Layout) -> None:
-    """A vLLM engine per dp replica needs whole parameters on each rank (tp=1, pp=1)."""
-    if layout.tp != 1 or layout.pp != 1:
-        raise ValueError(
-            f"rollout.backend vllm: the generation layout must have tp=1 and pp=1 (one engine "
-            f"per dp replica), got tp={layout.tp} pp={layout.pp}"
+def layout_problem(layout: Layout, world_size: int) -> str | None:
+    """Why vLLM cannot generate under this layout, or None when it can.
+
+    One engine per dp replica. vLLM has no pipeline stages of its own here (pp=1).
+    With tp>1 the replicas' ranks are one tensor-parallel vLLM engine each, launched
+    inside the job's torch.distributed world (vLLM's "external launcher"): vLLM then
+    builds its groups over the whole world from consecutive ranks, so the layout
+    must span every worker, in rank order, for vLLM's tp groups to be the layout's.
+    """
+    if layout.pp != 1:
+        return f"the generation layout must have pp=1, got pp={layout.pp}"
+    if layout.tp > 1 and layout.ranks != tuple(range(world_size)):
+        return (
+            f"with tp={layout.tp} the generation layout must span all {world_size} workers in "
+            f"rank order (vLLM's tensor-parallel groups are consecutive ranks of the whole "
+            f"world), got ranks {list(layout.ranks)}"
         )
+    return None
+
+
+def check_layout(layout: Layout, world_size: int) -> None:
+    problem = layout_problem(layout, world_size)
+    if problem is not None:
+        raise ValueError(f"rollout.backend vllm: {problem}")
 
 
 def named_tensors(state: Mapping[str, Tensor]) -> list[tuple[str, Tensor]]:
@@ -54,3 +75,42 @@ def buckets(
 
 def total_bytes(named: list[tuple[str, Tensor]]) -> int:
     return sum(t.numel() * t.element_size() for _, t in named)
+
+
+def gathered_buckets(
+    state: Mapping[str, Tensor],
+    shape: ModelShape,
+    ctx: ParallelContext,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+) -> Iterator[list[tuple[str, Tensor]]]:
+    """Buckets of full tensors, from this rank's tensor-parallel shards (collective over tp).
+
+    Every rank of the tp group walks the same parameters in the same order, so their
+    all-gathers pair up; bucket sizes count the full tensors, what the bucket holds.
+    """
+    if ctx.tp == 1:
+        yield from buckets(named_tensors(state), bucket_bytes)
+        return
+    split_dims = {param.name: param.tp_dim for param in shape.params()}
+    sized = [(name, tensor.detach()) for name, tensor in state.items()]
+    # Full sizes for bucketing: a split tensor is tp times its shard.
+    scale = {name: ctx.tp if split_dims.get(name) is not None else 1 for name, _ in sized}
+    bucket: list[tuple[str, Tensor]] = []
+    size = 0
+    for name, shard in sized:
+        nbytes = shard.numel() * shard.element_size() * scale[name]
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, _gather(shard, split_dims.get(name), ctx)))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def _gather(shard: Tensor, dim: int | None, ctx: ParallelContext) -> Tensor:
+    if dim is None:  # replicated over tp (norms): every rank already holds it whole
+        return shard
+    parts = [torch.empty_like(shard) for _ in range(ctx.tp)]
+    dist.all_gather(parts, shard.contiguous(), group=ctx.tp_group)
+    return torch.cat(parts, dim=dim)
