@@ -20,6 +20,17 @@ def model_from(model_dir: Path) -> Decoder:
     return load_decoder(model_dir, Layout(ranks=(0,)), 0)
 
 
+def test_left_pad_aligns_prompts_right_to_the_longest_or_a_fixed_width() -> None:
+    ids, mask = left_pad([[5, 6], [7, 8, 9], []], pad=0)
+    assert ids.tolist() == [[0, 5, 6], [7, 8, 9], [0, 0, 0]]
+    assert mask.tolist() == [[0, 1, 1], [1, 1, 1], [0, 0, 0]]
+    ids, mask = left_pad([[5, 6], [7, 8, 9]], pad=0, width=4)
+    assert ids.tolist() == [[0, 0, 5, 6], [0, 7, 8, 9]]
+    # A prompt longer than the width keeps its end: the response follows it.
+    ids, mask = left_pad([[1, 2, 3, 4, 5]], pad=0, width=3)
+    assert ids.tolist() == [[3, 4, 5]] and mask.tolist() == [[1, 1, 1]]
+
+
 def test_greedy_generation_equals_transformers_with_left_padding(tiny_lm_dir: Path) -> None:
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)

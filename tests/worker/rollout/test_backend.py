@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_worker.rollout.backend import left_pad_to, mismatch
+from rlhf_worker.rollout.backend import mismatch
 
 
 def test_mismatch_counts_only_response_tokens() -> None:
@@ -14,9 +14,3 @@ def test_mismatch_counts_only_response_tokens() -> None:
     got = mismatch(engine, recomputed, mask)
     assert got["logprob_mismatch_mean"] == (0.5 + 0.0 + 0.25) / 3
     assert got["logprob_mismatch_max"] == 0.5  # the padded positions' gaps are ignored
-
-
-def test_prompts_are_right_aligned_to_the_fixed_width() -> None:
-    ids, mask = left_pad_to([[5, 6], [7, 8, 9], []], width=4, pad=0)
-    assert ids.tolist() == [[0, 0, 5, 6], [0, 7, 8, 9], [0, 0, 0, 0]]
-    assert mask.tolist() == [[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0]]

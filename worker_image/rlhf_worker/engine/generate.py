@@ -46,15 +46,22 @@ class GenerationOutput:
     lengths: Tensor  # [B] long: generated tokens, the EOS included
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Token ids and attention mask [B, P], prompts aligned to the right."""
-    width = max(len(p) for p in prompts)
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad: int, width: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token ids and attention mask [B, width], prompts aligned to the right.
+
+    ``width`` defaults to the longest prompt; a prompt longer than a given width
+    keeps its last ``width`` tokens (the end of a prompt is what the response follows).
+    """
+    width = max(len(p) for p in prompts) if width is None else width
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, prompt in enumerate(prompts):
-        if len(prompt):
-            ids[i, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[i, width - len(prompt) :] = 1
+        tail = list(prompt)[-width:] if width else []
+        if tail:
+            ids[i, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            mask[i, width - len(tail) :] = 1
     return ids, mask
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rlhf_worker.engine import forward_logprobs
+from rlhf_worker.engine.generate import left_pad
 from rlhf_worker.rollout.engine import SamplingSpec, VllmEngine
 from rlhf_worker.rollout.weights import check_layout, gathered_buckets
 from rlhf_worker.runtime.rows import rank_segments
@@ -99,7 +100,7 @@ def generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) -> 
     # All of this rank's rows in one call: vLLM batches them itself.
     out = engine.generate(row_prompts, spec, sample_ids=[iteration * rows + r for r in row_ids])
 
-    prompt_ids, prompt_mask = left_pad_to(row_prompts, p, spec.pad_token_id)
+    prompt_ids, prompt_mask = left_pad(row_prompts, spec.pad_token_id, p)
     response_mask = (torch.arange(t).unsqueeze(0) < out.lengths.unsqueeze(1)).long()
     batch = {
         "input_ids": torch.cat([prompt_ids, out.tokens], dim=1),
@@ -133,14 +134,3 @@ def mismatch(engine_logprobs: Tensor, recomputed: Tensor, mask: Tensor) -> dict[
         "logprob_mismatch_mean": float(gap.sum()) / count,
         "logprob_mismatch_max": float(gap.max()) if gap.numel() else 0.0,
     }
-
-
-def left_pad_to(prompts: list[list[int]], width: int, pad: int) -> tuple[Tensor, Tensor]:
-    """Prompts right-aligned in [rows, width] ids and mask (the fixed-width convention)."""
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        if prompt:
-            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[i, width - len(prompt) :] = 1
-    return ids, mask

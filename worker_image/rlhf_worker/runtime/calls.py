@@ -18,6 +18,7 @@ from torch import Tensor
 
 from rlhf_worker import algorithms
 from rlhf_worker.engine import GenerationConfig, forward_logprobs, forward_values, generate
+from rlhf_worker.engine.generate import left_pad
 from rlhf_worker.reward_functions import load_reward_function, score
 from rlhf_worker.runtime.rows import rank_segments, replica_segments
 from rlhf_worker.runtime.state import LocalData, Runtime
@@ -71,7 +72,7 @@ def _generate(rt: Runtime, name: str, iteration: int, greedy: bool) -> dict[str,
         out = generate(
             model, chunk_prompts, config, sample_ids=[iteration * rows + r for r in chunk]
         )
-        prompt_ids, prompt_mask = _left_pad(chunk_prompts, rt.prompt_width, config.pad_token_id)
+        prompt_ids, prompt_mask = left_pad(chunk_prompts, config.pad_token_id, rt.prompt_width)
         steps = torch.arange(rt.response_width).unsqueeze(0)
         response_mask = (steps < out.lengths.unsqueeze(1)).long()
         ids.append(torch.cat([prompt_ids, out.tokens], dim=1))
@@ -96,17 +97,6 @@ def _generate(rt: Runtime, name: str, iteration: int, greedy: bool) -> dict[str,
 def _chunks(items: list[int], parts: int) -> list[list[int]]:
     size = max(1, -(-len(items) // parts))
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _left_pad(prompts: list[tuple[int, ...]], width: int, pad: int) -> tuple[Tensor, Tensor]:
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        tail = list(prompt)[-width:]
-        if tail:
-            ids[i, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-            mask[i, width - len(tail) :] = 1
-    return ids, mask
 
 
 # --- inference: reference log-probabilities, values, reward/cost scores ------------
