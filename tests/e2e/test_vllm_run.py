@@ -22,14 +22,14 @@ if not vllm_available():
 
 pytestmark = pytest.mark.timeout(900)
 
-# vLLM's CPU attention wants head_dim >= 64: 2 heads of 64 over one key/value head.
+# vLLM's CPU attention wants head_dim >= 64; tp=2 splits 4 heads and 2 key/value heads.
 VLLM_ARCH = {
     "config": {
-        "hiddenSize": 128,
-        "intermediateSize": 256,
+        "hiddenSize": 256,
+        "intermediateSize": 512,
         "numHiddenLayers": 2,
-        "numAttentionHeads": 2,
-        "numKeyValueHeads": 1,
+        "numAttentionHeads": 4,
+        "numKeyValueHeads": 2,
         "vocabSize": 512,
         "maxPositionEmbeddings": 256,
     }
@@ -85,11 +85,8 @@ def test_grpo_with_a_tensor_parallel_vllm_engine_over_both_workers(
             },
         },
     )
-    # 4 heads of 64 over 2 key/value heads: tp=2 splits both.
-    arch = {"config": {**VLLM_ARCH["config"], "hiddenSize": 256, "intermediateSize": 512}}
-    arch["config"].update(numAttentionHeads=4, numKeyValueHeads=2)
     for role in ("actor", "ref"):
-        job["spec"]["models"][role]["architecture"] = arch
+        job["spec"]["models"][role]["architecture"] = VLLM_ARCH
     out = tmp_path / "out"
     result = rlhfctl_run(job_file(job), out)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,5 +1,7 @@
 """A real vLLM engine on a tiny local model: same greedy tokens as the torch generator,
-before and after a training step whose weights are loaded into the running engine."""
+before and after a training step whose weights are loaded into the running engine;
+with tensor parallelism 1 (its own child process) and 2 (one rank in each of two
+gloo processes, vLLM's external launcher, fed tp shards gathered bucket by bucket)."""
 
 from __future__ import annotations
 
@@ -20,17 +22,18 @@ if not vllm_available():
 from rlhf_worker.engine import GenerationConfig, OptimizerConfig, Trainer, generate
 from rlhf_worker.model import Decoder, load_decoder
 from rlhf_worker.rollout.engine import SamplingSpec, VllmEngine
-from rlhf_worker.rollout.weights import buckets, named_tensors
+from rlhf_worker.rollout.weights import buckets, gathered_buckets, named_tensors
 from rlhf_worker.sharding import Layout
 from rlhf_worker.tiny import build_tiny_model, build_tokenizer, tiny_hf_config
+from tests.worker.distributed import run_distributed
 
-# vLLM's CPU attention wants head_dim >= 64: 2 heads of 64 over one key/value head.
+# vLLM's CPU attention wants head_dim >= 64; tp=2 splits 4 heads and 2 key/value heads.
 ARCH = dict(
-    hidden_size=128,
-    intermediate_size=256,
+    hidden_size=256,
+    intermediate_size=512,
     num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
     head_dim=64,
     max_position_embeddings=256,
 )
@@ -52,6 +55,14 @@ def engine(model_dir: Path) -> Iterator[VllmEngine]:
     eng = VllmEngine(model_dir, max_model_len=64)
     yield eng
     eng.close()
+
+
+def train_towards_token_100(model: Decoder) -> None:
+    """One large step that pushes up the log-probability of token 100 everywhere."""
+    trainer = Trainer(model, OptimizerConfig(lr=0.05))
+    ids = torch.tensor([[1, 30, 31, 32, 100, 100, 100, 100]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    trainer.step(batch, lambda out, mb: -out.sum())
 
 
 def greedy_torch(model: Decoder, eos: int | None = None) -> torch.Tensor:
@@ -90,14 +101,39 @@ def test_weights_after_a_training_step_land_in_the_running_engine(
     before = greedy_vllm(engine)
     checksum = engine.weight_checksum()
 
-    # One large step that pushes up the log-probability of token 100 everywhere.
-    trainer = Trainer(model, OptimizerConfig(lr=0.05))
-    ids = torch.tensor([[1, 30, 31, 32, 100, 100, 100, 100]])
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    trainer.step(batch, lambda out, mb: -out.sum())
+    train_towards_token_100(model)
     after_torch = greedy_torch(model)
     assert not torch.equal(after_torch, before)  # the step changed what greedy decoding picks
 
     engine.update_weights(buckets(named_tensors(model.local_state())))
     assert engine.weight_checksum() != checksum
     assert torch.equal(greedy_vllm(engine), after_torch)
+
+
+def _tp2_greedy(rank: int, world_size: int, model_dir: str) -> dict[str, torch.Tensor]:
+    model = load_decoder(model_dir, Layout(ranks=(0, 1), tp=2), rank)
+    engine = VllmEngine(Path(model_dir), max_model_len=64, tensor_parallel_size=2)
+
+    def update() -> int:
+        shards = gathered_buckets(model.local_state(), model.config.shape, model.ctx, 128 * 1024)
+        return engine.update_weights(shards).buckets
+
+    out = {"buckets": torch.tensor(update())}
+    out["vllm_before"], out["torch_before"] = greedy_vllm(engine), greedy_torch(model)
+    train_towards_token_100(model)  # under tp=2: each rank updates its shards
+    update()
+    out["vllm_after"], out["torch_after"] = greedy_vllm(engine), greedy_torch(model)
+    engine.close()
+    return out
+
+
+def test_tensor_parallel_engine_over_two_processes_matches_the_torch_generator(
+    model_dir: Path,
+) -> None:
+    results = run_distributed(_tp2_greedy, 2, str(model_dir), timeout=600)
+    for r in results:
+        assert int(r["buckets"]) > 1  # the update really went in several messages
+        assert torch.equal(r["vllm_before"], r["torch_before"])
+        assert not torch.equal(r["torch_after"], r["torch_before"])  # the step changed greedy
+        assert torch.equal(r["vllm_after"], r["torch_after"])  # so the update really landed
+    assert torch.equal(results[0]["vllm_after"], results[1]["vllm_after"])
