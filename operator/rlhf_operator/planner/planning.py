@@ -12,7 +12,7 @@ from .cluster import Cluster, Mesh
 from .estimator import Layout, layout_problem
 from .plan import CallPlan, Offload, Plan, Reallocation
 from .profiles import load_profile
-from .search import Candidates, anneal
+from .search import Candidates, search
 from .simulate import Assignment, Evaluation, Evaluator
 from .workload import Workload, workload_for
 
@@ -199,17 +199,14 @@ def plan_job(
         return _to_plan(w, cluster, strategy, assign, got, time.monotonic() - t0, baselines)
 
     cands = Candidates(ev)
-    start: Assignment | None
-    if found:
-        start_name = min(found, key=lambda n: found[n][1].iteration_seconds)
-        start = found[start_name][0]
-    else:
-        start = _any_feasible(ev, cands)
-    if start is None:
+    # Walks start from every baseline that fits and from each call at its fastest placement.
+    starts = [found[name][0] for name in found]
+    starts += [a for a in (_fastest_everywhere(ev, cands), _any_feasible(ev, cands)) if a]
+    if not starts:
         raise InfeasibleError(f"does not fit in memory on any plan: {requirement(w, cluster)}")
     steps = max_steps if max_steps is not None else default_steps(w, cluster)
     left = max(0.5, budget - (time.monotonic() - t0))
-    result = anneal(ev, cands, start, seed=seed, max_steps=steps, time_budget=left)
+    result = search(ev, cands, starts, seed=seed, max_steps=steps, time_budget=left)
     return _to_plan(
         w, cluster, "search", result.assignment, result.evaluation,
         time.monotonic() - t0, baselines,
@@ -217,8 +214,27 @@ def plan_job(
 
 
 def default_steps(w: Workload, cluster: Cluster) -> int:
-    """Steps of the walk: fixed, so that a seed gives one plan (a few seconds on one core)."""
-    return 6000
+    """Steps of all walks together: fixed, so that a seed gives one plan (a few seconds on one
+    core; the walks stop earlier when they no longer improve)."""
+    return 24000
+
+
+def _fastest_everywhere(ev: Evaluator, cands: Candidates) -> Assignment | None:
+    """Each call at its fastest fitting placement on any mesh (the first mesh of the class),
+    when that plan fits."""
+    assign: Assignment = {}
+    for c in ev.calls:
+        best: tuple[float, Mesh, Layout] | None = None
+        for key in cands.mesh_classes[c.name]:
+            mesh = cands.classes[key][0]
+            lay = cands.layouts[(c.name, key)][0]
+            secs = ev.cost(c, mesh, lay).seconds
+            if best is None or secs < best[0]:
+                best = (secs, mesh, lay)
+        if best is None:
+            return None
+        assign[c.name] = (best[1], best[2])
+    return assign if ev.evaluate(assign) is not None else None
 
 
 def _any_feasible(ev: Evaluator, cands: Candidates) -> Assignment | None:

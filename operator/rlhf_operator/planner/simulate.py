@@ -13,11 +13,16 @@ boundaries; on each, the persistent copies whose home mesh covers it, plus the
 largest transient need (activations, KV cache, transient weights) of the calls
 covering it, must fit in the profile's usable memory.
 
-Time: the call DAG is unrolled over `unroll` iterations and list-scheduled:
-a task (a call, a reallocation, a reload) starts when its inputs are ready and
-every device of its mesh(es) is free; a reallocation occupies both meshes. A
-trained role's next-iteration calls wait for its training call. The iteration
-time is the steady-state spacing of iteration ends.
+Time: the calls are list-scheduled in the algorithm's order: a task (a call,
+a reallocation, a reload) starts when its inputs are ready and every device of
+its mesh(es) is free; a reallocation occupies both meshes. Iterations run one
+after another, as the coordinator runs them (its `EndIteration` step waits for
+every step of the iteration, critic training included), so the iteration time
+is the makespan of one iteration. With `overlap_iterations` the DAG is instead
+unrolled over `unroll` iterations, a trained role's next-iteration calls wait
+only for its own training call (critic training may then run under the next
+generation), and the iteration time is the steady-state spacing of iteration
+ends: what a coordinator without the barrier could reach.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class Evaluation:
         default_factory=list
     )  # role, call, bytes, s
     offloaded: tuple[str, ...] = ()
+    # The last simulated iteration's tasks: (what, start, end) in seconds from its start;
+    # what is a call's name, "realloc:<call>" or "reload:<call>".
+    timeline: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 def _key(p: Placement) -> LayoutKey:
@@ -52,10 +60,17 @@ def _key(p: Placement) -> LayoutKey:
 
 
 class Evaluator:
-    def __init__(self, workload: Workload, cluster: Cluster, unroll: int = 3) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        cluster: Cluster,
+        unroll: int = 3,
+        overlap_iterations: bool = False,
+    ) -> None:
         self.w = workload
         self.c = cluster
-        self.unroll = max(2, unroll)
+        self.overlap_iterations = overlap_iterations
+        self.unroll = max(2, unroll) if overlap_iterations else 1
         self._costs: dict[tuple[object, ...], CallCost] = {}
         self._transfers: dict[tuple[str, LayoutKey, LayoutKey], Transfer] = {}
         self._raw_costs: dict[tuple[str, Mesh, Layout], CallCost] = {}
@@ -70,6 +85,7 @@ class Evaluator:
         for c in self.calls:
             self.home_call.setdefault(c.role, c.name)
         self.evaluations = 0
+        self._seconds: dict[tuple[Placement, ...], float | None] = {}
 
     # --- cached pieces ---------------------------------------------------------
     def cost(self, call: Call, mesh: Mesh, layout: Layout) -> CallCost:
@@ -146,6 +162,17 @@ class Evaluator:
         return got
 
     # --- the whole plan -----------------------------------------------------------
+    def seconds(self, assign: Assignment) -> float | None:
+        """The iteration seconds of an assignment (None: does not fit), remembered: a search
+        proposes the same plans again and again."""
+        key = tuple(assign[c.name] for c in self.calls)
+        if key in self._seconds:
+            return self._seconds[key]
+        got = self.evaluate(assign)
+        secs = got.iteration_seconds if got is not None else None
+        self._seconds[key] = secs
+        return secs
+
     def evaluate(self, assign: Assignment) -> Evaluation | None:
         """Estimate an assignment; None when it does not fit in memory even with offloading."""
         self.evaluations += 1
@@ -214,9 +241,11 @@ class Evaluator:
         iteration_end: list[float] = []
         reallocs: list[tuple[str, str, str, Transfer]] = []
         offloads: list[tuple[str, str, float, float]] = []
+        tasks: list[tuple[str, float, float]] = []
         for k in range(self.unroll):
             end: dict[str, float] = {}
             last = 0.0
+            tasks = []
             for c in calls:
                 ready = max((end[d] for d in w.deps[c.name]), default=0.0)
                 weights_ready = 0.0
@@ -237,6 +266,7 @@ class Evaluator:
                         free[i] = pre_end
                     if k == 0:
                         reallocs.append((c.role, home, c.name, t))
+                    tasks.append((f"realloc:{c.name}", start, pre_end))
                 elif c.role in offloaded:
                     secs = offload_seconds(costs[c.name].weight_bytes, self.c.profile)
                     start = max([weights_ready, *(free[i] for i in spans[c.name])])
@@ -245,13 +275,22 @@ class Evaluator:
                         free[i] = pre_end
                     if k == 0:
                         offloads.append((c.role, c.name, costs[c.name].weight_bytes, secs))
+                    tasks.append((f"reload:{c.name}", start, pre_end))
                 start = max([ready, pre_end, *(free[i] for i in spans[c.name])])
                 finish = start + costs[c.name].seconds
                 for i in spans[c.name]:
                     free[i] = finish
                 end[c.name] = finish
+                tasks.append((c.name, start, finish))
                 last = max(last, finish)
             ends.append(end)
             iteration_end.append(last)
-        seconds = (iteration_end[-1] - iteration_end[0]) / (self.unroll - 1)
-        return Evaluation(seconds, costs, memory, reallocs, offloads, tuple(offloaded))
+        if self.unroll == 1:
+            seconds = iteration_end[0]
+        else:
+            seconds = (iteration_end[-1] - iteration_end[0]) / (self.unroll - 1)
+            origin = iteration_end[-2]
+            tasks = [(what, a - origin, b - origin) for what, a, b in tasks]
+        return Evaluation(
+            seconds, costs, memory, reallocs, offloads, tuple(offloaded), timeline=tasks
+        )
