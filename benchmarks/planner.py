@@ -5,8 +5,11 @@ size (LLaMA-2 7B/13B/CodeLlama-34B/LLaMA-2 70B) on 8/16/32/64 GPUs (8 per
 node), prompt 128, generation 128/384/896, batch x (prompt + generation) =
 2^17 tokens, 4 PPO minibatches; 70B on 128 GPUs; and long-context cases
 (prompt and generation of 2048 or more). For each: the estimated PFLOP/s of
-each baseline and of the searched plan, searched / best baseline, and the
-search time.
+each baseline and of the searched plan, searched / best baseline, the most any
+plan could reach over the best baseline (`iteration_bound`, a lower bound on
+the iteration under the same estimator), and the search time. Long-context
+rows add where the best baseline's seconds go (generation vs the rest), what
+the bound leaves of each, and two layout-independent floors of decoding.
 
     python benchmarks/planner.py            # the whole grid
     python benchmarks/planner.py --quick    # two scenarios
