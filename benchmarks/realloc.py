@@ -62,6 +62,7 @@ import torch.multiprocessing as mp
 
 from rlhf_worker.realloc.execute import MemoryStats, reallocate
 from rlhf_worker.realloc.plan import ReallocPlan, bytes_by_pair, bytes_moved, plan_reallocation
+from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
 
 WORLD = 4
@@ -97,12 +98,15 @@ class PairResult:
     name: str
     moved: int
     realloc_s: float
+    steady_s: float
     warm_s: float
     p2p_s: float
     bcast_s: float
     dst_bytes: int
     acct_peak: int
     rss_peak: int
+    steady_rss: int
+    pool_bytes: int
 
 
 def source_shard(name: str, region: Region) -> torch.Tensor:
@@ -197,7 +201,9 @@ def bench_pair(
     groups = {pair: dist.new_group(list(pair)) for pair in sorted(volume)}  # all ranks, same order
 
     def run_realloc(
-        stats: MemoryStats, into: dict[str, torch.Tensor] | None = None
+        stats: MemoryStats,
+        into: dict[str, torch.Tensor] | None = None,
+        pool: StoragePool | None = None,
     ) -> dict[str, torch.Tensor] | None:
         return reallocate(
             plan,
@@ -207,20 +213,39 @@ def bench_pair(
             max_inflight_steps=args.inflight,
             into=into,
             stats=stats,
+            pool=pool,
         )
+
+    pool = StoragePool()
+
+    def run_steady() -> None:
+        # A transient copy as the runtime makes it: from the pool, given back after use.
+        copy = run_realloc(MemoryStats(), pool=pool)
+        if copy is not None:
+            pool.give_unshared(copy, local)
+        if os.environ.get("POOL_DEBUG"):
+            print(rank, pool.new_bytes, pool.reused_bytes, pool.held_bytes, flush=True)
 
     # "Warm": refill existing destination tensors (no allocation, no page faults), as
     # when a rollout engine keeps its weight buffers or the allocator caches memory.
     warm = run_realloc(MemoryStats())
     check(plan, rank, warm)
-    times: dict[str, list[float]] = {"realloc": [], "warm": [], "p2p": [], "bcast": []}
-    acct = rss = 0
+    first = run_realloc(MemoryStats(), pool=pool)
+    check(plan, rank, first)
+    if first is not None:
+        pool.give_unshared(first, local)  # the pool holds one transient copy from now on
+    del first
+    times: dict[str, list[float]] = {"realloc": [], "steady": [], "warm": [], "p2p": [], "bcast": []}
+    acct = rss = steady_rss = 0
     for _ in range(args.repeats):
         stats = MemoryStats()
         before = rss_reset()
         times["realloc"].append(timed(partial(run_realloc, stats)))  # the copy is dropped after
         rss = max(rss, rss_peak() - before)
         acct = max(acct, stats.peak)
+        before = rss_reset()
+        times["steady"].append(timed(run_steady))
+        steady_rss = max(steady_rss, rss_peak() - before)
         times["warm"].append(timed(partial(run_realloc, MemoryStats(), warm)))
         times["p2p"].append(timed(partial(raw_p2p, rank, mine)))
         times["bcast"].append(timed(partial(raw_bcast, mine, groups)))
@@ -231,12 +256,15 @@ def bench_pair(
         name,
         bytes_moved(plan),
         statistics.median(times["realloc"]),
+        statistics.median(times["steady"]),
         statistics.median(times["warm"]),
         statistics.median(times["p2p"]),
         statistics.median(times["bcast"]),
         dst_bytes,
         acct,
         rss,
+        steady_rss,
+        pool.held_bytes,
     )
 
 
@@ -265,9 +293,10 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
         f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}"
     )
     header = (
-        f"{'pair':<17} {'MB':>5} {'cold s':>6} {'GB/s':>5} {'warm s':>6} {'GB/s':>5} "
-        f"{'p2p GB/s':>8} {'bcast GB/s':>10} {'ratio cold':>10} {'warm':>5} "
-        f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6}"
+        f"{'pair':<17} {'MB':>5} {'cold s':>6} {'GB/s':>5} {'steady s':>8} {'GB/s':>5} "
+        f"{'warm s':>6} {'GB/s':>5} {'p2p GB/s':>8} {'bcast GB/s':>10} "
+        f"{'ratio cold':>10} {'steady':>6} {'warm':>5} "
+        f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6} {'steady rss':>10} {'pool MB':>7}"
     )
     print(header)
     for i in range(len(selected(args))):
@@ -276,12 +305,15 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
         gb = r.moved / 1e9
         print(
             f"{r.name:<17} {r.moved / 1e6:>5.0f} {r.realloc_s:>6.3f} {gb / r.realloc_s:>5.2f} "
+            f"{r.steady_s:>8.3f} {gb / r.steady_s:>5.2f} "
             f"{r.warm_s:>6.3f} {gb / r.warm_s:>5.2f} "
             f"{gb / r.p2p_s:>8.2f} {gb / r.bcast_s:>10.2f} {r.p2p_s / r.realloc_s:>10.2f} "
-            f"{r.p2p_s / r.warm_s:>5.2f} "
+            f"{r.p2p_s / r.steady_s:>6.2f} {r.p2p_s / r.warm_s:>5.2f} "
             f"{max(x.dst_bytes for x in rows) / 1e6:>6.0f} "
             f"{max(x.acct_peak for x in rows) / 1e6:>7.0f} "
-            f"{max(x.rss_peak for x in rows) / 1e6:>6.0f}"
+            f"{max(x.rss_peak for x in rows) / 1e6:>6.0f} "
+            f"{max(x.steady_rss for x in rows) / 1e6:>10.0f} "
+            f"{max(x.pool_bytes for x in rows) / 1e6:>7.0f}"
         )
 
 

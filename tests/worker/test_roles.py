@@ -126,6 +126,52 @@ def _transient_copies(rank: int, world: int) -> dict[str, int]:
     return counts
 
 
+def _pooled_transient_copies(rank: int, world: int) -> dict[str, int]:
+    from rlhf_worker.realloc.pool import StoragePool
+
+    full = full_weights()
+    train = Layout((0, 1), tp=2)
+    pool = StoragePool()
+    actor = RoleWeights(
+        "actor", MODEL, train, rank, home_shards(train, rank, full), trainable=True, pool=pool
+    )
+    home = {t.untyped_storage().data_ptr() for t in (actor.shards or {}).values()}
+    gen = Layout((0, 1), dp=2)
+    seen: list[set[int]] = []
+    for _ in range(3):
+        with actor.transient(gen) as copy:
+            assert copy is not None
+            for name, want in expected(gen, rank, full).items():
+                assert torch.equal(copy[name], want)
+            seen.append({t.untyped_storage().data_ptr() for t in copy.values()} - home)
+            for t in copy.values():
+                if t.untyped_storage().data_ptr() not in home:
+                    t.fill_(float("nan"))  # a call scribbling on its copy must not matter
+            del t  # a tensor still referenced would (rightly) keep its memory from reuse
+        # The copied shards went back to the pool, the shared home shards did not.
+        assert not any(pool.holds(t) for t in (actor.shards or {}).values())
+        assert len(pool) >= len(seen[-1]) > 0
+    return {"same_memory": int(seen[1] == seen[2] and bool(seen[1])), "new": pool.new_bytes}
+
+
+def test_pooled_transient_copies_reuse_memory_and_stay_exact() -> None:
+    results = run_distributed(_pooled_transient_copies, 2)
+    assert all(r["same_memory"] for r in results)
+    with pytest.raises(ValueError, match="pool"):
+        from rlhf_worker.realloc.pool import StoragePool
+
+        RoleWeights(
+            "actor",
+            MODEL,
+            Layout((0,)),
+            0,
+            home_shards(Layout((0,)), 0, full_weights()),
+            trainable=True,
+            device=torch.device("meta"),
+            pool=StoragePool(),
+        )
+
+
 def test_transient_copies_are_exact_and_freed() -> None:
     # One 4-rank world runs both scenarios: spawning processes is the slow part.
     counts = run_distributed(_transient_copies, 4)

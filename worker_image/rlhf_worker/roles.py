@@ -32,6 +32,7 @@ from rlhf_worker.realloc.plan import (
     ReallocPlan,
     plan_reallocation,
 )
+from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Layout, ModelShape, rank_shards
 
 
@@ -50,10 +51,15 @@ class RoleWeights:
     rank_node: RankNode = 1
     bucket_bytes: int = DEFAULT_BUCKET_BYTES
     group: dist.ProcessGroup | None = None
+    # CPU only: transient copies take their memory from this pool and give it back
+    # when freed, so later copies reuse mapped memory (see realloc/pool.py).
+    pool: StoragePool | None = None
     _plans: dict[Layout, ReallocPlan] = field(default_factory=dict, repr=False)
     _host: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.pool is not None and self.device.type != "cpu":
+            raise ValueError(f"{self.name}: a storage pool is for CPU; CUDA caches memory itself")
         inside = self.rank in self.home.ranks
         if inside != (self.shards is not None):
             where = "inside" if inside else "outside"
@@ -94,7 +100,9 @@ class RoleWeights:
 
         The home layout itself yields the home shards. Elsewhere a shard identical
         to a home shard on the same rank is shared, not copied (the call only reads
-        it); the rest is received. Ranks outside the layout get None.
+        it); the rest is received. Ranks outside the layout get None. With a
+        ``pool`` the copies' memory comes from it and goes back to it afterwards:
+        the caller must not keep the copies beyond the ``with`` block.
         """
         if self.offloaded:
             raise RuntimeError(f"{self.name} is offloaded to host memory: restore it first")
@@ -110,12 +118,15 @@ class RoleWeights:
             group=self.group,
             alias_local=True,
             stats=stats,
+            pool=self.pool,
         )
         try:
             yield copies
         finally:
             # Drop the copies even if the caller still holds the dict.
             if copies is not None:
+                if self.pool is not None:
+                    self.pool.give_unshared(copies, self.shards)
                 copies.clear()
 
     def offload(self) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from rlhf_worker.realloc.plan import bytes_received, plan_reallocation
+from rlhf_worker.sharding import Layout
 from tests.worker.distributed import run_distributed
 from tests.worker.realloc.cases import MODELS, random_pairs, reference_weights, slices
 
@@ -19,10 +20,13 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
     import torch
 
     from rlhf_worker.realloc.execute import MemoryStats, reallocate
+    from rlhf_worker.realloc.pool import StoragePool
 
     rng = random.Random(seed + 1)
+    # One pool across pairs: destinations reuse the (stale) memory of earlier ones.
+    pool = StoragePool(limit_bytes=1 << 20)
     full_by_model = {name: reference_weights(model, seed) for name, model in MODELS.items()}
-    checked = {"pairs_here": 0, "tensors": 0, "received": 0}
+    checked = {"pairs_here": 0, "tensors": 0, "received": 0, "pooled": 0}
     for name, src, dst in random_pairs(seed, count, world):
         model = MODELS[name]
         full: dict[str, Any] = full_by_model[name]
@@ -32,6 +36,7 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
         alias = rng.random() < 0.3
         inflight = rng.choice([1, 2, 4])
         use_into = rng.random() < 0.2  # every rank draws the same numbers, in the same order
+        use_pool = rng.random() < 0.5
         if rank not in src.ranks and rank not in dst.ranks:
             assert reallocate(plan, None, rank, dtype=torch.float32) is None
             continue
@@ -57,6 +62,7 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
             into=into,
             max_inflight_steps=inflight,
             stats=stats,
+            pool=pool if use_pool else None,
         )
         checked["pairs_here"] += 1
         if rank not in dst.ranks:
@@ -75,6 +81,9 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
         biggest = max((b.nbytes for b in plan.buckets), default=0)
         assert stats.peak <= stats.destination + 2 * bucket + 2 * biggest
         checked["received"] += bytes_received(plan)[rank]
+        if use_pool:
+            checked["pooled"] += pool.give_unshared(out, local)
+    checked["reused"] = pool.reused_bytes
     return checked
 
 
@@ -84,3 +93,47 @@ def test_random_layout_pairs_reallocate_bit_exactly() -> None:
     assert sum(r["tensors"] for r in results) > 1000
     assert sum(r["received"] for r in results) > 0
     assert all(r["pairs_here"] > 0 for r in results)
+    assert sum(r["pooled"] for r in results) > 0 and sum(r["reused"] for r in results) > 0
+
+
+def _steady_state(rank: int, world: int) -> dict[str, int]:
+    import torch
+
+    from rlhf_worker.realloc.execute import reallocate
+    from rlhf_worker.realloc.pool import StoragePool
+
+    model = MODELS["gqa"]
+    full: dict[str, Any] = reference_weights(model, 5)
+    src, dst = Layout((0, 1, 2, 3), dp=2, tp=2), Layout((0, 1, 2, 3), tp=4)
+    plan = plan_reallocation(model, src, dst, 2, bucket_bytes=512)  # packed and sliced buckets
+    local = {n: full[n][slices(r)].clone() for n, r in plan.src_shards[rank].items()}
+    home = {t.untyped_storage().data_ptr() for t in local.values()}  # shared, never pooled
+    pool = StoragePool()
+    new_after: list[int] = []
+    held: dict[str, Any] | None = None
+    for iteration in range(4):
+        out = reallocate(plan, local, rank, dtype=torch.float32, alias_local=True, pool=pool)
+        assert out is not None
+        for n, region in plan.dst_shards[rank].items():
+            assert torch.equal(out[n], full[n][slices(region)]), (iteration, n)
+        if held is not None:  # kept by the caller: its memory was not lent to this copy
+            mine = {t.untyped_storage().data_ptr() for t in out.values()} - home
+            assert mine and not mine & {t.untyped_storage().data_ptr() for t in held.values()}
+        pool.give_unshared(out, local)
+        if iteration == 1:
+            held = dict(out)  # the caller keeps this copy (after giving it back)
+        new_after.append(pool.new_bytes)
+        del out
+    for n, region in plan.dst_shards[rank].items():  # later copies did not write into it
+        assert held is not None and torch.equal(held[n], full[n][slices(region)])
+    return {"new_first": new_after[0], "new_second": new_after[1], "new_last": new_after[3]}
+
+
+def test_steady_state_reallocations_reuse_the_pool_and_stay_exact() -> None:
+    results = run_distributed(_steady_state, 4)
+    for r in results:
+        assert r["new_first"] > 0
+        assert r["new_second"] == r["new_first"]  # the second copy took only freed memory
+        # The third copy could not reuse the one the caller held, so it allocated
+        # once more; after that the pool again covers everything.
+        assert r["new_last"] > r["new_second"]

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from rlhf_worker.realloc.plan import Bucket, ReallocPlan, region_shape
+from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Region
 
 
@@ -63,6 +64,7 @@ class _InFlight:
     unpack: list[tuple[torch.Tensor, Bucket]] = field(default_factory=list)
     buffer_bytes: int = 0
     keep: list[torch.Tensor] = field(default_factory=list)  # send buffers alive until done
+    packed: list[torch.Tensor] = field(default_factory=list)  # buffers to give back when done
 
 
 def _slices(region: Region, base: Region) -> tuple[slice, ...]:
@@ -83,6 +85,7 @@ def reallocate(
     alias_local: bool = False,
     into: Mapping[str, torch.Tensor] | None = None,
     stats: MemoryStats | None = None,
+    pool: StoragePool | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Run this rank's part of a plan; return its destination shards (None if it holds none).
 
@@ -96,6 +99,10 @@ def reallocate(
     from and into the tensors cost nothing). With ``into``
     the destination shards are written into these existing tensors (e.g. the
     weights of a rollout engine that keeps its own buffers) instead of new ones.
+    With ``pool`` (CPU only, see ``pool.py``) new destination shards and packing
+    buffers come from storages freed by earlier reallocations, and the packing
+    buffers go back to it at the end; without one, packing buffers are still
+    reused from step to step within this call.
     """
     in_src = rank in plan.src_shards
     dst_regions = plan.dst_shards.get(rank)
@@ -124,11 +131,18 @@ def reallocate(
             if alias_local and local_src is not None and src_regions.get(name) == region:
                 out[name] = local_src[name]
                 continue
-            out[name] = torch.empty(region_shape(region), dtype=dtype, device=device)
+            if pool is not None:
+                out[name] = pool.empty(region_shape(region), dtype, device)
+            else:
+                out[name] = torch.empty(region_shape(region), dtype=dtype, device=device)
             stats.destination += out[name].numel() * element_bytes
             stats.alloc(out[name].numel() * element_bytes)
 
+    post = _poster(group)
     buffer_limit = 2 * plan.bucket_bytes if max_buffer_bytes is None else max_buffer_bytes
+    # Packing buffers of the same size recur (one per layer for each sliced
+    # parameter): reuse freed ones rather than fault fresh pages in every step.
+    buffers = pool if pool is not None else StoragePool(limit_bytes=buffer_limit)
     with torch.no_grad():
         inflight: deque[_InFlight] = deque()
         local_done = False
@@ -137,7 +151,7 @@ def reallocate(
             if not mine:
                 continue
             flight, ops = _prepare(
-                plan, mine, rank, local_src, src_regions, out, dst_regions, stats
+                plan, mine, rank, local_src, src_regions, out, dst_regions, stats, buffers
             )
             while inflight and (
                 len(inflight) >= max_inflight_steps
@@ -147,16 +161,13 @@ def reallocate(
                     # The local copies overlap with the first steps in flight.
                     _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
                     local_done = True
-                _finish(inflight.popleft(), out, dst_regions, stats)
-            p2p = [
-                dist.P2POp(op, tensor, peer, group=group, tag=tag) for op, tensor, peer, tag in ops
-            ]
-            flight.works = dist.batch_isend_irecv(p2p)
+                _finish(inflight.popleft(), out, dst_regions, stats, buffers)
+            flight.works = post(ops)
             inflight.append(flight)
         if not local_done:
             _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
         while inflight:
-            _finish(inflight.popleft(), out, dst_regions, stats)
+            _finish(inflight.popleft(), out, dst_regions, stats, buffers)
     return out
 
 
@@ -177,7 +188,43 @@ def _copy_local(
         target.copy_(local_src[copy.name][_slices(copy.region, src_regions[copy.name])])
 
 
-_Op = tuple[Callable[..., object], torch.Tensor, int, int]  # isend/irecv, tensor, peer, tag
+_Op = tuple[bool, torch.Tensor, int, int]  # is a send, tensor, peer (global rank), tag
+
+
+def _poster(group: dist.ProcessGroup | None) -> Callable[[list[_Op]], list[dist.Work]]:
+    """How this rank posts one step's messages on ``group``.
+
+    NCCL needs ``batch_isend_irecv``: a step's sends and receives between the same
+    ranks must be grouped or they can deadlock. Gloo posts each message on its own
+    and never blocks, so there the ProcessGroup's own send/recv are called
+    directly: torch's Python wrappers (group lookups, checks, coalescing) cost
+    more CPU per message than gloo itself, and on a CPU-bound machine that time
+    comes out of the transfer.
+    """
+    if dist.get_backend(group) != "gloo":
+
+        def batched(ops: list[_Op]) -> list[dist.Work]:
+            p2p = [
+                dist.P2POp(dist.isend if send else dist.irecv, tensor, peer, group=group, tag=tag)
+                for send, tensor, peer, tag in ops
+            ]
+            return dist.batch_isend_irecv(p2p)
+
+        return batched
+    pg = group if group is not None else dist.group.WORLD
+    assert pg is not None
+    to_group_rank: dict[int, int] = {}
+
+    def direct(ops: list[_Op]) -> list[dist.Work]:
+        works = []
+        for send, tensor, peer, tag in ops:
+            if peer not in to_group_rank:
+                to_group_rank[peer] = peer if group is None else dist.get_group_rank(group, peer)
+            call = pg.send if send else pg.recv
+            works.append(call([tensor], to_group_rank[peer], tag))
+        return works
+
+    return direct
 
 
 def _prepare(
@@ -189,6 +236,7 @@ def _prepare(
     out: dict[str, torch.Tensor] | None,
     dst_regions: dict[str, Region] | None,
     stats: MemoryStats,
+    buffers: StoragePool,
 ) -> tuple[_InFlight, list[_Op]]:
     """This rank's messages of one step: tensor views where possible, packed buffers otherwise."""
     ops: list[_Op] = []
@@ -204,12 +252,21 @@ def _prepare(
                 message = views[0]
                 stats.zero_copy_bytes += bucket.nbytes
             else:
-                message = torch.cat([v.reshape(-1) for v in views])
+                # One copy per piece straight into the message (no intermediate
+                # contiguous copies of sliced views, as reshape + cat would make).
+                message = buffers.empty(
+                    (bucket.nbytes // plan.element_bytes,), views[0].dtype, views[0].device
+                )
+                offset = 0
+                for view in views:
+                    message[offset : offset + view.numel()].view(view.shape).copy_(view)
+                    offset += view.numel()
+                flight.packed.append(message)
                 flight.buffer_bytes += bucket.nbytes
                 stats.messages += bucket.nbytes
                 stats.alloc(bucket.nbytes)
             flight.keep.append(message)
-            ops.append((dist.isend, message, bucket.dst, index))
+            ops.append((True, message, bucket.dst, index))
         if bucket.dst == rank:
             assert out is not None and dst_regions is not None
             first = bucket.pieces[0]
@@ -218,14 +275,15 @@ def _prepare(
                 buffer = view
                 stats.zero_copy_bytes += bucket.nbytes
             else:
-                buffer = torch.empty(
-                    bucket.nbytes // plan.element_bytes, dtype=view.dtype, device=view.device
+                buffer = buffers.empty(
+                    (bucket.nbytes // plan.element_bytes,), view.dtype, view.device
                 )
+                flight.packed.append(buffer)
                 flight.buffer_bytes += bucket.nbytes
                 stats.messages += bucket.nbytes
                 stats.alloc(bucket.nbytes)
                 flight.unpack.append((buffer, bucket))
-            ops.append((dist.irecv, buffer, bucket.src, index))
+            ops.append((False, buffer, bucket.src, index))
     return flight, ops
 
 
@@ -234,6 +292,7 @@ def _finish(
     out: dict[str, torch.Tensor] | None,
     dst_regions: dict[str, Region] | None,
     stats: MemoryStats,
+    buffers: StoragePool,
 ) -> None:
     for work in flight.works:
         work.wait()
@@ -245,4 +304,6 @@ def _finish(
             n = target.numel()
             target.copy_(buffer[offset : offset + n].view(target.shape))
             offset += n
+    for buffer in flight.packed:
+        buffers.give(buffer)
     stats.free(flight.buffer_bytes)

@@ -22,6 +22,7 @@ from rlhf_worker.model.decoder import Decoder
 from rlhf_worker.parallel.groups import context_for
 from rlhf_worker.realloc.execute import reallocate
 from rlhf_worker.realloc.plan import plan_reallocation
+from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.runtime.state import RoleState, Runtime, model_dir_for, role_head
 from rlhf_worker.sharding import Layout
 from rlhf_worker.tiny import build_tiny_model, build_tokenizer
@@ -107,6 +108,14 @@ def optimizer_config(rt: Runtime, role: str) -> OptimizerConfig:
     )
 
 
+# Transient copies on CPU take their memory from here and give it back in
+# `release_role`, so the copies of later iterations do not fault fresh pages in
+# (see realloc/pool.py; on CUDA torch's caching allocator does this). One pool per
+# worker process, which runs one job's runtime; it holds at most
+# DEFAULT_POOL_BYTES of freed copies.
+COPY_POOL = StoragePool()
+
+
 def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[str, float]:
     """Copy a role from `src` into a transient copy under `dst` (every rank of either takes part)."""
     state = rt.roles[role]
@@ -121,6 +130,7 @@ def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[st
         dtype=rt.dtype(role),
         device=rt.device,
         alias_local=True,  # a transient copy is only read: share what the home copy already holds
+        pool=COPY_POOL if rt.device.type == "cpu" else None,
     )
     if out is not None:
         state.copies[dst] = Decoder(state.config, context_for(dst, rt.rank), out)
@@ -129,9 +139,15 @@ def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[st
 
 
 def release_role(rt: Runtime, role: str, layout: Layout) -> None:
+    """Free a transient copy; on CPU its memory goes to the pool for the next one."""
     state = rt.roles.get(role)
-    if state is not None:
-        state.copies.pop(layout, None)
+    if state is None:
+        return
+    copy = state.copies.pop(layout, None)
+    if copy is not None and rt.device.type == "cpu":
+        # Shards shared with the home copy (alias_local) stay the home copy's memory.
+        home = state.model.local_state() if state.model is not None else None
+        COPY_POOL.give_unshared(copy.local_state(), home)
 
 
 def with_values(config: ModelConfig, num_values: int) -> ModelConfig:
