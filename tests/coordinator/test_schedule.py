@@ -6,14 +6,17 @@ from rlhf_operator.api.dataflow import calls_for
 from rlhf_operator.coordinator.schedule import (
     EndIteration,
     MoveData,
+    Offload,
     Realloc,
     Release,
+    Restore,
     RunCall,
     Step,
     call_layout,
     home_layouts,
     iteration_steps,
 )
+from rlhf_operator.planner import plan as planned
 from rlhf_operator.planner.plan import CallPlan, Plan
 from rlhf_worker.sharding import Layout
 
@@ -178,3 +181,62 @@ def test_remax_shares_one_transient_copy_between_its_two_generations() -> None:
         s.index for s in steps if isinstance(s.action, RunCall) and s.action.call.endswith("gen")
     }
     assert gens <= set(release.after)
+
+
+def _prerequisites(steps: list[Step], index: int) -> set[int]:
+    """Every step that must finish before step `index` (transitively)."""
+    seen: set[int] = set()
+    todo = list(steps[index].after)
+    while todo:
+        i = todo.pop()
+        if i not in seen:
+            seen.add(i)
+            todo.extend(steps[i].after)
+    return seen
+
+
+def test_offloaded_roles_come_back_before_their_first_use_and_leave_after_their_last() -> None:
+    plan = _plan(
+        [
+            _call("actor_gen", "actor", "generate", ALL, dp=4),
+            _call("actor_greedy_gen", "actor", "generate", ALL, dp=4),
+            _call("ref_inf", "ref", "inference", ALL, dp=4),
+            _call("reward_inf", "reward", "inference", ALL, dp=4),  # the reward's home
+            _call("reward_greedy_inf", "reward", "inference", [(0, 0)]),  # a transient copy
+            _call("actor_train", "actor", "train", ALL, tp=4),
+        ],
+        "remax",
+    )
+    plan.offloads = [
+        planned.Offload("ref", "ref_inf", 1, 0.1),
+        planned.Offload("reward", "reward_inf", 1, 0.1),
+        planned.Offload("reward", "reward_greedy_inf", 1, 0.1),
+    ]
+    steps = iteration_steps(plan, calls_for("remax"))
+    kinds = _by_kind(steps)
+    restores = {s.action.role: s for s in kinds[Restore]}  # type: ignore[union-attr]
+    offloads = {s.action.role: s for s in kinds[Offload]}  # type: ignore[union-attr]
+    # Once per iteration per offloaded role, on its home ranks; trained roles never.
+    assert len(kinds[Restore]) == len(kinds[Offload]) == 2
+    assert set(restores) == set(offloads) == {"ref", "reward"}
+    assert restores["reward"].ranks == offloads["reward"].ranks == (0, 1, 2, 3)
+    uses = [
+        s
+        for s in steps
+        if isinstance(s.action, RunCall | Realloc | Release) and s.action.role == "reward"
+    ]
+    assert {type(s.action) for s in uses} == {RunCall, Realloc, Release}
+    for step in uses:
+        # Every use of the home copy waits for the restore...
+        if isinstance(step.action, Realloc) or step.action == RunCall(
+            "reward_inf", "reward", Layout(ranks=(0, 1, 2, 3), dp=4)
+        ):
+            assert restores["reward"].index in _prerequisites(steps, step.index)
+        # ...and the offload waits for every use, the transient copy's release included
+        # (a transient copy may share the home copy's tensors).
+        assert step.index in _prerequisites(steps, offloads["reward"].index)
+
+
+def test_no_offload_steps_without_offloads_in_the_plan() -> None:
+    kinds = _by_kind(iteration_steps(_ppo_split(), calls_for("ppo")))
+    assert Restore not in kinds and Offload not in kinds

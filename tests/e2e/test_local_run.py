@@ -21,6 +21,7 @@ from rlhf_operator.api.manifests import load_jobs
 from rlhf_operator.coordinator.local import JobFailed, LocalRun
 from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir
 from rlhf_operator.planner import plan_job
+from rlhf_operator.planner.plan import Offload
 from rlhf_worker.checkpoint import latest_complete
 
 from .conftest import tiny_job, write_job
@@ -168,6 +169,36 @@ def test_killed_worker_is_restarted_and_the_run_ends_with_the_same_weights(
     assert summary["iterations"] == 3
     got, want = (
         _weights(tmp_path / "killed" / "export"),
+        _weights(tmp_path / "reference" / "export"),
+    )
+    assert got.keys() == want.keys()
+    for name in want:
+        assert (got[name] == want[name]).all(), name
+
+
+def test_offloading_the_reference_model_between_calls_changes_no_result(
+    job_file: Any, tmp_path: Path
+) -> None:
+    path = job_file(
+        tiny_job("offload", "grpo", algorithm={"name": "grpo", "grpo": {"groupSize": 2}})
+    )
+    reference = local_run(path, tmp_path / "reference")
+    reference.run()
+
+    # The plan keeps the frozen reference model in host memory between its calls (as the
+    # planner does when devices are full): loaded then offloaded, restored before ref_inf
+    # and offloaded after it every iteration.
+    run = local_run(path, tmp_path / "offload")
+    run.plan.offloads = [Offload("ref", "ref_inf", 1, 0.0)]
+    records: list[IterationRecord] = []
+    run.on_iteration = records.append
+    assert run.run()["iterations"] == 2
+    assert all("offload_seconds" in r.extra for r in records)
+    assert "offload_seconds" not in json.loads(
+        (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()[0]
+    ).get("extra", {})
+    got, want = (
+        _weights(tmp_path / "offload" / "export"),
         _weights(tmp_path / "reference" / "export"),
     )
     assert got.keys() == want.keys()

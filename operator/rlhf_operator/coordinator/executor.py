@@ -28,8 +28,10 @@ from rlhf_operator.coordinator.outputs import CallTiming, IterationRecord, Outpu
 from rlhf_operator.coordinator.schedule import (
     EndIteration,
     MoveData,
+    Offload,
     Realloc,
     Release,
+    Restore,
     RunCall,
     Step,
     home_layouts,
@@ -132,6 +134,8 @@ class JobRunner:
                 extra["reallocation_bytes"] = extra.get("reallocation_bytes", 0.0) + sum(
                     o.get("bytes_received", 0.0) for o in outcome.outputs.values()
                 )
+            elif isinstance(action, Restore | Offload):
+                extra["offload_seconds"] = extra.get("offload_seconds", 0.0) + outcome.seconds
         train = next(c.name for c in self.calls if c.kind == "train" and c.role == "actor")
         record = IterationRecord(
             iteration=iteration,
@@ -186,6 +190,10 @@ class JobRunner:
             return m.RunCall(a.call, iteration, tuple(call.inputs), tuple(call.outputs)), None
         if isinstance(a, Release):
             return m.Custom("release"), {"role": a.role, "layout": _layout_args(a.layout)}
+        if isinstance(a, Restore):
+            return m.Custom("restore_role"), {"role": a.role}
+        if isinstance(a, Offload):
+            return m.Custom("offload_role"), {"role": a.role}
         assert isinstance(a, EndIteration)
         return m.Custom("end_iteration"), {"iteration": iteration}
 

@@ -14,6 +14,11 @@ module turns that into what the coordinator dispatches each iteration:
   and sequence-level keys (rewards) always get every row on every rank.
 * `RunCall`: the call itself.
 * `Release`: drop a transient copy after its last call.
+* `Restore` / `Offload`: a frozen role the plan keeps in host memory
+  (`plan.offloads`) is brought back onto its home devices before its first use
+  in the iteration (its call, or the reallocation that copies it elsewhere) and
+  sent back to host memory after its last use (after the release of any
+  transient copy, which may share the home copy's tensors).
 * `EndIteration`: every rank drops the iteration's data (iterations run one
   after another, so this is the one place data is freed).
 
@@ -70,11 +75,23 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Restore:
+    role: str
+    layout: Layout  # the role's home
+
+
+@dataclass(frozen=True)
+class Offload:
+    role: str
+    layout: Layout  # the role's home
+
+
+@dataclass(frozen=True)
 class EndIteration:
     ranks: tuple[int, ...]
 
 
-Action = Realloc | MoveData | RunCall | Release | EndIteration
+Action = Realloc | MoveData | RunCall | Release | Restore | Offload | EndIteration
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,7 @@ class Step:
         a = self.action
         if isinstance(a, Realloc | MoveData):
             return tuple(sorted(set(a.src.ranks) | set(a.dst.ranks)))
-        if isinstance(a, RunCall | Release):
+        if isinstance(a, RunCall | Release | Restore | Offload):
             return tuple(sorted(a.layout.ranks))
         return a.ranks
 
@@ -132,6 +149,10 @@ def iteration_steps(plan: Plan, calls: Sequence[Call]) -> list[Step]:
         (c.role, layouts[c.name]): c.name for c in order if layouts[c.name] != homes[c.role]
     }
     copy_users: dict[tuple[str, Layout], set[int]] = {}
+    offloaded = {o.role for o in plan.offloads}
+    last_call = {c.role: c.name for c in order}
+    restored: dict[str, int] = {}  # offloaded role -> its Restore step
+    role_steps: dict[str, set[int]] = {}  # offloaded role -> the steps that use it
 
     def add(action: Action, after: set[int]) -> int:
         index = len(steps)
@@ -142,6 +163,12 @@ def iteration_steps(plan: Plan, calls: Sequence[Call]) -> list[Step]:
         layout = layouts[call.name]
         needs: set[int] = set()
         home = homes[call.role]
+        if call.role in offloaded and call.role not in restored:
+            restored[call.role] = add(Restore(call.role, home), set())
+            role_steps[call.role] = set()
+        # Steps that read the home copy wait for it to be back on the devices.
+        restore = {restored[call.role]} if call.role in restored else set()
+        uses = role_steps.get(call.role, set())
         if layout != home:
             copy_key = (call.role, layout)
             if copy_key not in copies:
@@ -151,7 +178,10 @@ def iteration_steps(plan: Plan, calls: Sequence[Call]) -> list[Step]:
                     for c in order
                     if c.role == call.role and c.kind == "train" and c.name in ran
                 }
-                copies[copy_key] = add(Realloc(call.role, home, layout, call.name), trained)
+                copies[copy_key] = add(
+                    Realloc(call.role, home, layout, call.name), trained | restore
+                )
+                uses.add(copies[copy_key])
             needs.add(copies[copy_key])
         for key in call.inputs:
             source = producer.get(key)
@@ -163,12 +193,17 @@ def iteration_steps(plan: Plan, calls: Sequence[Call]) -> list[Step]:
             if layouts[source] != layout or key in SEQUENCE_KEYS or call.kind == "train":
                 move = add(MoveData(key, source, call.name, layouts[source], layout), {ran[source]})
                 needs.add(move)
+        if layout == home:
+            needs |= restore
         index = add(RunCall(call.name, call.role, layout), needs)
         ran[call.name] = index
+        uses.add(index)
         if layout != home:
             copy_users.setdefault((call.role, layout), set()).add(index)
             if last_user[(call.role, layout)] == call.name:
-                add(Release(call.role, layout), copy_users[(call.role, layout)])
+                uses.add(add(Release(call.role, layout), copy_users[(call.role, layout)]))
+        if call.role in restored and last_call[call.role] == call.name:
+            add(Offload(call.role, home), uses)
 
     everyone = tuple(sorted({r for layout in layouts.values() for r in layout.ranks}))
     add(EndIteration(everyone), {s.index for s in steps})

@@ -15,7 +15,7 @@ from rlhf_operator.controlplane import messages as m
 from rlhf_operator.coordinator.schedule import call_layout, home_layouts
 from rlhf_operator.planner.plan import Plan
 from rlhf_worker.agent import Handler, Invocation
-from rlhf_worker.runtime import calls, datamove, models, persist
+from rlhf_worker.runtime import calls, datamove, models, offload, persist
 from rlhf_worker.runtime.state import Runtime, create_layout_groups, job_calls, seed_everything
 from rlhf_worker.sharding import Layout
 
@@ -76,7 +76,10 @@ def prepare(inv: Invocation) -> dict[str, Any]:
 def load_role(inv: Invocation) -> dict[str, Any]:
     cmd = inv.command
     assert isinstance(cmd, m.LoadRole)
-    models.load_role(_runtime(inv), cmd.role, _layout(cmd.layout))
+    rt = _runtime(inv)
+    models.load_role(rt, cmd.role, _layout(cmd.layout))
+    if cmd.role in offload.offloaded_roles(rt):  # kept in host memory between its calls
+        offload.offload_role(rt, cmd.role)
     return {}
 
 
@@ -89,6 +92,14 @@ def reallocate(inv: Invocation) -> dict[str, Any]:
 def release(inv: Invocation) -> dict[str, Any]:
     models.release_role(_runtime(inv), inv.args["role"], _layout(inv.args["layout"]))
     return {}
+
+
+def offload_role(inv: Invocation) -> dict[str, Any]:
+    return offload.offload_role(_runtime(inv), inv.args["role"])
+
+
+def restore_role(inv: Invocation) -> dict[str, Any]:
+    return offload.restore_role(_runtime(inv), inv.args["role"])
 
 
 def move_data(inv: Invocation) -> dict[str, Any]:
@@ -142,6 +153,8 @@ HANDLERS: dict[str, Handler] = {
     "load_role": load_role,
     "reallocate": reallocate,
     "release": release,
+    "offload_role": offload_role,
+    "restore_role": restore_role,
     "move_data": move_data,
     "run_call": run_call,
     "end_iteration": end_iteration,

@@ -1,7 +1,8 @@
 """Checkpoints of this rank's part of the job, and the final export.
 
-A rank saves what it owns: for every role whose home layout includes it, its
-parameter shards and (for trained roles) the optimizer state; the algorithm
+A rank saves what it owns: for every trained role whose home layout includes
+it, its parameter shards and optimizer state (frozen roles never change: a
+restart reads them again from their model directories); the algorithm
 states of its train calls; its RNG states. The coordinator merges every rank's
 manifest and writes the commit marker (`rlhf_worker.checkpoint.commit`), so a
 checkpoint is complete only once every rank's files are safely on disk.
@@ -46,18 +47,19 @@ def save(rt: Runtime, root: Path, iteration: int) -> dict[str, Any]:
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"iteration": iteration, "rank": rt.rank, "rng": capture_rng()}
     optimizers: dict[str, Any] = {}
+    # Only trained roles change: frozen ones (ref, reward) are read again from their
+    # model directories on a restart, and may be offloaded right now anyway.
     for role, state in sorted(rt.roles.items()):
-        if state.model is None:
+        if state.model is None or state.trainer is None:
             continue
         for name, param in state.model.local_state().items():
             tensors[f"{role}/param/{name}"] = param.detach()
-        if state.trainer is not None:
-            adam = state.trainer.optimizer  # AdamW moments keyed like the shards
-            for name, moment in adam.exp_avg.items():
-                tensors[f"{role}/exp_avg/{name}"] = moment
-            for name, moment in adam.exp_avg_sq.items():
-                tensors[f"{role}/exp_avg_sq/{name}"] = moment
-            optimizers[role] = {"step": adam.step}
+        adam = state.trainer.optimizer  # AdamW moments keyed like the shards
+        for name, moment in adam.exp_avg.items():
+            tensors[f"{role}/exp_avg/{name}"] = moment
+        for name, moment in adam.exp_avg_sq.items():
+            tensors[f"{role}/exp_avg_sq/{name}"] = moment
+        optimizers[role] = {"step": adam.step}
     meta["optimizers"] = optimizers
     algo: dict[str, Any] = {}
     for call, algo_state in sorted(rt.algorithm_states.items()):
@@ -74,11 +76,11 @@ def restore(rt: Runtime, root: Path, iteration: int) -> None:
     tensors, meta = read_rank_files(checkpoint_dir(root, iteration), rt.rank)
     with torch.no_grad():
         for role, state in rt.roles.items():
-            if state.model is None:
+            if state.model is None or state.trainer is None:
                 continue
             for name, param in state.model.local_state().items():
                 param.copy_(tensors[f"{role}/param/{name}"])
-            if state.trainer is not None and role in meta["optimizers"]:
+            if role in meta["optimizers"]:
                 adam = state.trainer.optimizer
                 adam.step = int(meta["optimizers"][role]["step"])
                 for moment, prefix in ((adam.exp_avg, "exp_avg"), (adam.exp_avg_sq, "exp_avg_sq")):

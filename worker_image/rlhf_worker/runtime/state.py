@@ -43,10 +43,14 @@ class RoleState:
     model: Decoder | None = None  # None if this rank is not in the home layout
     trainer: Trainer | None = None
     copies: dict[Layout, Decoder] = field(default_factory=dict)
+    # The home shards while the role is offloaded to host memory (see offload.py).
+    host: dict[str, torch.Tensor] | None = None
 
     def on(self, layout: Layout) -> Decoder:
         """This rank's copy of the role under `layout` (home or transient)."""
         if layout == self.home and self.model is not None:
+            if self.host is not None:
+                raise RuntimeError(f"role {self.name} is offloaded: restore it before using it")
             return self.model
         copy = self.copies.get(layout)
         if copy is None:
