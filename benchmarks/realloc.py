@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -107,6 +108,9 @@ class PairResult:
     rss_peak: int
     steady_rss: int
     pool_bytes: int
+    steady_cpu: float  # this rank's CPU seconds (median) in a steady-state reallocation
+    p2p_cpu: float  # the same in the raw p2p transfer
+    local_bytes: int  # bytes this rank copies from its own source shards
 
 
 def source_shard(name: str, region: Region) -> torch.Tensor:
@@ -157,11 +161,20 @@ def check(plan: ReallocPlan, rank: int, out: dict[str, torch.Tensor] | None) -> 
                 raise AssertionError(f"rank {rank}: {name} {part} differs after reallocation")
 
 
-def timed(fn: Callable[[], object]) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads (gloo's socket threads included), user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn: Callable[[], object], cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``fn`` on all ranks; appends this rank's CPU seconds to ``cpu``."""
     dist.barrier()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     fn()
     dist.barrier()
+    if cpu is not None:
+        cpu.append(cpu_seconds() - start_cpu)
     return time.perf_counter() - start
 
 
@@ -223,8 +236,6 @@ def bench_pair(
         copy = run_realloc(MemoryStats(), pool=pool)
         if copy is not None:
             pool.give_unshared(copy, local)
-        if os.environ.get("POOL_DEBUG"):
-            print(rank, pool.new_bytes, pool.reused_bytes, pool.held_bytes, flush=True)
 
     # "Warm": refill existing destination tensors (no allocation, no page faults), as
     # when a rollout engine keeps its weight buffers or the allocator caches memory.
@@ -235,20 +246,34 @@ def bench_pair(
     if first is not None:
         pool.give_unshared(first, local)  # the pool holds one transient copy from now on
     del first
-    times: dict[str, list[float]] = {"realloc": [], "steady": [], "warm": [], "p2p": [], "bcast": []}
-    acct = rss = steady_rss = 0
-    for _ in range(args.repeats):
+    times: dict[str, list[float]] = {k: [] for k in ("realloc", "steady", "warm", "p2p", "bcast")}
+    cpu: dict[str, list[float]] = {"steady": [], "p2p": []}
+    peaks = {"acct": 0, "rss": 0, "steady_rss": 0}
+
+    def cold() -> None:
         stats = MemoryStats()
         before = rss_reset()
         times["realloc"].append(timed(partial(run_realloc, stats)))  # the copy is dropped after
-        rss = max(rss, rss_peak() - before)
-        acct = max(acct, stats.peak)
+        peaks["rss"] = max(peaks["rss"], rss_peak() - before)
+        peaks["acct"] = max(peaks["acct"], stats.peak)
+
+    def steady() -> None:
         before = rss_reset()
-        times["steady"].append(timed(run_steady))
-        steady_rss = max(steady_rss, rss_peak() - before)
-        times["warm"].append(timed(partial(run_realloc, MemoryStats(), warm)))
-        times["p2p"].append(timed(partial(raw_p2p, rank, mine)))
-        times["bcast"].append(timed(partial(raw_bcast, mine, groups)))
+        times["steady"].append(timed(run_steady, cpu["steady"]))
+        peaks["steady_rss"] = max(peaks["steady_rss"], rss_peak() - before)
+
+    measurements: list[Callable[[], object]] = [
+        cold,
+        steady,
+        lambda: times["warm"].append(timed(partial(run_realloc, MemoryStats(), warm))),
+        lambda: times["p2p"].append(timed(partial(raw_p2p, rank, mine), cpu["p2p"])),
+        lambda: times["bcast"].append(timed(partial(raw_bcast, mine, groups))),
+    ]
+    for repeat in range(args.repeats):
+        # Each repeat starts one column later, so that no column always follows the
+        # same one (e.g. the cold run, whose freed memory the kernel still reclaims).
+        for i in range(len(measurements)):
+            measurements[(repeat + i) % len(measurements)]()
     for group in groups.values():
         dist.destroy_process_group(group)
     dst_bytes = 4 * sum(region_numel(r) for r in plan.dst_shards.get(rank, {}).values())
@@ -261,10 +286,13 @@ def bench_pair(
         statistics.median(times["p2p"]),
         statistics.median(times["bcast"]),
         dst_bytes,
-        acct,
-        rss,
-        steady_rss,
+        peaks["acct"],
+        peaks["rss"],
+        peaks["steady_rss"],
         pool.held_bytes,
+        statistics.median(cpu["steady"]),
+        statistics.median(cpu["p2p"]),
+        sum(c.nbytes for c in plan.local if c.rank == rank),
     )
 
 
@@ -296,7 +324,8 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
         f"{'pair':<17} {'MB':>5} {'cold s':>6} {'GB/s':>5} {'steady s':>8} {'GB/s':>5} "
         f"{'warm s':>6} {'GB/s':>5} {'p2p GB/s':>8} {'bcast GB/s':>10} "
         f"{'ratio cold':>10} {'steady':>6} {'warm':>5} "
-        f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6} {'steady rss':>10} {'pool MB':>7}"
+        f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6} {'steady rss':>10} {'pool MB':>7} "
+        f"{'local MB':>8} {'cpu s p2p':>9} {'steady':>6}"
     )
     print(header)
     for i in range(len(selected(args))):
@@ -313,7 +342,9 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
             f"{max(x.acct_peak for x in rows) / 1e6:>7.0f} "
             f"{max(x.rss_peak for x in rows) / 1e6:>6.0f} "
             f"{max(x.steady_rss for x in rows) / 1e6:>10.0f} "
-            f"{max(x.pool_bytes for x in rows) / 1e6:>7.0f}"
+            f"{max(x.pool_bytes for x in rows) / 1e6:>7.0f} "
+            f"{max(x.local_bytes for x in rows) / 1e6:>8.0f} "
+            f"{sum(x.p2p_cpu for x in rows):>9.3f} {sum(x.steady_cpu for x in rows):>6.3f}"
         )
 
 

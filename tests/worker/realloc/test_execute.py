@@ -126,7 +126,22 @@ def _steady_state(rank: int, world: int) -> dict[str, int]:
         del out
     for n, region in plan.dst_shards[rank].items():  # later copies did not write into it
         assert held is not None and torch.equal(held[n], full[n][slices(region)])
-    return {"new_first": new_after[0], "new_second": new_after[1], "new_last": new_after[3]}
+    # Without a pool, packing buffers still come back from the process-wide buffer pool.
+    from rlhf_worker.realloc.execute import MESSAGE_BUFFERS
+
+    reused = MESSAGE_BUFFERS.reused_bytes
+    for _ in range(2):
+        out = reallocate(plan, local, rank, dtype=torch.float32)
+        assert out is not None and all(
+            torch.equal(out[n], full[n][slices(r)]) for n, r in plan.dst_shards[rank].items()
+        )
+    assert MESSAGE_BUFFERS.held_bytes <= MESSAGE_BUFFERS.limit_bytes
+    return {
+        "new_first": new_after[0],
+        "new_second": new_after[1],
+        "new_last": new_after[3],
+        "buffers_reused": MESSAGE_BUFFERS.reused_bytes - reused,
+    }
 
 
 def test_steady_state_reallocations_reuse_the_pool_and_stay_exact() -> None:
@@ -137,3 +152,4 @@ def test_steady_state_reallocations_reuse_the_pool_and_stay_exact() -> None:
         # The third copy could not reuse the one the caller held, so it allocated
         # once more; after that the pool again covers everything.
         assert r["new_last"] > r["new_second"]
+        assert r["buffers_reused"] > 0

@@ -1,16 +1,25 @@
 """Executing a reallocation plan: moving the bytes with torch.distributed point-to-point.
 
 The same code runs on gloo (CPU tensors) and NCCL (device tensors). Every rank
-walks the plan's steps in the same order and posts its part of each step with
-``batch_isend_irecv``; many steps stay in flight at once so independent
-transfers overlap, while the packing buffers in flight stay under a bound
-(two buckets by default), so peak extra memory is the destination shards plus
-about two buckets.
+walks the plan's steps in the same order and posts its part of each step
+(``batch_isend_irecv`` on NCCL; on gloo the process group's own send/recv, see
+``_poster``); many steps stay in flight at once so independent transfers
+overlap, while the packing buffers in flight stay under a bound (two buckets by
+default), so peak extra memory is the destination shards plus about two buckets.
 
 A bucket holding a single piece that is contiguous in both tensors (the
 common case for big column-parallel slices) is sent from, and received into,
 the parameter tensors themselves: no packing copy. Other buckets are packed
-into one flat buffer so many small tensors do not mean many messages.
+into one flat buffer (one copy per piece) so many small tensors do not mean
+many messages. Packing buffers are reused from step to step, and with a
+``StoragePool`` (CPU) destination shards and buffers reuse the memory of earlier
+reallocations, so steady-state iterations do not fault fresh pages in.
+
+Where the time goes on CPU (``benchmarks/realloc.py``): the transfer itself is
+CPU work (loopback TCP copies in gloo's threads), so everything else a rank does
+competes with it for the cores: the local copies of what a rank keeps (e.g.
+half of every weight for tp2 -> tp1, as many bytes as it receives), unpacking
+column slices of row-parallel weights into place, and the per-message cost.
 
 Why point-to-point rather than ReaL's broadcasts in groups: on gloo, measured by
 ``benchmarks/realloc.py`` in the same run, broadcasts in 2-rank groups and
@@ -32,9 +41,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from rlhf_worker.realloc.plan import Bucket, ReallocPlan, region_shape
+from rlhf_worker.realloc.plan import DEFAULT_BUCKET_BYTES, Bucket, ReallocPlan, region_shape
 from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Region
+
+# Packing buffers of reallocations on CPU that are given no pool, kept for the next
+# steps and the next reallocations: at most four default buckets stay held idle.
+MESSAGE_BUFFERS = StoragePool(limit_bytes=4 * DEFAULT_BUCKET_BYTES)
 
 
 @dataclass
@@ -141,10 +154,19 @@ def reallocate(
     post = _poster(group)
     buffer_limit = 2 * plan.bucket_bytes if max_buffer_bytes is None else max_buffer_bytes
     # Packing buffers of the same size recur (one per layer for each sliced
-    # parameter): reuse freed ones rather than fault fresh pages in every step.
-    buffers = pool if pool is not None else StoragePool(limit_bytes=buffer_limit)
+    # parameter, and in every reallocation of the same plan): reuse freed ones
+    # rather than fault fresh pages in (on CPU fresh pages cost as much as the
+    # transfer). On CUDA torch's caching allocator does this; a pool per call
+    # still saves its bookkeeping.
+    if pool is not None:
+        buffers = pool
+    elif torch.device(device).type == "cpu":
+        buffers = MESSAGE_BUFFERS
+    else:
+        buffers = StoragePool(limit_bytes=buffer_limit)
     with torch.no_grad():
         inflight: deque[_InFlight] = deque()
+        inflight_buffer_bytes = 0
         local_done = False
         for step in plan.steps:
             mine = [i for i in step if rank in (plan.buckets[i].src, plan.buckets[i].dst)]
@@ -155,15 +177,20 @@ def reallocate(
             )
             while inflight and (
                 len(inflight) >= max_inflight_steps
-                or flight.buffer_bytes + sum(f.buffer_bytes for f in inflight) > buffer_limit
+                or flight.buffer_bytes + inflight_buffer_bytes > buffer_limit
             ):
                 if not local_done:
                     # The local copies overlap with the first steps in flight.
                     _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
                     local_done = True
-                _finish(inflight.popleft(), out, dst_regions, stats, buffers)
+                done = inflight.popleft()
+                _finish(done, out, dst_regions, stats, buffers)
+                inflight_buffer_bytes -= done.buffer_bytes
+                del done  # its buffers must be unreferenced before the pool lends them again
             flight.works = post(ops)
             inflight.append(flight)
+            inflight_buffer_bytes += flight.buffer_bytes
+            del flight
         if not local_done:
             _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
         while inflight:
@@ -243,6 +270,7 @@ def _prepare(
     flight = _InFlight(works=[])
     for index in bucket_ids:
         bucket = plan.buckets[index]
+        nbytes = bucket.nbytes  # a property summing the pieces: once per bucket
         if bucket.src == rank:
             assert local_src is not None
             views = [
@@ -250,21 +278,21 @@ def _prepare(
             ]
             if len(views) == 1 and views[0].is_contiguous():
                 message = views[0]
-                stats.zero_copy_bytes += bucket.nbytes
+                stats.zero_copy_bytes += nbytes
             else:
                 # One copy per piece straight into the message (no intermediate
                 # contiguous copies of sliced views, as reshape + cat would make).
                 message = buffers.empty(
-                    (bucket.nbytes // plan.element_bytes,), views[0].dtype, views[0].device
+                    (nbytes // plan.element_bytes,), views[0].dtype, views[0].device
                 )
                 offset = 0
                 for view in views:
                     message[offset : offset + view.numel()].view(view.shape).copy_(view)
                     offset += view.numel()
                 flight.packed.append(message)
-                flight.buffer_bytes += bucket.nbytes
-                stats.messages += bucket.nbytes
-                stats.alloc(bucket.nbytes)
+                flight.buffer_bytes += nbytes
+                stats.messages += nbytes
+                stats.alloc(nbytes)
             flight.keep.append(message)
             ops.append((True, message, bucket.dst, index))
         if bucket.dst == rank:
@@ -273,15 +301,13 @@ def _prepare(
             view = out[first.name][_slices(first.region, dst_regions[first.name])]
             if len(bucket.pieces) == 1 and view.is_contiguous():
                 buffer = view
-                stats.zero_copy_bytes += bucket.nbytes
+                stats.zero_copy_bytes += nbytes
             else:
-                buffer = buffers.empty(
-                    (bucket.nbytes // plan.element_bytes,), view.dtype, view.device
-                )
+                buffer = buffers.empty((nbytes // plan.element_bytes,), view.dtype, view.device)
                 flight.packed.append(buffer)
-                flight.buffer_bytes += bucket.nbytes
-                stats.messages += bucket.nbytes
-                stats.alloc(bucket.nbytes)
+                flight.buffer_bytes += nbytes
+                stats.messages += nbytes
+                stats.alloc(nbytes)
                 flight.unpack.append((buffer, bucket))
             ops.append((False, buffer, bucket.src, index))
     return flight, ops

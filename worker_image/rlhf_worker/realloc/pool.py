@@ -33,6 +33,7 @@ cache on top would hide memory from it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 import torch
@@ -60,6 +61,8 @@ class StoragePool:
         # By data pointer, in the order given back (dicts keep insertion order), so
         # that eviction drops the storage given back longest ago.
         self._kept: dict[int, tuple[torch.device, int, torch.UntypedStorage]] = {}
+        # A worker may serve commands from several threads (gRPC): one pool, one lock.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -77,15 +80,20 @@ class StoragePool:
         for size in shape:
             numel *= size
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        # Newest first: the storage given back last is the likeliest to be in cache.
-        for pointer in reversed(self._kept):
-            kept_device, kept_bytes, storage = self._kept[pointer]
-            if kept_bytes == nbytes and kept_device == device and not _in_use_elsewhere(storage):
-                del self._kept[pointer]
-                self.held_bytes -= nbytes
-                self.reused_bytes += nbytes
-                return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, shape)
-        self.new_bytes += nbytes
+        with self._lock:
+            # Newest first: the storage given back last is the likeliest to be in cache.
+            for pointer in reversed(self._kept):
+                kept_device, kept_bytes, storage = self._kept[pointer]
+                if (
+                    kept_bytes == nbytes
+                    and kept_device == device
+                    and not _in_use_elsewhere(storage)
+                ):
+                    del self._kept[pointer]
+                    self.held_bytes -= nbytes
+                    self.reused_bytes += nbytes
+                    return torch.empty(0, dtype=dtype, device=device).set_(storage).view(shape)
+            self.new_bytes += nbytes
         return torch.empty(shape, dtype=dtype, device=device)
 
     def give(self, tensor: torch.Tensor) -> bool:
@@ -100,13 +108,14 @@ class StoragePool:
         if not whole or nbytes == 0 or nbytes > self.limit_bytes:
             return False
         pointer = storage.data_ptr()
-        if pointer in self._kept:
-            return True  # given back twice
-        self._kept[pointer] = (tensor.device, nbytes, storage)
-        self.held_bytes += nbytes
-        while self.held_bytes > self.limit_bytes:
-            oldest = next(iter(self._kept))
-            self.held_bytes -= self._kept.pop(oldest)[1]
+        with self._lock:
+            if pointer in self._kept:
+                return True  # given back twice
+            self._kept[pointer] = (tensor.device, nbytes, storage)
+            self.held_bytes += nbytes
+            while self.held_bytes > self.limit_bytes:
+                oldest = next(iter(self._kept))
+                self.held_bytes -= self._kept.pop(oldest)[1]
         return True
 
     def give_unshared(
@@ -128,5 +137,6 @@ class StoragePool:
 
     def clear(self) -> None:
         """Drop every kept storage (their memory returns once nothing else holds it)."""
-        self._kept.clear()
-        self.held_bytes = 0
+        with self._lock:
+            self._kept.clear()
+            self.held_bytes = 0
