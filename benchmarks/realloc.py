@@ -6,42 +6,63 @@ Four CPU processes (gloo on loopback, one thread each) hold a ~100M-parameter
 Llama-shaped model (random float32 weights, GQA) under a source layout and
 reallocate it to a destination layout. For each layout pair it prints:
 
-* MB moved (between ranks; local copies excluded) and the median seconds of
-  ``--repeats`` runs, and the effective GB/s;
+* MB moved (between ranks; local copies excluded) and, for three ways of
+  reallocating, the median seconds of ``--repeats`` runs and the effective GB/s:
+  - "cold": new destination shards from ``torch.empty`` (a process's first
+    transient copy, or any reallocation without a pool): fresh pages faulted in;
+  - "steady": what the runtime does from its second iteration on
+    (``runtime/models.py``, ``RoleWeights.transient``): destination shards and
+    packing buffers from a ``StoragePool`` into which the previous run's copy
+    was given back after use, so no fresh memory is touched;
+  - "warm": refilling the previous run's tensors in place (``into=``), as a
+    rollout engine keeping its own weight buffers would;
 * raw p2p: the same bytes per (sender, receiver) pair as one preallocated flat
   buffer each, all posted at once with ``batch_isend_irecv``; raw bcast: the
-  same, as concurrent broadcasts in one 2-rank group per pair. Both are
-  measured in the same run, interleaved with the reallocation repeats;
-* ratio = reallocation GB/s / raw p2p GB/s (the target is >= 0.8);
+  same, as concurrent broadcasts in one 2-rank group per pair;
+* ratio = reallocation GB/s / raw p2p GB/s for each of cold, steady and warm
+  (the target is >= 0.8);
 * peak extra memory per rank: "acct" is the executor's exact accounting of
-  what it allocates (destination shards + message buffers, ``MemoryStats``);
-  "rss" is the growth of the process's peak resident set (VmHWM, reset through
-  /proc/self/clear_refs before each run), max over ranks. "dst" is the largest
-  destination shard set of any rank, the floor for both.
+  what it allocates (destination shards + message buffers, ``MemoryStats``) in
+  a cold run; "rss" is the growth of the process's peak resident set (VmHWM,
+  reset through /proc/self/clear_refs before each run), max over ranks, in a
+  cold run, "steady rss" the same in a steady run; "pool MB" is what the pool
+  holds between steady runs (one transient copy and its packing buffers). "dst"
+  is the largest destination shard set of any rank;
+* where the time goes: "local MB" is the most any rank copies from its own
+  source shards (work the raw transfer does not do), and "cpu s" the CPU
+  seconds (user + system, all threads, summed over the 4 ranks; medians) of a
+  raw p2p transfer and of a steady reallocation.
 
-"cold" allocates the destination shards (as a transient copy does); "warm" refills
-the tensors of the previous run (``into=``: no allocation), as a rollout engine
-keeping its weight buffers would, or as the CUDA caching allocator gives on GPU.
-Every destination shard is checked against the source shards once per pair.
-``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for torch's CPU allocations) is
-set unless ``--no-thp``: fresh memory on 4 KiB pages faults at ~1 GB/s here,
-slower than the transfer. The machine is shared and has 2 cores for 4 processes:
-compare the columns of one run, not runs with each other. Sample output (2-core
-machine, other jobs running, load average ~8):
+All five measurements are interleaved in every repeat, starting one column
+later each repeat so that none always follows the same one. Every destination
+shard is checked against the source shards once per pair (cold, steady and warm
+share the code that fills them). ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge
+pages for torch's CPU allocations) is set unless ``--no-thp``: fresh memory on
+4 KiB pages faults at ~1 GB/s here, slower than the transfer. The machine has
+2 cores for 4 processes and is shared: compare the columns of one run, not runs
+with each other. Sample output (2-core machine, quiet: load average ~2.5 from
+this run itself):
 
-    model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 5 repeats (medians), THP_MEM_ALLOC_ENABLE=1
-    pair                 MB cold s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold  warm dst MB acct MB rss MB
-    tp2dp2 -> tp1dp4    796  2.610  0.30  0.958  0.83     1.32       1.38       0.23  0.63    398     427    414
-    tp4 -> tp2dp2       597  0.854  0.70  0.585  1.02     1.46       1.44       0.48  0.70    199     220    216
-    pp2tp2 -> tp4       299  0.987  0.30  0.639  0.47     0.78       0.75       0.39  0.60    100     119     49
-    tp2@01 -> tp2@23    398  0.567  0.70  0.333  1.20     1.26       1.56       0.56  0.95    199     199    130
-    tp1@0 -> dp3@123   1194  2.955  0.40  1.128  1.06     0.95       1.26       0.42  1.11    398     398    347
+    model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 7 repeats (medians), THP_MEM_ALLOC_ENABLE=1
+    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady
+    tp2dp2 -> tp1dp4    796  0.360  2.21    0.231  3.44  0.229  3.48     5.38       5.92       0.41   0.64  0.65    398     427    396          0     431      199     0.245  0.443
+    tp4 -> tp2dp2       597  0.234  2.55    0.160  3.73  0.158  3.78     5.85       5.97       0.44   0.64  0.65    199     220    199          0     220      100     0.183  0.300
+    pp2tp2 -> tp4       299  0.092  3.23    0.084  3.56  0.080  3.72     5.56       5.63       0.58   0.64  0.67    100     119     49          0     119       50     0.096  0.151
+    tp2@01 -> tp2@23    398  0.122  3.26    0.072  5.54  0.073  5.47     6.14       6.18       0.53   0.90  0.89    199     199    170          0     199        0     0.121  0.140
+    tp1@0 -> dp3@123   1194  0.508  2.35    0.264  4.52  0.263  4.54     4.26       6.23       0.55   1.06  1.06    398     398    347          0     398        0     0.442  0.440
 
-Reading it: warm reallocation reaches 0.6-1.1 of raw p2p; the rest is work raw
-transfers do not do (local copies of the part a rank keeps, e.g. 200 MB per rank
-for tp2dp2 -> tp1dp4, and unpacking column slices of o_proj/down_proj). Cold runs
-add the first touch of the new destination memory. Broadcasts in 2-rank groups and
-batched p2p move the same bytes at the same speed within noise on gloo.
+Reading it: with nothing else running, raw p2p keeps ~1.7 of the 2 cores busy
+(loopback TCP is copies in the kernel), so the transfer is CPU-bound and every
+other CPU cycle of a reallocation shows up in its time; the ratios follow the
+CPU columns. Pairs that only move bytes (tp2@01 -> tp2@23, tp1@0 -> dp3@123) reach
+0.9-1.06 of raw in steady state. Pairs where ranks keep part of what they hold
+stay at ~0.65: tp2dp2 -> tp1dp4 copies 199 MB per rank locally (as many bytes as
+each rank receives) and unpacks 35 MB per rank of o_proj/down_proj column
+slices; measured separately, those copies account for ~0.15 of the 0.2 extra
+CPU seconds, and the same plan's messages sent from and into the same tensors
+with no copies cost what raw p2p costs. Cold runs add the first touch of the
+new destination memory (0.4-0.6 of raw). Broadcasts in 2-rank groups and
+batched p2p move the same bytes at about the same speed on gloo.
 """
 
 from __future__ import annotations
