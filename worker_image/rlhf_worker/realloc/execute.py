@@ -114,8 +114,8 @@ def reallocate(
     weights of a rollout engine that keeps its own buffers) instead of new ones.
     With ``pool`` (CPU only, see ``pool.py``) new destination shards and packing
     buffers come from storages freed by earlier reallocations, and the packing
-    buffers go back to it at the end; without one, packing buffers are still
-    reused from step to step within this call.
+    buffers go back to it as their steps complete; without one, packing buffers
+    on CPU still come from and go back to ``MESSAGE_BUFFERS``.
     """
     in_src = rank in plan.src_shards
     dst_regions = plan.dst_shards.get(rank)
