@@ -18,7 +18,7 @@ point-to-point between them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -135,33 +135,43 @@ class RoleWeights:
             raise ValueError(f"{self.name} is trained: its optimizer owns the parameters")
         if self.offloaded or self.shards is None:
             return
-        host: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for name, tensor in self.shards.items():
-                # Pinned memory makes the copies back to the GPU fast and asynchronous.
-                buffer = torch.empty(
-                    tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=self._on_cuda
-                )
-                buffer.copy_(tensor, non_blocking=True)
-                host[name] = buffer
-            if self._on_cuda:
-                torch.cuda.synchronize(self.device)
-            for tensor in self.shards.values():
-                tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
-        self._host = host
+        self._host = offload_tensors(self.shards)
 
     def restore(self) -> None:
         """Bring offloaded shards back into the same tensor objects."""
         if self._host is None or self.shards is None:
             return
-        with torch.no_grad():
-            for name, tensor in self.shards.items():
-                # On CPU the host buffer itself becomes the parameter again.
-                tensor.data = self._host[name].to(self.device, non_blocking=True)
-            if self._on_cuda:
-                torch.cuda.synchronize(self.device)
+        restore_tensors(self.shards, self._host, self.device)
         self._host = None
 
-    @property
-    def _on_cuda(self) -> bool:
-        return self.device.type == "cuda"
+
+def offload_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy tensors to host buffers and empty them in place; returns the host copies.
+
+    The tensors keep their identity (``.data`` is swapped), so modules built on them
+    stay valid. Host buffers are pinned for CUDA tensors: the copies back are fast.
+    """
+    host: dict[str, torch.Tensor] = {}
+    on_cuda = any(t.is_cuda for t in tensors.values())
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+            buffer.copy_(tensor, non_blocking=True)
+            host[name] = buffer
+        if on_cuda:
+            torch.cuda.synchronize()
+        for tensor in tensors.values():
+            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return host
+
+
+def restore_tensors(
+    tensors: Mapping[str, torch.Tensor], host: Mapping[str, torch.Tensor], device: torch.device
+) -> None:
+    """Refill tensors emptied by `offload_tensors` from their host copies, in place."""
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            # On CPU the host buffer itself becomes the tensor's memory again.
+            tensor.data = host[name].to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
