@@ -26,6 +26,19 @@ SMALL = {
 }
 
 
+# GRPO on 2 slots: generation with tp=2 over both, training dp=2, each frozen
+# role on one slot (every call's layout differs from the actor's home).
+GRPO_TP2_GENERATION = {
+    "strategy": "manual",
+    "calls": {
+        "actor_gen": {"mesh": "0:0-1", "tp": 2},
+        "ref_inf": {"mesh": "0:1"},
+        "reward_inf": {"mesh": "0:0"},
+        "actor_train": {"mesh": "0:0-1", "dp": 2},
+    },
+}
+
+
 def tiny_job(name: str, algo: str = "ppo", slots: int = 2, **spec: Any) -> dict[str, Any]:
     model = {"source": {"tiny": {"seed": 0}}, "architecture": SMALL, "dtype": "float32"}
     models: dict[str, Any] = {

@@ -24,7 +24,7 @@ from rlhf_operator.planner import plan_job
 from rlhf_operator.planner.plan import Offload
 from rlhf_worker.checkpoint import latest_complete
 
-from .conftest import tiny_job, write_job
+from .conftest import GRPO_TP2_GENERATION, tiny_job, write_job
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -97,15 +97,7 @@ def test_grpo_manual_plan_reallocates_between_layouts(job_file: Any, tmp_path: P
         "grpo-manual",
         "grpo",
         algorithm={"name": "grpo", "grpo": {"groupSize": 2}},
-        placement={
-            "strategy": "manual",
-            "calls": {
-                "actor_gen": {"mesh": "0:0-1", "tp": 2},
-                "ref_inf": {"mesh": "0:1"},
-                "reward_inf": {"mesh": "0:0"},
-                "actor_train": {"mesh": "0:0-1", "dp": 2},
-            },
-        },
+        placement=GRPO_TP2_GENERATION,
     )
     out = tmp_path / "out"
     result = rlhfctl_run(job_file(job), out)
@@ -140,8 +132,12 @@ def test_ppo_split_plan_on_four_slots(job_file: Any, tmp_path: Path) -> None:
     assert sum(r["reallocation_bytes"] for r in lines) > 0
 
 
-def _weights(directory: Path) -> dict[str, Any]:
-    return load_file(str(directory / "model.safetensors"))
+def assert_same_export(got: Path, want: Path) -> None:
+    """The two runs exported bit-identical actors."""
+    a, b = (load_file(str(d / "export" / "model.safetensors")) for d in (got, want))
+    assert a.keys() == b.keys()
+    for name in b:
+        assert (a[name] == b[name]).all(), name
 
 
 def test_killed_worker_is_restarted_and_the_run_ends_with_the_same_weights(
@@ -167,13 +163,7 @@ def test_killed_worker_is_restarted_and_the_run_ends_with_the_same_weights(
     summary = run.run()
     assert killed and summary["restarts"] == 1
     assert summary["iterations"] == 3
-    got, want = (
-        _weights(tmp_path / "killed" / "export"),
-        _weights(tmp_path / "reference" / "export"),
-    )
-    assert got.keys() == want.keys()
-    for name in want:
-        assert (got[name] == want[name]).all(), name
+    assert_same_export(tmp_path / "killed", tmp_path / "reference")
 
 
 def test_offloading_the_reference_model_between_calls_changes_no_result(
@@ -197,13 +187,7 @@ def test_offloading_the_reference_model_between_calls_changes_no_result(
     assert "offload_seconds" not in json.loads(
         (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()[0]
     ).get("extra", {})
-    got, want = (
-        _weights(tmp_path / "offload" / "export"),
-        _weights(tmp_path / "reference" / "export"),
-    )
-    assert got.keys() == want.keys()
-    for name in want:
-        assert (got[name] == want[name]).all(), name
+    assert_same_export(tmp_path / "offload", tmp_path / "reference")
 
 
 def test_checkpoint_without_commit_marker_is_ignored(job_file: Any, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from rlhf_worker.rollout.engine import vllm_available
 
-from .conftest import tiny_job
+from .conftest import GRPO_TP2_GENERATION, tiny_job
 from .test_local_run import rlhfctl_run
 
 if not vllm_available():
@@ -74,16 +74,7 @@ def test_grpo_with_a_tensor_parallel_vllm_engine_over_both_workers(
         slots=2,
         algorithm={"name": "grpo", "grpo": {"groupSize": 2}},
         rollout={"backend": "vllm", "maxNewTokens": 8},
-        placement={
-            "strategy": "manual",
-            "calls": {
-                # One vLLM engine with tensor parallelism 2, a rank in each worker.
-                "actor_gen": {"mesh": "0:0-1", "tp": 2},
-                "ref_inf": {"mesh": "0:1"},
-                "reward_inf": {"mesh": "0:0"},
-                "actor_train": {"mesh": "0:0-1", "dp": 2},
-            },
-        },
+        placement=GRPO_TP2_GENERATION,  # one vLLM engine with tp=2, a rank in each worker
     )
     for role in ("actor", "ref"):
         job["spec"]["models"][role]["architecture"] = VLLM_ARCH
