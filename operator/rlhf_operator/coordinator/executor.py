@@ -162,12 +162,19 @@ class JobRunner:
                         step.ranks, command, args, self.command_timeout_s
                     )
                     waiting.remove(step)
-            futures = [f for per_rank in pending.values() for f in per_rank.values()]
-            finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                error = future.exception()
-                if error is not None:
-                    raise error
+            # Only the futures still running: a finished one (one rank of a step whose
+            # other ranks are still busy) would make wait() return at once, and the
+            # loop would spin, starving the gRPC threads of this process of the GIL.
+            running = [
+                f for per_rank in pending.values() for f in per_rank.values() if not f.done()
+            ]
+            if running:
+                cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for per_rank in pending.values():
+                for future in per_rank.values():
+                    error = future.exception() if future.done() else None
+                    if error is not None:
+                        raise error
             for index, per_rank in list(pending.items()):
                 if all(f.done() for f in per_rank.values()):
                     results = {rank: f.result() for rank, f in per_rank.items()}
