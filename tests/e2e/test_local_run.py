@@ -6,11 +6,9 @@ Each test runs a tiny job for a couple of iterations on 2-4 CPU slots.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -140,28 +138,48 @@ def assert_same_export(got: Path, want: Path) -> None:
         assert (a[name] == b[name]).all(), name
 
 
+# The demo's reward, except that once armed (a file beside the marker) the first worker
+# to score a sample SIGKILLs itself: a worker lost in the middle of an iteration, at a
+# point that does not depend on timing. The marker makes it happen once per job.
+DYING_REWARD = """
+import os, signal
+from rlhf_worker.rewards import vowel_fraction
+
+def score(prompt, response):
+    marker = os.environ.get("KILL_MARKER")
+    if marker and os.path.exists(marker + ".armed"):
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return vowel_fraction(prompt, response)
+"""
+
+
 def test_killed_worker_is_restarted_and_the_run_ends_with_the_same_weights(
     job_file: Any, tmp_path: Path
 ) -> None:
+    (tmp_path / "dying_reward.py").write_text(DYING_REWARD)
     job = tiny_job("killed", training={"iterations": 3})
+    job["spec"]["models"]["reward"] = {"rewardFunction": "dying_reward:score"}
     path = job_file(job)
     reference = local_run(path, tmp_path / "reference")
     reference.run()
 
-    run = local_run(path, tmp_path / "killed")
-    killed: list[int] = []
+    marker = tmp_path / "killed.marker"
+    run = local_run(path, tmp_path / "killed", extra_env={"KILL_MARKER": str(marker)})
 
-    def kill_during_next_iteration(record: IterationRecord) -> None:
-        if record.iteration == 1 and not killed:
-            pid = run.worker_pids[1]
-            # Kill rank 1 while iteration 2 is under way.
-            timer = threading.Timer(0.5, lambda: os.kill(pid, signal.SIGKILL))
-            timer.start()
-            killed.append(pid)
+    def arm_after_the_first_iteration(record: IterationRecord) -> None:
+        if record.iteration == 1:
+            # A worker dies scoring iteration 2's responses, after its generation.
+            Path(f"{marker}.armed").touch()
 
-    run.on_iteration = kill_during_next_iteration
+    run.on_iteration = arm_after_the_first_iteration
     summary = run.run()
-    assert killed and summary["restarts"] == 1
+    assert marker.exists()  # a worker really died
+    assert summary["restarts"] == 1
     assert summary["iterations"] == 3
     assert_same_export(tmp_path / "killed", tmp_path / "reference")
 
