@@ -170,12 +170,11 @@ class JobRunner:
             ]
             if running:
                 cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for per_rank in pending.values():
+            for index, per_rank in list(pending.items()):
                 for future in per_rank.values():
                     error = future.exception() if future.done() else None
                     if error is not None:
                         raise error
-            for index, per_rank in list(pending.items()):
                 if all(f.done() for f in per_rank.values()):
                     results = {rank: f.result() for rank, f in per_rank.items()}
                     done[index] = StepOutcome(

@@ -55,15 +55,21 @@ def named_tensors(state: Mapping[str, Tensor]) -> list[tuple[str, Tensor]]:
 
 
 def buckets(
-    named: list[tuple[str, Tensor]], bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    named: list[tuple[str, Tensor]],
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    scale: Mapping[str, int] | None = None,
 ) -> Iterator[list[tuple[str, Tensor]]]:
-    """Consecutive groups of at most `bucket_bytes` (a larger tensor travels alone)."""
+    """Consecutive groups of at most `bucket_bytes` (a larger tensor travels alone).
+
+    ``scale`` counts a tensor as that many times its size (a tp shard that will be
+    gathered into the full tensor before it is sent).
+    """
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
     bucket: list[tuple[str, Tensor]] = []
     size = 0
     for name, tensor in named:
-        nbytes = tensor.numel() * tensor.element_size()
+        nbytes = tensor.numel() * tensor.element_size() * (scale or {}).get(name, 1)
         if bucket and size + nbytes > bucket_bytes:
             yield bucket
             bucket, size = [], 0
@@ -88,24 +94,15 @@ def gathered_buckets(
     Every rank of the tp group walks the same parameters in the same order, so their
     all-gathers pair up; bucket sizes count the full tensors, what the bucket holds.
     """
-    if ctx.tp == 1:
-        yield from buckets(named_tensors(state), bucket_bytes)
-        return
     split_dims = {param.name: param.tp_dim for param in shape.params()}
-    sized = [(name, tensor.detach()) for name, tensor in state.items()]
-    # Full sizes for bucketing: a split tensor is tp times its shard.
-    scale = {name: ctx.tp if split_dims.get(name) is not None else 1 for name, _ in sized}
-    bucket: list[tuple[str, Tensor]] = []
-    size = 0
-    for name, shard in sized:
-        nbytes = shard.numel() * shard.element_size() * scale[name]
-        if bucket and size + nbytes > bucket_bytes:
+    # Bucket by full sizes (a split tensor is tp times its shard), then gather each
+    # bucket only when it is wanted: one bucket of full tensors exists at a time.
+    full = {name: ctx.tp for name, dim in split_dims.items() if dim is not None}
+    for bucket in buckets(named_tensors(state), bucket_bytes, full if ctx.tp > 1 else None):
+        if ctx.tp == 1:
             yield bucket
-            bucket, size = [], 0
-        bucket.append((name, _gather(shard, split_dims.get(name), ctx)))
-        size += nbytes
-    if bucket:
-        yield bucket
+        else:
+            yield [(name, _gather(shard, split_dims.get(name), ctx)) for name, shard in bucket]
 
 
 def _gather(shard: Tensor, dim: int | None, ctx: ParallelContext) -> Tensor:
