@@ -11,9 +11,10 @@ reallocate it to a destination layout. For each layout pair it prints:
   - "cold": new destination shards from ``torch.empty`` (a process's first
     transient copy, or any reallocation without a pool): fresh pages faulted in;
   - "steady": what the runtime does from its second iteration on
-    (``runtime/models.py``, ``RoleWeights.transient``): destination shards and
-    packing buffers from a ``StoragePool`` into which the previous run's copy
-    was given back after use, so no fresh memory is touched;
+    (``roles.transient_copy`` with the worker's ``COPY_POOL``, see
+    ``runtime/models.py``): destination shards and packing buffers from a
+    ``StoragePool`` into which the previous run's copy was given back after
+    use, so no fresh memory is touched;
   - "warm": refilling the previous run's tensors in place (``into=``), as a
     rollout engine keeping its own weight buffers would;
 * raw p2p: the same bytes per (sender, receiver) pair as one preallocated flat
@@ -31,38 +32,47 @@ reallocate it to a destination layout. For each layout pair it prints:
 * where the time goes: "local MB" is the most any rank copies from its own
   source shards (work the raw transfer does not do), and "cpu s" the CPU
   seconds (user + system, all threads, summed over the 4 ranks; medians) of a
-  raw p2p transfer and of a steady reallocation.
+  raw p2p transfer and of a steady reallocation;
+* "floor s": the raw p2p transfer with the plan's local copies done while the
+  bytes move (into the warm tensors): the least any reallocation that moves
+  the minimum must do; "steady/floor" how close the executor comes to it.
 
-All five measurements are interleaved in every repeat, starting one column
+All six measurements are interleaved in every repeat, starting one column
 later each repeat so that none always follows the same one. Every destination
 shard is checked against the source shards once per pair (cold, steady and warm
 share the code that fills them). ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge
 pages for torch's CPU allocations) is set unless ``--no-thp``: fresh memory on
 4 KiB pages faults at ~1 GB/s here, slower than the transfer. The machine has
 2 cores for 4 processes and is shared: compare the columns of one run, not runs
-with each other. Sample output (2-core machine, quiet: load average ~2.5 from
-this run itself):
+with each other. Sample output (2-core machine, quiet before the run):
 
     model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 7 repeats (medians), THP_MEM_ALLOC_ENABLE=1
-    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady
-    tp2dp2 -> tp1dp4    796  0.360  2.21    0.231  3.44  0.229  3.48     5.38       5.92       0.41   0.64  0.65    398     427    396          0     431      199     0.245  0.443
-    tp4 -> tp2dp2       597  0.234  2.55    0.160  3.73  0.158  3.78     5.85       5.97       0.44   0.64  0.65    199     220    199          0     220      100     0.183  0.300
-    pp2tp2 -> tp4       299  0.092  3.23    0.084  3.56  0.080  3.72     5.56       5.63       0.58   0.64  0.67    100     119     49          0     119       50     0.096  0.151
-    tp2@01 -> tp2@23    398  0.122  3.26    0.072  5.54  0.073  5.47     6.14       6.18       0.53   0.90  0.89    199     199    170          0     199        0     0.121  0.140
-    tp1@0 -> dp3@123   1194  0.508  2.35    0.264  4.52  0.263  4.54     4.26       6.23       0.55   1.06  1.06    398     398    347          0     398        0     0.442  0.440
+    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady floor s steady/floor
+    tp2dp2 -> tp1dp4    796  0.419  1.90    0.263  3.02  0.263  3.03     5.05       4.71       0.38   0.60  0.60    398     427    396          0     431      199     0.279  0.505   0.234         0.89
+    tp4 -> tp2dp2       597  0.247  2.42    0.186  3.21  0.177  3.37     4.81       5.27       0.50   0.67  0.70    199     220    194          0     220      100     0.218  0.343   0.134         0.72
+    pp2tp2 -> tp4       299  0.114  2.61    0.100  2.97  0.098  3.06     4.36       4.80       0.60   0.68  0.70    100     119     49          0     119       50     0.122  0.189   0.073         0.72
+    tp2@01 -> tp2@23    398  0.163  2.44    0.086  4.62  0.084  4.76     5.42       5.49       0.45   0.85  0.88    199     199    167          0     199        0     0.139  0.164   0.073         0.84
+    tp1@0 -> dp3@123   1194  0.446  2.68    0.289  4.14  0.293  4.07     3.75       5.71       0.71   1.10  1.09    398     398    347          0     398        0     0.473  0.477   0.288         1.00
 
 Reading it: with nothing else running, raw p2p keeps ~1.7 of the 2 cores busy
 (loopback TCP is copies in the kernel), so the transfer is CPU-bound and every
 other CPU cycle of a reallocation shows up in its time; the ratios follow the
-CPU columns. Pairs that only move bytes (tp2@01 -> tp2@23, tp1@0 -> dp3@123) reach
-0.9-1.06 of raw in steady state. Pairs where ranks keep part of what they hold
-stay at ~0.65: tp2dp2 -> tp1dp4 copies 199 MB per rank locally (as many bytes as
-each rank receives) and unpacks 35 MB per rank of o_proj/down_proj column
-slices; measured separately, those copies account for ~0.15 of the 0.2 extra
-CPU seconds, and the same plan's messages sent from and into the same tensors
-with no copies cost what raw p2p costs. Cold runs add the first touch of the
-new destination memory (0.4-0.6 of raw). Broadcasts in 2-rank groups and
-batched p2p move the same bytes at about the same speed on gloo.
+CPU columns. Pairs that only move bytes (tp2@01 -> tp2@23, tp1@0 -> dp3@123)
+reach 0.85-1.1 of raw in steady state. Pairs where ranks keep part of what
+they hold stay at 0.6-0.7: tp2dp2 -> tp1dp4 copies 199 MB per rank locally,
+as many bytes as each rank receives, and a memory copy costs about what a
+loopback transfer of the same bytes costs here, so no reallocation can reach
+0.8 of raw on it (the floor itself is 0.67 of raw; the executor reaches 0.89
+of the floor). For tp4 -> tp2dp2 and pp2tp2 -> tp4 the copies are fewer; with
+the local copies and the unpacking of o_proj/down_proj column slices both
+switched off (a timing experiment, wrong results) they reach 0.76-0.81 of
+raw, so the rest of their gap is the cost of their 50-170 messages per rank
+against raw's 2-5 on a CPU-bound transport (bigger or smaller buckets, more
+steps in flight or a larger threshold for packing do not change it). On GPUs a
+local copy runs at memory bandwidth, several times the interconnect's, and
+these costs shrink accordingly. Cold runs add the first touch of the new
+destination memory (0.4-0.7 of raw). Broadcasts in 2-rank groups and batched
+p2p move the same bytes at about the same speed on gloo.
 """
 
 from __future__ import annotations
@@ -82,7 +92,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rlhf_worker.realloc.execute import MemoryStats, reallocate
+from rlhf_worker.realloc.execute import MemoryStats, reallocate, region_index
 from rlhf_worker.realloc.plan import ReallocPlan, bytes_by_pair, bytes_moved, plan_reallocation
 from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
@@ -124,6 +134,7 @@ class PairResult:
     warm_s: float
     p2p_s: float
     bcast_s: float
+    floor_s: float  # raw p2p with the plan's local copies done meanwhile
     dst_bytes: int
     acct_peak: int
     rss_peak: int
@@ -209,6 +220,24 @@ def raw_p2p(rank: int, pairs: dict[tuple[int, int], torch.Tensor]) -> None:
             work.wait()
 
 
+def raw_p2p_and_copies(
+    rank: int,
+    pairs: dict[tuple[int, int], torch.Tensor],
+    copies: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """The raw transfer plus the copies of what each rank keeps, done while the bytes move:
+    what any reallocation moving the minimum must do at least."""
+    ops = [
+        dist.P2POp(dist.isend if src == rank else dist.irecv, buf, dst if src == rank else src)
+        for (src, dst), buf in pairs.items()
+    ]
+    works = dist.batch_isend_irecv(ops) if ops else []
+    for target, source in copies:
+        target.copy_(source)
+    for work in works:
+        work.wait()
+
+
 def raw_bcast(pairs: dict[tuple[int, int], torch.Tensor], groups: dict) -> None:
     works = [
         dist.broadcast(buf, src, group=groups[pair], async_op=True)
@@ -267,7 +296,21 @@ def bench_pair(
     if first is not None:
         pool.give_unshared(first, local)  # the pool holds one transient copy from now on
     del first
-    times: dict[str, list[float]] = {k: [] for k in ("realloc", "steady", "warm", "p2p", "bcast")}
+    # The plan's local copies, from the source shards into the warm destination tensors.
+    copies = []
+    if warm is not None and local is not None:
+        src_regions, dst_regions = plan.src_shards[rank], plan.dst_shards[rank]
+        for c in plan.local:
+            if c.rank == rank and warm[c.name] is not local[c.name]:
+                copies.append(
+                    (
+                        warm[c.name][region_index(c.region, dst_regions[c.name])],
+                        local[c.name][region_index(c.region, src_regions[c.name])],
+                    )
+                )
+    times: dict[str, list[float]] = {
+        k: [] for k in ("realloc", "steady", "warm", "p2p", "bcast", "floor")
+    }
     cpu: dict[str, list[float]] = {"steady": [], "p2p": []}
     peaks = {"acct": 0, "rss": 0, "steady_rss": 0}
 
@@ -289,6 +332,7 @@ def bench_pair(
         lambda: times["warm"].append(timed(partial(run_realloc, MemoryStats(), warm))),
         lambda: times["p2p"].append(timed(partial(raw_p2p, rank, mine), cpu["p2p"])),
         lambda: times["bcast"].append(timed(partial(raw_bcast, mine, groups))),
+        lambda: times["floor"].append(timed(partial(raw_p2p_and_copies, rank, mine, copies))),
     ]
     for repeat in range(args.repeats):
         # Each repeat starts one column later, so that no column always follows the
@@ -306,6 +350,7 @@ def bench_pair(
         statistics.median(times["warm"]),
         statistics.median(times["p2p"]),
         statistics.median(times["bcast"]),
+        statistics.median(times["floor"]),
         dst_bytes,
         peaks["acct"],
         peaks["rss"],
@@ -346,7 +391,7 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
         f"{'warm s':>6} {'GB/s':>5} {'p2p GB/s':>8} {'bcast GB/s':>10} "
         f"{'ratio cold':>10} {'steady':>6} {'warm':>5} "
         f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6} {'steady rss':>10} {'pool MB':>7} "
-        f"{'local MB':>8} {'cpu s p2p':>9} {'steady':>6}"
+        f"{'local MB':>8} {'cpu s p2p':>9} {'steady':>6} {'floor s':>7} {'steady/floor':>12}"
     )
     print(header)
     for i in range(len(selected(args))):
@@ -365,7 +410,8 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
             f"{max(x.steady_rss for x in rows) / 1e6:>10.0f} "
             f"{max(x.pool_bytes for x in rows) / 1e6:>7.0f} "
             f"{max(x.local_bytes for x in rows) / 1e6:>8.0f} "
-            f"{sum(x.p2p_cpu for x in rows):>9.3f} {sum(x.steady_cpu for x in rows):>6.3f}"
+            f"{sum(x.p2p_cpu for x in rows):>9.3f} {sum(x.steady_cpu for x in rows):>6.3f} "
+            f"{r.floor_s:>7.3f} {r.floor_s / r.steady_s:>12.2f}"
         )
 
 

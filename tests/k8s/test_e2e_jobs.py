@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .cluster import Cluster, OperatorThread, config, wait_for
+from .cluster import NAMESPACE, Cluster, OperatorThread, config, wait_for
 from .conftest import ROOT, example
 from .executor import PodExecutor
 
@@ -81,6 +81,8 @@ def test_a_killed_worker_restarts_the_job_from_its_checkpoint(cluster, operator,
     status = finished(cluster, executor, "crash")
     assert status["iteration"] == 6 and status["restarts"] == 1
     assert status["lastCheckpoint"]["iteration"] == 6
+    reason = next(e for e in cluster.events() if e.get("reason") == "PodFailed")["message"]
+    assert "crash-worker-1" in reason and "exit code" in reason
 
 
 def test_suspend_and_resume_continue_from_the_checkpoint(cluster, operator, executor):
@@ -90,8 +92,10 @@ def test_suspend_and_resume_continue_from_the_checkpoint(cluster, operator, exec
         "a first checkpoint",
         TRAINING_TIMEOUT,
     )
+    processes = [executor.pods[(NAMESPACE, n)].process for n in cluster.pod_names("pause")]
     cluster.patch_job("pause", {"spec": {"suspend": True}})
     wait_for(lambda: cluster.pods("pause") == [], "the pods to be removed")
+    wait_for(lambda: all(p.poll() is not None for p in processes), "the processes to stop")
     cluster.patch_job("pause", {"spec": {"suspend": False}})
     status = finished(cluster, executor, "pause")
     assert status["iteration"] == 6

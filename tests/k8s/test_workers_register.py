@@ -3,9 +3,9 @@
 register with a coordinator over the pods' DNS names and ports, with the token
 from the job's Secret; the coordinator's status report reaches the RLHFJob.
 The coordinator is a stand-in that checks the workers in and waits for a
-`finish` file (tests/k8s/standin_coordinator.py) until the real one exists:
-with it, failures, suspend/resume and operator restarts run with real
-processes, real exits and real kills."""
+`finish` file (tests/k8s/standin_coordinator.py): it isolates registration
+(DNS names, ports, token) from training. Failures, suspend/resume and operator
+restarts run with the real coordinator in test_e2e_jobs.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import NAMESPACE, Cluster, OperatorThread, config, wait_for
+from .cluster import NAMESPACE, Cluster, wait_for
 from .conftest import ROOT, local_job
 from .executor import PodExecutor
 
@@ -73,69 +73,3 @@ def test_worker_pods_register_with_the_coordinator_pod(cluster, operator, execut
     phases = {p["metadata"]["name"]: p["status"]["phase"] for p in cluster.pods("hello")}
     assert phases["hello-coordinator"] == "Succeeded"
     assert set(phases.values()) == {"Succeeded"}, phases
-
-
-@pytest.mark.slow  # minutes on 2 cores: workers import torch at every start
-def test_a_killed_worker_process_restarts_every_pod(cluster, operator, executor):
-    cluster.apply_job(local_job("crash", slots=2))
-    wait_for(lambda: registered(executor, "crash", 2), "the workers to register", PROCESS_TIMEOUT)
-    first = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods("crash")}
-    executor.kill("crash-worker-1")
-    wait_for(lambda: cluster.status("crash").get("restarts") == 1, "the restart", PROCESS_TIMEOUT)
-    wait_for(
-        lambda: (
-            {p["metadata"]["name"] for p in cluster.pods("crash")} == set(first)
-            and all(
-                p["metadata"]["uid"] != first[p["metadata"]["name"]] for p in cluster.pods("crash")
-            )
-        ),
-        "every pod to be recreated",
-        PROCESS_TIMEOUT,
-    )
-    wait_for(
-        lambda: registered(executor, "crash", 2), "the new workers to register", PROCESS_TIMEOUT
-    )
-    finish(executor, "crash")
-    status = succeeded(cluster, executor, "crash")
-    assert status["restarts"] == 1
-    reason = next(e for e in cluster.events() if e.get("reason") == "PodFailed")["message"]
-    assert "crash-worker-1" in reason and "exit code" in reason
-
-
-@pytest.mark.slow  # minutes on 2 cores: workers import torch at every start
-def test_suspend_and_resume_with_processes(cluster, operator, executor):
-    cluster.apply_job(local_job("pause", slots=2))
-    wait_for(lambda: registered(executor, "pause", 2), "the workers to register", PROCESS_TIMEOUT)
-    processes = [executor.pods[(NAMESPACE, n)].process for n in cluster.pod_names("pause")]
-    cluster.patch_job("pause", {"spec": {"suspend": True}})
-    wait_for(lambda: cluster.pods("pause") == [], "the pods to be removed")
-    wait_for(lambda: all(p.poll() is not None for p in processes), "the processes to stop")
-    cluster.patch_job("pause", {"spec": {"suspend": False}})
-    wait_for(
-        lambda: registered(executor, "pause", 2), "the workers to register again", PROCESS_TIMEOUT
-    )
-    finish(executor, "pause")
-    status = succeeded(cluster, executor, "pause")
-    assert status.get("restarts", 0) == 0
-
-
-@pytest.mark.slow  # minutes on 2 cores: workers import torch at every start
-def test_an_operator_restart_leaves_running_processes_alone(cluster, executor):
-    first = OperatorThread(config(), cluster.kubeconfig).start()
-    try:
-        cluster.apply_job(local_job("steady", slots=2))
-        wait_for(
-            lambda: registered(executor, "steady", 2), "the workers to register", PROCESS_TIMEOUT
-        )
-    finally:
-        first.stop()
-    processes = {n: executor.pods[(NAMESPACE, n)].process for n in cluster.pod_names("steady")}
-    second = OperatorThread(config(), cluster.kubeconfig).start()
-    try:
-        finish(executor, "steady")
-        status = succeeded(cluster, executor, "steady")
-        assert status.get("restarts", 0) == 0
-        # The very processes started under the first operator finished the job.
-        assert processes["steady-coordinator"].returncode == 0
-    finally:
-        second.stop()

@@ -1,4 +1,5 @@
-"""A role's home copy, transient copies made by reallocation, and host offload."""
+"""A role's transient copies made by reallocation, their release, and host offload: the
+functions the worker runtime calls (``runtime/models.py``, ``runtime/offload.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from rlhf_worker.roles import RoleWeights
+from rlhf_worker.realloc.plan import plan_reallocation
+from rlhf_worker.realloc.pool import StoragePool
+from rlhf_worker.roles import offload_tensors, release_copy, restore_tensors, transient_copy
 from rlhf_worker.sharding import Layout, ModelShape, rank_shards
 from tests.worker.distributed import run_distributed
 
@@ -45,111 +48,100 @@ def expected(layout: Layout, rank: int, full: dict[str, torch.Tensor]) -> dict[s
     }
 
 
+def shares_memory(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    # A shared shard is the home tensor detached: another object, the same memory.
+    return b is not None and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def copy_of(
+    home: Layout, layout: Layout, rank: int, shards: dict[str, Any] | None, **kw: Any
+) -> dict[str, torch.Tensor] | None:
+    plan = plan_reallocation(MODEL, home, layout, 2)
+    return transient_copy(plan, shards, rank, dtype=torch.float32, device=torch.device("cpu"), **kw)
+
+
 def test_offload_and_restore_keep_the_same_tensors() -> None:
     home = Layout((0,))
     full = full_weights()
     shards = home_shards(home, 0, full)
     assert shards is not None
     before = {name: t.data_ptr() for name, t in shards.items()}
-    role = RoleWeights("ref", MODEL, home, 0, dict(shards), trainable=False)
-    role.offload()
-    assert role.offloaded
+    host = offload_tensors(shards)
     assert all(t.numel() == 0 for t in shards.values())  # the device memory is released
-    with pytest.raises(RuntimeError, match="offloaded"), role.transient(Layout((0, 1), tp=2)):
-        pass
-    role.restore()
-    assert not role.offloaded
+    assert all(torch.equal(host[n], w) for n, w in expected(home, 0, full).items())
+    objects = dict(shards)
+    restore_tensors(shards, host, torch.device("cpu"))
     for name, t in shards.items():
-        assert role.shards is not None and role.shards[name] is t  # same Parameter objects
+        assert objects[name] is t  # the same Parameter objects: modules built on them stay valid
         assert torch.equal(t, expected(home, 0, full)[name])
         assert t.data_ptr() != before[name]  # it went through a separate host buffer
-    role.restore()  # restoring twice is harmless
 
 
-def test_trained_roles_are_not_offloaded_and_shards_must_match() -> None:
-    home = Layout((0,))
-    shards = home_shards(home, 0, full_weights())
-    assert shards is not None
-    with pytest.raises(ValueError, match="optimizer owns"):
-        RoleWeights("actor", MODEL, home, 0, shards, trainable=True).offload()
-    with pytest.raises(ValueError, match="do not match"):
-        RoleWeights("actor", MODEL, Layout((0, 1), pp=2), 0, shards, trainable=True)
-    with pytest.raises(ValueError, match="outside the home"):
-        RoleWeights("actor", MODEL, Layout((1,)), 0, shards, trainable=True)
-    with pytest.raises(ValueError, match="bfloat16"):
-        RoleWeights("actor", MODEL, home, 0, shards, trainable=True, dtype=torch.bfloat16)
-
-
-def test_the_home_layout_is_its_own_transient_copy() -> None:
-    home = Layout((0,))
-    shards = home_shards(home, 0, full_weights())
-    role = RoleWeights("actor", MODEL, home, 0, shards, trainable=True)
-    with role.transient(home) as copy:
-        assert copy is shards
+def test_a_pool_is_for_cpu_tensors() -> None:
+    plan = plan_reallocation(MODEL, Layout((0,)), Layout((0, 1), dp=2), 1)
+    with pytest.raises(ValueError, match="pool is for CPU"):
+        transient_copy(
+            plan, None, 1, dtype=torch.float32, device=torch.device("meta"), pool=StoragePool()
+        )
 
 
 def _transient_copies(rank: int, world: int) -> dict[str, int]:
     full = full_weights()
     train = Layout((0, 1, 2, 3), dp=2, tp=2)
-    actor = RoleWeights(
-        "actor", MODEL, train, rank, home_shards(train, rank, full), trainable=True, rank_node=2
-    )
-    home_before = {n: t.clone() for n, t in (actor.shards or {}).items()}
+    home = home_shards(train, rank, full)
+    home_before = {n: t.clone() for n, t in (home or {}).items()}
     counts = {"aliased": 0, "copied": 0}
     for layout in (
         Layout((0, 1, 2, 3), dp=4),  # generation: tp1 dp4 on the same mesh
         Layout((3, 2, 1, 0), pp=2, tp=2),  # pp and tp on the mesh in another order
         Layout((2, 3), pp=2),  # a subset
     ):
-        with actor.transient(layout) as copy:
-            if rank not in layout.ranks:
-                assert copy is None
-                continue
-            assert copy is not None
-            for name, want in expected(layout, rank, full).items():
-                assert torch.equal(copy[name], want)
-                assert actor.shards is not None
-                if copy[name] is actor.shards.get(name):
-                    counts["aliased"] += 1
-                else:
-                    counts["copied"] += 1
-                    copy[name].add_(1.0)  # the call may scribble on a copy: nothing goes back
-            probe = next(t for n, t in copy.items() if t is not (actor.shards or {}).get(n))
-            gone = weakref.ref(probe)
-            held = copy
-            del probe
+        copy = copy_of(train, layout, rank, home)
+        if rank not in layout.ranks:
+            assert copy is None
+            continue
+        assert copy is not None and home is not None
+        for name, want in expected(layout, rank, full).items():
+            assert torch.equal(copy[name], want)
+            if shares_memory(copy[name], home.get(name)):
+                counts["aliased"] += 1
+            else:
+                counts["copied"] += 1
+                copy[name].add_(1.0)  # the call may scribble on a copy: nothing goes back
+        probe = next(t for n, t in copy.items() if not shares_memory(t, home.get(n)))
+        gone = weakref.ref(probe)
+        del probe
+        release_copy(copy, home, None)
         gc.collect()
-        assert not held and gone() is None  # freed on exit, even though the caller kept the dict
-    for name, t in (actor.shards or {}).items():
+        assert not copy and gone() is None  # freed, even though the caller kept the dict
+    for name, t in (home or {}).items():
         assert torch.equal(t, home_before[name])
     _frozen_role_moves_between_disjoint_meshes(rank)
     return counts
 
 
 def _pooled_transient_copies(rank: int, world: int) -> dict[str, int]:
-    from rlhf_worker.realloc.pool import StoragePool
-
     full = full_weights()
     train = Layout((0, 1), tp=2)
     pool = StoragePool()
-    actor = RoleWeights(
-        "actor", MODEL, train, rank, home_shards(train, rank, full), trainable=True, pool=pool
-    )
-    home = {t.untyped_storage().data_ptr() for t in (actor.shards or {}).values()}
+    home = home_shards(train, rank, full)
+    assert home is not None
+    home_memory = {t.untyped_storage().data_ptr() for t in home.values()}
     gen = Layout((0, 1), dp=2)
     seen: list[set[int]] = []
     for _ in range(3):
-        with actor.transient(gen) as copy:
-            assert copy is not None
-            for name, want in expected(gen, rank, full).items():
-                assert torch.equal(copy[name], want)
-            seen.append({t.untyped_storage().data_ptr() for t in copy.values()} - home)
-            for t in copy.values():
-                if t.untyped_storage().data_ptr() not in home:
-                    t.fill_(float("nan"))  # a call scribbling on its copy must not matter
-            del t  # a tensor still referenced would (rightly) keep its memory from reuse
+        copy = copy_of(train, gen, rank, home, pool=pool)
+        assert copy is not None
+        for name, want in expected(gen, rank, full).items():
+            assert torch.equal(copy[name], want)
+        seen.append({t.untyped_storage().data_ptr() for t in copy.values()} - home_memory)
+        for t in copy.values():
+            if t.untyped_storage().data_ptr() not in home_memory:
+                t.fill_(float("nan"))  # a call scribbling on its copy must not matter
+        del t  # a tensor still referenced would (rightly) keep its memory from reuse
+        release_copy(copy, home, pool)
         # The copied shards went back to the pool, the shared home shards did not.
-        assert not any(pool.holds(t) for t in (actor.shards or {}).values())
+        assert not any(pool.holds(t) for t in home.values())
         assert len(pool) >= len(seen[-1]) > 0
     return {"same_memory": int(seen[1] == seen[2] and bool(seen[1])), "new": pool.new_bytes}
 
@@ -157,19 +149,6 @@ def _pooled_transient_copies(rank: int, world: int) -> dict[str, int]:
 def test_pooled_transient_copies_reuse_memory_and_stay_exact() -> None:
     results = run_distributed(_pooled_transient_copies, 2)
     assert all(r["same_memory"] for r in results)
-    with pytest.raises(ValueError, match="pool"):
-        from rlhf_worker.realloc.pool import StoragePool
-
-        RoleWeights(
-            "actor",
-            MODEL,
-            Layout((0,)),
-            0,
-            home_shards(Layout((0,)), 0, full_weights()),
-            trainable=True,
-            device=torch.device("meta"),
-            pool=StoragePool(),
-        )
 
 
 def test_transient_copies_are_exact_and_freed() -> None:
@@ -183,14 +162,12 @@ def test_transient_copies_are_exact_and_freed() -> None:
 def _frozen_role_moves_between_disjoint_meshes(rank: int) -> None:
     full = full_weights(seed=3)
     home = Layout((0, 1), tp=2)
-    ref = RoleWeights(
-        "ref", MODEL, home, rank, home_shards(home, rank, full), trainable=False, rank_node=2
-    )
-    ref.offload()
-    ref.restore()
-    with ref.transient(Layout((2, 3), dp=2)) as copy:
-        if rank in (2, 3):
-            assert copy is not None
-            assert all(torch.equal(copy[n], w) for n, w in expected(Layout((2,)), 2, full).items())
-        else:
-            assert copy is None
+    shards = home_shards(home, rank, full)
+    if shards is not None:
+        restore_tensors(shards, offload_tensors(shards), torch.device("cpu"))
+    copy = copy_of(home, Layout((2, 3), dp=2), rank, shards)
+    if rank in (2, 3):
+        assert copy is not None
+        assert all(torch.equal(copy[n], w) for n, w in expected(Layout((2,)), 2, full).items())
+    else:
+        assert copy is None

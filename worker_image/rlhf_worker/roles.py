@@ -4,145 +4,79 @@ As in ReaL, each role has one *home* layout. For a trained role (actor, critic)
 it is the training layout: its shards are the parameters the optimizer owns
 (the engine's modules hold these very tensors). A call that runs the role
 under another layout (generation, inference) gets a *transient copy* made by
-reallocation before the call and freed after it; nothing is copied back,
-because transient copies are only read. Frozen roles (ref, reward) may be
-*offloaded* to host memory between calls and restored before the next one;
-the tensors are emptied and refilled in place (``.data``), so modules built on
-them stay valid.
+reallocation before the call (``transient_copy``) and freed after it
+(``release_copy``); nothing is copied back, because transient copies are only
+read. Frozen roles (ref, reward) may be *offloaded* to host memory between
+calls and restored before the next one (``offload_tensors`` /
+``restore_tensors``); the tensors are emptied and refilled in place
+(``.data``), so modules built on them stay valid.
 
-Every rank of the job holds a ``RoleWeights`` for every role (``shards`` is
-None where the home layout does not place it), and all ranks of the source
-and destination layouts must enter ``transient`` together: reallocation is
-point-to-point between them.
+The worker runtime (``runtime/models.py``, ``runtime/offload.py``) calls these
+between the control plane's commands: a reallocation, the call, a release are
+separate commands, so a copy's lifetime is not one Python block. Every rank of
+the source and destination layouts must make the same transient copy together:
+reallocation is point-to-point between them; other ranks need not take part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
 
 from rlhf_worker.realloc.execute import MemoryStats, reallocate
-from rlhf_worker.realloc.plan import (
-    DEFAULT_BUCKET_BYTES,
-    RankNode,
-    ReallocPlan,
-    plan_reallocation,
-)
+from rlhf_worker.realloc.plan import ReallocPlan
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.sharding import Layout, ModelShape, rank_shards
 
 
-@dataclass
-class RoleWeights:
-    name: str
-    model: ModelShape
-    home: Layout
-    rank: int
-    shards: dict[str, torch.Tensor] | None  # this rank's home shards (None outside the home)
-    trainable: bool
-    # Every rank must agree on these, including ranks without home shards (they
-    # receive transient copies): the plan's buckets are counted in bytes.
-    dtype: torch.dtype = torch.float32
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    rank_node: RankNode = 1
-    bucket_bytes: int = DEFAULT_BUCKET_BYTES
-    group: dist.ProcessGroup | None = None
-    # CPU only: transient copies take their memory from this pool and give it back
-    # when freed, so later copies reuse mapped memory (see realloc/pool.py).
-    pool: StoragePool | None = None
-    _plans: dict[Layout, ReallocPlan] = field(default_factory=dict, repr=False)
-    _host: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+def transient_copy(
+    plan: ReallocPlan,
+    home: Mapping[str, torch.Tensor] | None,
+    rank: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    group: dist.ProcessGroup | None = None,
+    pool: StoragePool | None = None,
+    stats: MemoryStats | None = None,
+) -> dict[str, torch.Tensor] | None:
+    """This rank's shards under ``plan.dst``, made from the source shards ``home``.
 
-    def __post_init__(self) -> None:
-        if self.pool is not None and self.device.type != "cpu":
-            raise ValueError(f"{self.name}: a storage pool is for CPU; CUDA caches memory itself")
-        inside = self.rank in self.home.ranks
-        if inside != (self.shards is not None):
-            where = "inside" if inside else "outside"
-            raise ValueError(f"{self.name}: rank {self.rank} is {where} the home layout")
-        if self.shards is not None:
-            expected = rank_shards(self.model, self.home, self.rank)
-            if set(self.shards) != set(expected):
-                raise ValueError(f"{self.name}: shards do not match the home layout")
-            for tensor in self.shards.values():
-                if tensor.dtype != self.dtype or tensor.device != self.device:
-                    raise ValueError(
-                        f"{self.name}: a shard is {tensor.dtype} on {tensor.device}, "
-                        f"the role says {self.dtype} on {self.device}"
-                    )
+    ``home`` is this rank's shards under ``plan.src`` (None outside it). A
+    destination shard identical to one this rank already holds is shared, not
+    copied: a transient copy is only read. The rest is received (or copied from
+    the part this rank holds). Ranks outside ``plan.dst`` get None. With a
+    ``pool`` (CPU only) new shards take their memory from it; give it back with
+    ``release_copy``.
+    """
+    if pool is not None and device.type != "cpu":
+        raise ValueError("a storage pool is for CPU tensors; CUDA caches memory itself")
+    detached = {k: v.detach() for k, v in home.items()} if home is not None else None
+    return reallocate(
+        plan,
+        detached,
+        rank,
+        dtype=dtype,
+        device=device,
+        group=group,
+        alias_local=True,
+        pool=pool,
+        stats=stats,
+    )
 
-    @property
-    def offloaded(self) -> bool:
-        return self._host is not None
 
-    def plan_to(self, layout: Layout) -> ReallocPlan:
-        """The plan from the home layout to ``layout`` (computed once per layout)."""
-        if layout not in self._plans:
-            self._plans[layout] = plan_reallocation(
-                self.model,
-                self.home,
-                layout,
-                self.rank_node,
-                element_bytes=torch.empty((), dtype=self.dtype).element_size(),
-                bucket_bytes=self.bucket_bytes,
-            )
-        return self._plans[layout]
-
-    @contextmanager
-    def transient(
-        self, layout: Layout, *, stats: MemoryStats | None = None
-    ) -> Iterator[dict[str, torch.Tensor] | None]:
-        """This rank's shards under ``layout`` for the duration of a call, then freed.
-
-        The home layout itself yields the home shards. Elsewhere a shard identical
-        to a home shard on the same rank is shared, not copied (the call only reads
-        it); the rest is received. Ranks outside the layout get None. With a
-        ``pool`` the copies' memory comes from it and goes back to it afterwards:
-        the caller must not keep the copies beyond the ``with`` block.
-        """
-        if self.offloaded:
-            raise RuntimeError(f"{self.name} is offloaded to host memory: restore it first")
-        if layout == self.home:
-            yield self.shards
-            return
-        copies = reallocate(
-            self.plan_to(layout),
-            self.shards,
-            self.rank,
-            dtype=self.dtype,
-            device=self.device,
-            group=self.group,
-            alias_local=True,
-            stats=stats,
-            pool=self.pool,
-        )
-        try:
-            yield copies
-        finally:
-            # Drop the copies even if the caller still holds the dict.
-            if copies is not None:
-                if self.pool is not None:
-                    self.pool.give_unshared(copies, self.shards)
-                copies.clear()
-
-    def offload(self) -> None:
-        """Move a frozen role's shards to host memory and free them on the device."""
-        if self.trainable:
-            raise ValueError(f"{self.name} is trained: its optimizer owns the parameters")
-        if self.offloaded or self.shards is None:
-            return
-        self._host = offload_tensors(self.shards)
-
-    def restore(self) -> None:
-        """Bring offloaded shards back into the same tensor objects."""
-        if self._host is None or self.shards is None:
-            return
-        restore_tensors(self.shards, self._host, self.device)
-        self._host = None
+def release_copy(
+    copy: dict[str, torch.Tensor],
+    home: Mapping[str, torch.Tensor] | None,
+    pool: StoragePool | None,
+) -> None:
+    """Free a transient copy: its own memory goes back to ``pool`` (when given), the
+    shards it shares with ``home`` stay the home copy's. The dict is emptied, so a
+    caller that still holds it holds no tensor."""
+    if pool is not None:
+        pool.give_unshared(copy, home)
+    copy.clear()
 
 
 def offload_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

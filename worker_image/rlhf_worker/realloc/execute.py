@@ -80,7 +80,7 @@ class _InFlight:
     packed: list[torch.Tensor] = field(default_factory=list)  # buffers to give back when done
 
 
-def _slices(region: Region, base: Region) -> tuple[slice, ...]:
+def region_index(region: Region, base: Region) -> tuple[slice, ...]:
     """Index of a full-tensor region inside a local tensor holding ``base``."""
     return tuple(slice(r0 - b0, r1 - b0) for (r0, r1), (b0, _) in zip(region, base, strict=True))
 
@@ -211,8 +211,8 @@ def _copy_local(
     for copy in plan.local:
         if copy.rank != rank or out[copy.name] is local_src[copy.name]:
             continue  # another rank's copy, or a shard shared as is
-        target = out[copy.name][_slices(copy.region, dst_regions[copy.name])]
-        target.copy_(local_src[copy.name][_slices(copy.region, src_regions[copy.name])])
+        target = out[copy.name][region_index(copy.region, dst_regions[copy.name])]
+        target.copy_(local_src[copy.name][region_index(copy.region, src_regions[copy.name])])
 
 
 _Op = tuple[bool, torch.Tensor, int, int]  # is a send, tensor, peer (global rank), tag
@@ -274,7 +274,8 @@ def _prepare(
         if bucket.src == rank:
             assert local_src is not None
             views = [
-                local_src[p.name][_slices(p.region, src_regions[p.name])] for p in bucket.pieces
+                local_src[p.name][region_index(p.region, src_regions[p.name])]
+                for p in bucket.pieces
             ]
             if len(views) == 1 and views[0].is_contiguous():
                 message = views[0]
@@ -298,7 +299,7 @@ def _prepare(
         if bucket.dst == rank:
             assert out is not None and dst_regions is not None
             first = bucket.pieces[0]
-            view = out[first.name][_slices(first.region, dst_regions[first.name])]
+            view = out[first.name][region_index(first.region, dst_regions[first.name])]
             if len(bucket.pieces) == 1 and view.is_contiguous():
                 buffer = view
                 stats.zero_copy_bytes += nbytes
@@ -326,7 +327,7 @@ def _finish(
         assert out is not None and dst_regions is not None
         offset = 0
         for piece in bucket.pieces:
-            target = out[piece.name][_slices(piece.region, dst_regions[piece.name])]
+            target = out[piece.name][region_index(piece.region, dst_regions[piece.name])]
             n = target.numel()
             target.copy_(buffer[offset : offset + n].view(target.shape))
             offset += n

@@ -14,15 +14,16 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from rlhf_worker.engine import OptimizerConfig, Trainer
 from rlhf_worker.engine.forward import Output
 from rlhf_worker.model.checkpoint import load_shards
 from rlhf_worker.model.config import ModelConfig
 from rlhf_worker.model.decoder import Decoder
 from rlhf_worker.parallel.groups import context_for
-from rlhf_worker.realloc.execute import reallocate
-from rlhf_worker.realloc.plan import plan_reallocation
 from rlhf_worker.realloc.pool import StoragePool
+from rlhf_worker.roles import release_copy, transient_copy
 from rlhf_worker.runtime.state import RoleState, Runtime, model_dir_for, role_head
 from rlhf_worker.sharding import Layout
 from rlhf_worker.tiny import build_tiny_model, build_tokenizer
@@ -119,21 +120,18 @@ COPY_POOL = StoragePool()
 def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[str, float]:
     """Copy a role from `src` into a transient copy under `dst` (every rank of either takes part)."""
     state = rt.roles[role]
-    plan = plan_reallocation(
-        state.config.shape, src, dst, rt.node_of, element_bytes=rt.element_bytes(role)
-    )
-    local_src = state.on(src).local_state() if rt.rank in src.ranks else None
-    out = reallocate(
+    plan = state.plan(src, dst, rt.node_of, rt.element_bytes(role))
+    home = state.on(src).local_state() if rt.rank in src.ranks else None
+    copy = transient_copy(
         plan,
-        {k: v.detach() for k, v in local_src.items()} if local_src is not None else None,
+        home,
         rt.rank,
         dtype=rt.dtype(role),
         device=rt.device,
-        alias_local=True,  # a transient copy is only read: share what the home copy already holds
         pool=COPY_POOL if rt.device.type == "cpu" else None,
     )
-    if out is not None:
-        state.copies[dst] = Decoder(state.config, context_for(dst, rt.rank), out)
+    if copy is not None:
+        state.copies[dst] = Decoder(state.config, context_for(dst, rt.rank), copy)
     moved = sum(p.nbytes for p in plan.pieces if p.dst == rt.rank)
     return {"bytes_received": float(moved)}
 
@@ -144,10 +142,11 @@ def release_role(rt: Runtime, role: str, layout: Layout) -> None:
     if state is None:
         return
     copy = state.copies.pop(layout, None)
-    if copy is not None and rt.device.type == "cpu":
-        # Shards shared with the home copy (alias_local) stay the home copy's memory.
+    if copy is not None:
+        # Shards shared with the home copy stay the home copy's memory.
         home = state.model.local_state() if state.model is not None else None
-        COPY_POOL.give_unshared(copy.local_state(), home)
+        shards: dict[str, torch.Tensor] = dict(copy.local_state())
+        release_copy(shards, home, COPY_POOL if rt.device.type == "cpu" else None)
 
 
 def with_values(config: ModelConfig, num_values: int) -> ModelConfig:
