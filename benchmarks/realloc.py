@@ -92,7 +92,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rlhf_worker.realloc.execute import MemoryStats, reallocate, region_index
+from rlhf_worker.realloc.execute import MemoryStats, local_copies, reallocate
 from rlhf_worker.realloc.plan import ReallocPlan, bytes_by_pair, bytes_moved, plan_reallocation
 from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
@@ -210,29 +210,19 @@ def timed(fn: Callable[[], object], cpu: list[float] | None = None) -> float:
     return time.perf_counter() - start
 
 
-def raw_p2p(rank: int, pairs: dict[tuple[int, int], torch.Tensor]) -> None:
-    ops = [
-        dist.P2POp(dist.isend if src == rank else dist.irecv, buf, dst if src == rank else src)
-        for (src, dst), buf in pairs.items()
-    ]
-    if ops:
-        for work in dist.batch_isend_irecv(ops):
-            work.wait()
-
-
-def raw_p2p_and_copies(
+def raw_p2p(
     rank: int,
     pairs: dict[tuple[int, int], torch.Tensor],
-    copies: list[tuple[torch.Tensor, torch.Tensor]],
+    copies: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> None:
-    """The raw transfer plus the copies of what each rank keeps, done while the bytes move:
-    what any reallocation moving the minimum must do at least."""
+    """The raw transfer; with ``copies`` (target, source), those are done while the bytes
+    move: a reallocation's local copies, what any reallocation moving the minimum must do."""
     ops = [
         dist.P2POp(dist.isend if src == rank else dist.irecv, buf, dst if src == rank else src)
         for (src, dst), buf in pairs.items()
     ]
     works = dist.batch_isend_irecv(ops) if ops else []
-    for target, source in copies:
+    for target, source in copies or []:
         target.copy_(source)
     for work in works:
         work.wait()
@@ -297,17 +287,7 @@ def bench_pair(
         pool.give_unshared(first, local)  # the pool holds one transient copy from now on
     del first
     # The plan's local copies, from the source shards into the warm destination tensors.
-    copies = []
-    if warm is not None and local is not None:
-        src_regions, dst_regions = plan.src_shards[rank], plan.dst_shards[rank]
-        for c in plan.local:
-            if c.rank == rank and warm[c.name] is not local[c.name]:
-                copies.append(
-                    (
-                        warm[c.name][region_index(c.region, dst_regions[c.name])],
-                        local[c.name][region_index(c.region, src_regions[c.name])],
-                    )
-                )
+    copies = local_copies(plan, rank, local, warm)
     times: dict[str, list[float]] = {
         k: [] for k in ("realloc", "steady", "warm", "p2p", "bcast", "floor")
     }
@@ -332,7 +312,7 @@ def bench_pair(
         lambda: times["warm"].append(timed(partial(run_realloc, MemoryStats(), warm))),
         lambda: times["p2p"].append(timed(partial(raw_p2p, rank, mine), cpu["p2p"])),
         lambda: times["bcast"].append(timed(partial(raw_bcast, mine, groups))),
-        lambda: times["floor"].append(timed(partial(raw_p2p_and_copies, rank, mine, copies))),
+        lambda: times["floor"].append(timed(partial(raw_p2p, rank, mine, copies))),
     ]
     for repeat in range(args.repeats):
         # Each repeat starts one column later, so that no column always follows the

@@ -80,7 +80,7 @@ class _InFlight:
     packed: list[torch.Tensor] = field(default_factory=list)  # buffers to give back when done
 
 
-def region_index(region: Region, base: Region) -> tuple[slice, ...]:
+def _slices(region: Region, base: Region) -> tuple[slice, ...]:
     """Index of a full-tensor region inside a local tensor holding ``base``."""
     return tuple(slice(r0 - b0, r1 - b0) for (r0, r1), (b0, _) in zip(region, base, strict=True))
 
@@ -181,7 +181,7 @@ def reallocate(
             ):
                 if not local_done:
                     # The local copies overlap with the first steps in flight.
-                    _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
+                    _copy_local(plan, rank, local_src, out)
                     local_done = True
                 done = inflight.popleft()
                 _finish(done, out, dst_regions, stats, buffers)
@@ -192,27 +192,42 @@ def reallocate(
             inflight_buffer_bytes += flight.buffer_bytes
             del flight
         if not local_done:
-            _copy_local(plan, rank, local_src, src_regions, out, dst_regions)
+            _copy_local(plan, rank, local_src, out)
         while inflight:
             _finish(inflight.popleft(), out, dst_regions, stats, buffers)
     return out
+
+
+def local_copies(
+    plan: ReallocPlan,
+    rank: int,
+    local_src: Mapping[str, torch.Tensor] | None,
+    out: Mapping[str, torch.Tensor] | None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's local copies as (destination view, source view) pairs: the parts of its
+    destination shards it already holds in the source layout (shards shared as is, the
+    same tensor in ``out`` and ``local_src``, need none)."""
+    if out is None or local_src is None:
+        return []
+    src_regions, dst_regions = plan.src_shards.get(rank, {}), plan.dst_shards.get(rank, {})
+    return [
+        (
+            out[copy.name][_slices(copy.region, dst_regions[copy.name])],
+            local_src[copy.name][_slices(copy.region, src_regions[copy.name])],
+        )
+        for copy in plan.local
+        if copy.rank == rank and out[copy.name] is not local_src[copy.name]
+    ]
 
 
 def _copy_local(
     plan: ReallocPlan,
     rank: int,
     local_src: Mapping[str, torch.Tensor] | None,
-    src_regions: dict[str, Region],
-    out: dict[str, torch.Tensor] | None,
-    dst_regions: dict[str, Region] | None,
+    out: Mapping[str, torch.Tensor] | None,
 ) -> None:
-    if out is None or local_src is None or dst_regions is None:
-        return
-    for copy in plan.local:
-        if copy.rank != rank or out[copy.name] is local_src[copy.name]:
-            continue  # another rank's copy, or a shard shared as is
-        target = out[copy.name][region_index(copy.region, dst_regions[copy.name])]
-        target.copy_(local_src[copy.name][region_index(copy.region, src_regions[copy.name])])
+    for target, source in local_copies(plan, rank, local_src, out):
+        target.copy_(source)
 
 
 _Op = tuple[bool, torch.Tensor, int, int]  # is a send, tensor, peer (global rank), tag
@@ -274,8 +289,7 @@ def _prepare(
         if bucket.src == rank:
             assert local_src is not None
             views = [
-                local_src[p.name][region_index(p.region, src_regions[p.name])]
-                for p in bucket.pieces
+                local_src[p.name][_slices(p.region, src_regions[p.name])] for p in bucket.pieces
             ]
             if len(views) == 1 and views[0].is_contiguous():
                 message = views[0]
@@ -299,7 +313,7 @@ def _prepare(
         if bucket.dst == rank:
             assert out is not None and dst_regions is not None
             first = bucket.pieces[0]
-            view = out[first.name][region_index(first.region, dst_regions[first.name])]
+            view = out[first.name][_slices(first.region, dst_regions[first.name])]
             if len(bucket.pieces) == 1 and view.is_contiguous():
                 buffer = view
                 stats.zero_copy_bytes += nbytes
@@ -327,7 +341,7 @@ def _finish(
         assert out is not None and dst_regions is not None
         offset = 0
         for piece in bucket.pieces:
-            target = out[piece.name][region_index(piece.region, dst_regions[piece.name])]
+            target = out[piece.name][_slices(piece.region, dst_regions[piece.name])]
             n = target.numel()
             target.copy_(buffer[offset : offset + n].view(target.shape))
             offset += n

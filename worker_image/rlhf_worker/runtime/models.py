@@ -117,6 +117,10 @@ def optimizer_config(rt: Runtime, role: str) -> OptimizerConfig:
 COPY_POOL = StoragePool()
 
 
+def _copy_pool(rt: Runtime) -> StoragePool | None:
+    return COPY_POOL if rt.device.type == "cpu" else None
+
+
 def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[str, float]:
     """Copy a role from `src` into a transient copy under `dst` (every rank of either takes part)."""
     state = rt.roles[role]
@@ -128,7 +132,7 @@ def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[st
         rt.rank,
         dtype=rt.dtype(role),
         device=rt.device,
-        pool=COPY_POOL if rt.device.type == "cpu" else None,
+        pool=_copy_pool(rt),
     )
     if copy is not None:
         state.copies[dst] = Decoder(state.config, context_for(dst, rt.rank), copy)
@@ -146,7 +150,7 @@ def release_role(rt: Runtime, role: str, layout: Layout) -> None:
         # Shards shared with the home copy stay the home copy's memory.
         home = state.model.local_state() if state.model is not None else None
         shards: dict[str, torch.Tensor] = dict(copy.local_state())
-        release_copy(shards, home, COPY_POOL if rt.device.type == "cpu" else None)
+        release_copy(shards, home, _copy_pool(rt))
 
 
 def with_values(config: ModelConfig, num_values: int) -> ModelConfig:
