@@ -96,6 +96,7 @@ from rlhf_worker.realloc.execute import MemoryStats, local_copies, reallocate
 from rlhf_worker.realloc.plan import ReallocPlan, bytes_by_pair, bytes_moved, plan_reallocation
 from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
+from rlhf_worker.storage import in_storage_order
 
 WORLD = 4
 SMALL = ModelShape(
@@ -145,10 +146,13 @@ class PairResult:
     local_bytes: int  # bytes this rank copies from its own source shards
 
 
-def source_shard(name: str, region: Region) -> torch.Tensor:
-    """Random weights of one source region, the same on every replica that holds it."""
+def source_shard(name: str, region: Region, column_major: bool) -> torch.Tensor:
+    """Random weights of one source region, the same on every replica that holds it, in the
+    memory order the worker keeps that parameter in (as ``load_shards`` returns them)."""
     gen = torch.Generator().manual_seed(zlib.crc32(repr((name, region)).encode()))
-    return torch.rand(tuple(b - a for a, b in region), generator=gen)
+    return in_storage_order(
+        torch.rand(tuple(b - a for a, b in region), generator=gen), column_major
+    )
 
 
 def rss_reset() -> int:
@@ -185,7 +189,7 @@ def check(plan: ReallocPlan, rank: int, out: dict[str, torch.Tensor] | None) -> 
             got = out[name][
                 tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(part, want, strict=True))
             ]
-            src = source_shard(name, region)
+            src = source_shard(name, region, name in plan.column_major)
             ref = src[
                 tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(part, region, strict=True))
             ]
@@ -244,7 +248,7 @@ def bench_pair(
     model = SMALL if args.small else MODEL
     plan = plan_reallocation(model, src, dst, WORLD, bucket_bytes=int(args.bucket_mb * (1 << 20)))
     local = (
-        {n: source_shard(n, r) for n, r in plan.src_shards[rank].items()}
+        {n: source_shard(n, r, n in plan.column_major) for n, r in plan.src_shards[rank].items()}
         if rank in plan.src_shards
         else None
     )

@@ -89,7 +89,8 @@ def offload_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     on_cuda = any(t.is_cuda for t in tensors.values())
     with torch.no_grad():
         for name, tensor in tensors.items():
-            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+            # empty_like keeps the tensor's strides (a column-major shard stays one).
+            buffer = torch.empty_like(tensor, device="cpu", pin_memory=tensor.is_cuda)
             buffer.copy_(tensor, non_blocking=True)
             host[name] = buffer
         if on_cuda:

@@ -18,6 +18,12 @@ operator's planner can count bytes with it. The conventions, fixed here once:
   attention, the key/value heads its query heads use); o_proj and down_proj
   along dim 1 (row parallel). Norms and the scalar `score` head are replicated.
 * Data-parallel replicas hold identical shards.
+* Row-parallel weights (split along dim 1) are stored column-major: a shard is
+  the transpose of a contiguous tensor (``storage.py``). A tensor-parallel slice
+  of one is then one contiguous block of memory, as a slice of a column-parallel
+  weight is, so reallocation sends and receives every weight slice in place
+  rather than gathering or scattering its rows. The computations do not care
+  (``F.linear`` takes either order); files on disk stay row-major.
 
 Parameter names are the Hugging Face ones (LlamaForCausalLM / Qwen2ForCausalLM,
 and `score.weight` of *ForSequenceClassification for value/reward heads), so a
@@ -51,6 +57,11 @@ class ParamSpec:
         for s in self.shape:
             n *= s
         return n
+
+    @property
+    def column_major(self) -> bool:
+        """Whether shards of this parameter are stored column-major (row-parallel weights)."""
+        return self.tp_dim == 1 and len(self.shape) == 2
 
 
 @dataclass(frozen=True)

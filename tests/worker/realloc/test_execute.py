@@ -21,6 +21,7 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
 
     from rlhf_worker.realloc.execute import MemoryStats, reallocate
     from rlhf_worker.realloc.pool import StoragePool
+    from rlhf_worker.storage import in_storage_order
 
     rng = random.Random(seed + 1)
     # One pool across pairs: destinations reuse the (stale) memory of earlier ones.
@@ -33,17 +34,22 @@ def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]
         # Small buckets so pieces get cut, packed and sent alone; nodes of 2 or 4 ranks.
         bucket = rng.choice([256, 1024, 4096, 1 << 20])
         plan = plan_reallocation(model, src, dst, rng.choice([2, 4]), bucket_bytes=bucket)
+        cm = plan.column_major
         alias = rng.random() < 0.3
         inflight = rng.choice([1, 2, 4])
         use_into = rng.random() < 0.2  # every rank draws the same numbers, in the same order
         use_pool = rng.random() < 0.5
+        # Sources in the worker's memory order (column-major row-parallel weights), or
+        # all row-major: either way the bytes on the wire are the same.
+        in_order = rng.random() < 0.5
         if rank not in src.ranks and rank not in dst.ranks:
             assert reallocate(plan, None, rank, dtype=torch.float32) is None
             continue
         local = None
         if rank in src.ranks:
             local = {
-                n: full[n][slices(region)].clone() for n, region in plan.src_shards[rank].items()
+                n: in_storage_order(full[n][slices(region)].clone(), in_order and n in cm)
+                for n, region in plan.src_shards[rank].items()
             }
         # Sometimes fill existing tensors (garbage-filled) instead of new ones.
         into = None
@@ -152,4 +158,52 @@ def test_steady_state_reallocations_reuse_the_pool_and_stay_exact() -> None:
         # The third copy could not reuse the one the caller held, so it allocated
         # once more; after that the pool again covers everything.
         assert r["new_last"] > r["new_second"]
-        assert r["buffers_reused"] > 0
+    # Ranks 0 and 3 send o_proj/down_proj slices of these row-major clones, which
+    # travel column-major: packed, in buffers the next reallocation reuses.
+    assert [r["buffers_reused"] > 0 for r in results] == [True, False, False, True]
+
+
+def _zero_copy(rank: int, world: int) -> list[tuple[str, int, int, int]]:
+    import torch
+
+    from rlhf_worker.realloc.execute import MemoryStats, reallocate
+    from rlhf_worker.storage import in_storage_order
+
+    model = MODELS["gqa"]
+    full: dict[str, Any] = reference_weights(model, 3)
+    out = []
+    for name, src, dst in [
+        ("tp4 -> tp2dp2", Layout((0, 1, 2, 3), tp=4), Layout((0, 1, 2, 3), dp=2, tp=2)),
+        ("pp2tp2 -> tp4", Layout((0, 1, 2, 3), pp=2, tp=2), Layout((0, 1, 2, 3), tp=4)),
+        ("tp2 -> tp1dp2", Layout((0, 1), tp=2), Layout((2, 3), dp=2)),
+    ]:
+        # Every piece alone in its message (no packing of small ones).
+        plan = plan_reallocation(model, src, dst, 4, solo_bytes=0)
+        local = None
+        if rank in src.ranks:
+            local = {
+                n: in_storage_order(full[n][slices(r)].clone(), n in plan.column_major)
+                for n, r in plan.src_shards[rank].items()
+            }
+        stats = MemoryStats()
+        result = reallocate(plan, local, rank, dtype=torch.float32, stats=stats)
+        if result is not None:
+            for n, region in plan.dst_shards[rank].items():
+                assert torch.equal(result[n], full[n][slices(region)]), (name, n)
+                if n in plan.column_major:  # the destination keeps the worker's memory order
+                    assert result[n].stride() == (1, result[n].shape[0]), (name, n)
+        moved = bytes_received(plan).get(rank, 0) + sum(
+            p.nbytes for p in plan.pieces if p.src == rank
+        )
+        out.append((name, moved, stats.zero_copy_bytes, stats.messages))
+    return out
+
+
+def test_tensor_parallel_slices_of_every_weight_move_without_packing() -> None:
+    """With shards in the worker's memory order, a tp change sends and receives every slice
+    in place: row-parallel weights are column-major, so their slices are contiguous too."""
+    results = run_distributed(_zero_copy, 4)
+    for per_rank in results:
+        for name, moved, zero_copy, packed in per_rank:
+            assert packed == 0 and zero_copy == moved, (name, moved, zero_copy, packed)
+    assert all(sum(moved for _, moved, _, _ in r) > 0 for r in results)

@@ -21,6 +21,7 @@ from rlhf_worker.realloc.plan import (
     lacking_bytes,
     local_bytes,
     plan_reallocation,
+    rank_program,
 )
 from rlhf_worker.sharding import Layout, ModelShape, region_numel
 from tests.worker.realloc.cases import GQA, MODELS
@@ -104,10 +105,11 @@ def check_plan(plan: ReallocPlan) -> None:
             if p.name == chunk.name and (p.src, p.dst) == (chunk.src, chunk.dst)
         )
     for bucket in plan.buckets:
-        one_row = len(bucket.pieces) == 1 and bucket.pieces[0].region[0][1] == (
-            bucket.pieces[0].region[0][0] + 1
-        )
-        assert bucket.nbytes <= plan.bucket_bytes or one_row
+        # Only a single slice (a row, or a column of a column-major weight) may be bigger.
+        first = bucket.pieces[0]
+        (start, stop) = first.region[-1 if first.name in plan.column_major else 0]
+        one_slice = len(bucket.pieces) == 1 and stop == start + 1
+        assert bucket.nbytes <= plan.bucket_bytes or one_slice
     # Steps: every bucket once; a rank sends and receives at most one bucket per step.
     scheduled = sorted(i for step in plan.steps for i in step)
     assert scheduled == list(range(len(plan.buckets)))
@@ -200,6 +202,51 @@ def test_big_pieces_are_cut_small_ones_packed() -> None:
     assert [b.nbytes for b in embed] == [1024] * 5 and all(len(b.pieces) == 1 for b in embed)
     # Norms (128 bytes) travel packed with others.
     assert any(len(b.pieces) > 1 for b in plan.buckets)
+
+
+def test_row_parallel_weights_are_column_major_and_cut_along_their_columns() -> None:
+    plan = plan_reallocation(GQA, Layout((0,)), Layout((1,)), 1, bucket_bytes=256)
+    check_plan(plan)
+    names = [p.name for p in GQA.params()]
+    assert plan.column_major == {
+        n for n in names if n.endswith(("o_proj.weight", "down_proj.weight"))
+    }
+    # A cut column-major weight goes in blocks of whole columns: each one contiguous there.
+    for bucket in plan.buckets:
+        for piece in bucket.pieces:
+            full = next(p.shape for p in GQA.params() if p.name == piece.name)
+            whole_dim = 0 if piece.name in plan.column_major else len(full) - 1
+            assert piece.region[whole_dim] == (0, full[whole_dim]), piece
+
+
+@given(plan_inputs(), st.integers(0, 11))
+@settings(max_examples=60, deadline=None)
+def test_rank_programs_are_the_plan_seen_from_each_rank(
+    inputs: tuple[str, Layout, Layout, int, int], rank: int
+) -> None:
+    plan = make_plan(inputs)
+    program = rank_program(plan, rank)
+    assert plan.program(rank) == program and plan.program(rank) is plan.program(rank)
+    # Every bucket this rank sends or receives, once, in step order, named by its index.
+    mine = [
+        (i, plan.buckets[i].src == rank)
+        for step in plan.steps
+        for i in step
+        if rank in (plan.buckets[i].src, plan.buckets[i].dst)
+    ]
+    assert [(t.tag, t.send) for step in program.steps for t in step] == mine
+    for step in program.steps:
+        for t in step:
+            bucket = plan.buckets[t.tag]
+            assert t.peer == (bucket.dst if t.send else bucket.src) and t.nbytes == bucket.nbytes
+            held = (plan.src_shards if t.send else plan.dst_shards)[rank]
+            for (name, index, column_major), piece in zip(t.parts, bucket.pieces, strict=True):
+                assert name == piece.name and column_major == (name in plan.column_major)
+                assert [(s.start, s.stop) for s in index] == [
+                    (a - h, b - h) for (a, b), (h, _) in zip(piece.region, held[name], strict=True)
+                ]
+    copies = [c for c in plan.local if c.rank == rank]
+    assert [name for name, _, _ in program.copies] == [c.name for c in copies]
 
 
 def test_layouts_that_cannot_shard_the_model_are_rejected() -> None:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from rlhf_worker.model.config import ModelConfig, architecture_mismatch
 from rlhf_worker.sharding import HeadKind, Layout, ModelShape, Region, rank_shards
+from rlhf_worker.storage import in_storage_order
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -131,7 +132,7 @@ def load_shards(
                             f"expected {list(specs[name].shape)}"
                         )
                     index = tuple(slice(start, stop) for start, stop in regions[name])
-                    out[name] = piece[index].to(dtype).contiguous()
+                    out[name] = in_storage_order(piece[index].to(dtype), specs[name].column_major)
         except CheckpointError:
             raise
         except Exception as err:

@@ -7,9 +7,10 @@ walks the plan's steps in the same order and posts its part of each step
 overlap, while the packing buffers in flight stay under a bound (two buckets by
 default), so peak extra memory is the destination shards plus about two buckets.
 
-A bucket holding a single piece that is contiguous in both tensors (the
-common case for big column-parallel slices) is sent from, and received into,
-the parameter tensors themselves: no packing copy. Other buckets are packed
+A bucket holding a single piece that is contiguous in both tensors (a
+tensor-parallel slice of any weight, since row-parallel weights are stored
+column-major and travel transposed: see ``storage.py``) is sent from, and
+received into, the parameter tensors themselves: no packing copy. Other buckets are packed
 into one flat buffer (one copy per piece) so many small tensors do not mean
 many messages. Packing buffers are reused from step to step, and with a
 ``StoragePool`` (CPU) destination shards and buffers reuse the memory of earlier
@@ -18,8 +19,9 @@ reallocations, so steady-state iterations do not fault fresh pages in.
 Where the time goes on CPU (``benchmarks/realloc.py``): the transfer itself is
 CPU work (loopback TCP copies in gloo's threads), so everything else a rank does
 competes with it for the cores: the local copies of what a rank keeps (e.g.
-half of every weight for tp2 -> tp1, as many bytes as it receives), unpacking
-column slices of row-parallel weights into place, and the per-message cost.
+half of every weight for tp2 -> tp1, as many bytes as it receives), packing
+and unpacking what is not contiguous, and the per-message cost (hence each
+rank's part of a plan is worked out once, ``ReallocPlan.program``).
 
 Why point-to-point rather than ReaL's broadcasts in groups: on gloo, measured by
 ``benchmarks/realloc.py`` in the same run, broadcasts in 2-rank groups and
@@ -41,9 +43,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from rlhf_worker.realloc.plan import DEFAULT_BUCKET_BYTES, Bucket, ReallocPlan, region_shape
+from rlhf_worker.realloc.plan import (
+    DEFAULT_BUCKET_BYTES,
+    RankProgram,
+    ReallocPlan,
+    Transfer,
+    region_shape,
+)
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.sharding import Region
+from rlhf_worker.storage import empty_shard, wire_view
 
 # Packing buffers of reallocations on CPU that are given no pool, kept for the next
 # steps and the next reallocations: at most four default buckets stay held idle.
@@ -74,15 +82,10 @@ class MemoryStats:
 @dataclass
 class _InFlight:
     works: list[dist.Work]
-    unpack: list[tuple[torch.Tensor, Bucket]] = field(default_factory=list)
+    unpack: list[tuple[torch.Tensor, Transfer]] = field(default_factory=list)
     buffer_bytes: int = 0
     keep: list[torch.Tensor] = field(default_factory=list)  # send buffers alive until done
     packed: list[torch.Tensor] = field(default_factory=list)  # buffers to give back when done
-
-
-def _slices(region: Region, base: Region) -> tuple[slice, ...]:
-    """Index of a full-tensor region inside a local tensor holding ``base``."""
-    return tuple(slice(r0 - b0, r1 - b0) for (r0, r1), (b0, _) in zip(region, base, strict=True))
 
 
 def reallocate(
@@ -125,7 +128,7 @@ def reallocate(
         raise ValueError(f"rank {rank} is in the source layout but was given no source shards")
     src_regions = plan.src_shards.get(rank, {})
     stats = stats if stats is not None else MemoryStats()
-    element_bytes = torch.empty((), dtype=dtype).element_size()
+    element_bytes = dtype.itemsize
     if element_bytes != plan.element_bytes:
         raise ValueError(f"plan counts {plan.element_bytes}-byte elements, tensors are {dtype}")
 
@@ -134,23 +137,20 @@ def reallocate(
         out = {}
         for name, region in dst_regions.items():
             if into is not None:
-                if (
-                    tuple(into[name].shape) != region_shape(region)
-                    or not into[name].is_contiguous()
-                ):
+                if tuple(into[name].shape) != region_shape(region) or not _dense(into[name]):
                     raise ValueError(f"{name}: cannot receive {region_shape(region)} into it")
                 out[name] = into[name]
                 continue
             if alias_local and local_src is not None and src_regions.get(name) == region:
                 out[name] = local_src[name]
                 continue
-            if pool is not None:
-                out[name] = pool.empty(region_shape(region), dtype, device)
-            else:
-                out[name] = torch.empty(region_shape(region), dtype=dtype, device=device)
+            alloc = pool.empty if pool is not None else None
+            column_major = name in plan.column_major
+            out[name] = empty_shard(region_shape(region), dtype, device, column_major, alloc)
             stats.destination += out[name].numel() * element_bytes
             stats.alloc(out[name].numel() * element_bytes)
 
+    program = plan.program(rank)
     post = _poster(group)
     buffer_limit = 2 * plan.bucket_bytes if max_buffer_bytes is None else max_buffer_bytes
     # Packing buffers of the same size recur (one per layer for each sliced
@@ -168,23 +168,18 @@ def reallocate(
         inflight: deque[_InFlight] = deque()
         inflight_buffer_bytes = 0
         local_done = False
-        for step in plan.steps:
-            mine = [i for i in step if rank in (plan.buckets[i].src, plan.buckets[i].dst)]
-            if not mine:
-                continue
-            flight, ops = _prepare(
-                plan, mine, rank, local_src, src_regions, out, dst_regions, stats, buffers
-            )
+        for step in program.steps:
+            flight, ops = _prepare(step, local_src, out, dtype, stats, buffers)
             while inflight and (
                 len(inflight) >= max_inflight_steps
                 or flight.buffer_bytes + inflight_buffer_bytes > buffer_limit
             ):
                 if not local_done:
                     # The local copies overlap with the first steps in flight.
-                    _copy_local(plan, rank, local_src, out)
+                    _copy_local(program, local_src, out)
                     local_done = True
                 done = inflight.popleft()
-                _finish(done, out, dst_regions, stats, buffers)
+                _finish(done, out, stats, buffers)
                 inflight_buffer_bytes -= done.buffer_bytes
                 del done  # its buffers must be unreferenced before the pool lends them again
             flight.works = post(ops)
@@ -192,9 +187,9 @@ def reallocate(
             inflight_buffer_bytes += flight.buffer_bytes
             del flight
         if not local_done:
-            _copy_local(plan, rank, local_src, out)
+            _copy_local(program, local_src, out)
         while inflight:
-            _finish(inflight.popleft(), out, dst_regions, stats, buffers)
+            _finish(inflight.popleft(), out, stats, buffers)
     return out
 
 
@@ -207,26 +202,29 @@ def local_copies(
     """This rank's local copies as (destination view, source view) pairs: the parts of its
     destination shards it already holds in the source layout (shards shared as is, the
     same tensor in ``out`` and ``local_src``, need none)."""
+    return _local_views(plan.program(rank), local_src, out)
+
+
+def _local_views(
+    program: RankProgram,
+    local_src: Mapping[str, torch.Tensor] | None,
+    out: Mapping[str, torch.Tensor] | None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if out is None or local_src is None:
         return []
-    src_regions, dst_regions = plan.src_shards.get(rank, {}), plan.dst_shards.get(rank, {})
     return [
-        (
-            out[copy.name][_slices(copy.region, dst_regions[copy.name])],
-            local_src[copy.name][_slices(copy.region, src_regions[copy.name])],
-        )
-        for copy in plan.local
-        if copy.rank == rank and out[copy.name] is not local_src[copy.name]
+        (out[name][dst_index], local_src[name][src_index])
+        for name, dst_index, src_index in program.copies
+        if out[name] is not local_src[name]
     ]
 
 
 def _copy_local(
-    plan: ReallocPlan,
-    rank: int,
+    program: RankProgram,
     local_src: Mapping[str, torch.Tensor] | None,
     out: Mapping[str, torch.Tensor] | None,
 ) -> None:
-    for target, source in local_copies(plan, rank, local_src, out):
+    for target, source in _local_views(program, local_src, out):
         target.copy_(source)
 
 
@@ -270,81 +268,75 @@ def _poster(group: dist.ProcessGroup | None) -> Callable[[list[_Op]], list[dist.
 
 
 def _prepare(
-    plan: ReallocPlan,
-    bucket_ids: list[int],
-    rank: int,
+    step: tuple[Transfer, ...],
     local_src: Mapping[str, torch.Tensor] | None,
-    src_regions: dict[str, Region],
     out: dict[str, torch.Tensor] | None,
-    dst_regions: dict[str, Region] | None,
+    dtype: torch.dtype,
     stats: MemoryStats,
     buffers: StoragePool,
 ) -> tuple[_InFlight, list[_Op]]:
     """This rank's messages of one step: tensor views where possible, packed buffers otherwise."""
     ops: list[_Op] = []
     flight = _InFlight(works=[])
-    for index in bucket_ids:
-        bucket = plan.buckets[index]
-        nbytes = bucket.nbytes  # a property summing the pieces: once per bucket
-        if bucket.src == rank:
-            assert local_src is not None
-            views = [
-                local_src[p.name][_slices(p.region, src_regions[p.name])] for p in bucket.pieces
-            ]
-            if len(views) == 1 and views[0].is_contiguous():
-                message = views[0]
-                stats.zero_copy_bytes += nbytes
-            else:
+    for transfer in step:
+        tensors = local_src if transfer.send else out
+        assert tensors is not None
+        name, index, column_major = transfer.parts[0]
+        first = wire_view(tensors[name][index], column_major)
+        if len(transfer.parts) == 1 and first.is_contiguous():
+            # Straight from or into the parameter tensors: no packing copy.
+            message = first
+            stats.zero_copy_bytes += transfer.nbytes
+        else:
+            message = buffers.empty((transfer.nbytes // dtype.itemsize,), dtype, first.device)
+            flight.packed.append(message)
+            flight.buffer_bytes += transfer.nbytes
+            stats.messages += transfer.nbytes
+            stats.alloc(transfer.nbytes)
+            if transfer.send:
                 # One copy per piece straight into the message (no intermediate
                 # contiguous copies of sliced views, as reshape + cat would make).
-                message = buffers.empty(
-                    (nbytes // plan.element_bytes,), views[0].dtype, views[0].device
-                )
-                offset = 0
-                for view in views:
-                    message[offset : offset + view.numel()].view(view.shape).copy_(view)
-                    offset += view.numel()
-                flight.packed.append(message)
-                flight.buffer_bytes += nbytes
-                stats.messages += nbytes
-                stats.alloc(nbytes)
-            flight.keep.append(message)
-            ops.append((True, message, bucket.dst, index))
-        if bucket.dst == rank:
-            assert out is not None and dst_regions is not None
-            first = bucket.pieces[0]
-            view = out[first.name][_slices(first.region, dst_regions[first.name])]
-            if len(bucket.pieces) == 1 and view.is_contiguous():
-                buffer = view
-                stats.zero_copy_bytes += nbytes
+                _scatter(message, _wire_views(tensors, transfer), into_message=True)
             else:
-                buffer = buffers.empty((nbytes // plan.element_bytes,), view.dtype, view.device)
-                flight.packed.append(buffer)
-                flight.buffer_bytes += nbytes
-                stats.messages += nbytes
-                stats.alloc(nbytes)
-                flight.unpack.append((buffer, bucket))
-            ops.append((False, buffer, bucket.src, index))
+                flight.unpack.append((message, transfer))
+        if transfer.send:
+            flight.keep.append(message)
+        ops.append((transfer.send, message, transfer.peer, transfer.tag))
     return flight, ops
+
+
+def _wire_views(tensors: Mapping[str, torch.Tensor], transfer: Transfer) -> list[torch.Tensor]:
+    return [wire_view(tensors[name][index], cm) for name, index, cm in transfer.parts]
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Contiguous in row-major or (2-D) column-major order: one block, each element once."""
+    return tensor.is_contiguous() or (tensor.dim() == 2 and tensor.t().is_contiguous())
+
+
+def _scatter(message: torch.Tensor, views: list[torch.Tensor], *, into_message: bool) -> None:
+    """Copy views into consecutive parts of a flat message, or those parts back into them."""
+    offset = 0
+    for view in views:
+        part = message[offset : offset + view.numel()].view(view.shape)
+        if into_message:
+            part.copy_(view)
+        else:
+            view.copy_(part)
+        offset += view.numel()
 
 
 def _finish(
     flight: _InFlight,
     out: dict[str, torch.Tensor] | None,
-    dst_regions: dict[str, Region] | None,
     stats: MemoryStats,
     buffers: StoragePool,
 ) -> None:
     for work in flight.works:
         work.wait()
-    for buffer, bucket in flight.unpack:
-        assert out is not None and dst_regions is not None
-        offset = 0
-        for piece in bucket.pieces:
-            target = out[piece.name][_slices(piece.region, dst_regions[piece.name])]
-            n = target.numel()
-            target.copy_(buffer[offset : offset + n].view(target.shape))
-            offset += n
+    for message, transfer in flight.unpack:
+        assert out is not None
+        _scatter(message, _wire_views(out, transfer), into_message=False)
     for buffer in flight.packed:
         buffers.give(buffer)
     stats.free(flight.buffer_bytes)

@@ -18,7 +18,8 @@ How a plan is made:
    replicas, and both pipeline ends for tied embeddings): a sender on the
    destination's node if there is one, then the least loaded so far.
 3. Pieces are grouped per (sender, receiver) pair into buckets of at most
-   ``bucket_bytes`` (a piece larger than that is cut along its first dimension).
+   ``bucket_bytes`` (a piece larger than that is cut along the dimension its
+   memory is major in: the first, or the last for a column-major weight).
    A piece of ``solo_bytes`` or more travels alone so it can go straight from
    and into the tensors without packing; smaller ones are packed together so
    many small tensors do not mean many messages.
@@ -26,12 +27,17 @@ How a plan is made:
    bucket and receives at most one. Steps are independent, so the executor
    keeps a few in flight (overlap) while the memory it needs stays bounded by
    a few buckets.
+5. Each rank's part (``ReallocPlan.program``) lists its messages step by step
+   and its local copies, with every index into its own tensors worked out, once
+   per plan and rank: the executor runs it every iteration without recomputing
+   anything, which matters where the transfer is CPU-bound and every cycle of
+   bookkeeping is taken from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlhf_worker.sharding import (
     Layout,
@@ -84,6 +90,31 @@ class Bucket:
         return sum(p.nbytes for p in self.pieces)
 
 
+Index = tuple[slice, ...]  # a region's place inside a local tensor holding a bigger region
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One bucket as one of its two ranks sees it: which peer, and where its pieces are in
+    this rank's own tensors (source shards when sending, destination shards when receiving)."""
+
+    send: bool
+    peer: int
+    tag: int  # the bucket's index: both ends name the message by it
+    nbytes: int
+    # (parameter, index, column-major), in the bucket's order; a column-major
+    # parameter's pieces travel transposed (``storage.wire_view``).
+    parts: tuple[tuple[str, Index, bool], ...]
+
+
+@dataclass(frozen=True)
+class RankProgram:
+    """Everything one rank does in a plan, in order, with every index precomputed."""
+
+    steps: tuple[tuple[Transfer, ...], ...]  # only the plan's steps this rank takes part in
+    copies: tuple[tuple[str, Index, Index], ...]  # (parameter, destination index, source index)
+
+
 @dataclass(frozen=True)
 class ReallocPlan:
     model: ModelShape
@@ -94,10 +125,21 @@ class ReallocPlan:
     src_shards: dict[int, dict[str, Region]]  # what each source rank holds
     dst_shards: dict[int, dict[str, Region]]  # what each destination rank ends with
     node_of: dict[int, int]  # node of every rank in either layout
+    column_major: frozenset[str]  # parameters stored (and sent) column-major
     local: tuple[LocalCopy, ...]
     pieces: tuple[Piece, ...]  # every transfer, before cutting into buckets
     buckets: tuple[Bucket, ...]
     steps: tuple[tuple[int, ...], ...]  # bucket indices, one send and one receive per rank
+    # Each rank's program, made on first use: a plan is kept and rerun every
+    # iteration (the worker's runtime keeps one per layout pair).
+    _programs: dict[int, RankProgram] = field(default_factory=dict, compare=False, repr=False)
+
+    def program(self, rank: int) -> RankProgram:
+        """This rank's part of the plan (``rank_program``), computed once per plan and rank."""
+        found = self._programs.get(rank)
+        if found is None:
+            found = self._programs[rank] = rank_program(self, rank)
+        return found
 
 
 RankNode = Callable[[int], int] | int
@@ -201,7 +243,8 @@ def plan_reallocation(
                 pieces.append(Piece(name, part, sender, rank, nbytes))
 
     solo = min(DEFAULT_SOLO_BYTES, bucket_bytes // 4) if solo_bytes is None else solo_bytes
-    buckets = _bucketize(pieces, bucket_bytes, element_bytes, solo)
+    column_major = frozenset(p.name for p in model.params() if p.column_major)
+    buckets = _bucketize(pieces, bucket_bytes, solo, column_major)
     return ReallocPlan(
         model=model,
         src=src,
@@ -211,6 +254,7 @@ def plan_reallocation(
         src_shards=src_shards,
         dst_shards=dst_shards,
         node_of=node_of,
+        column_major=column_major,
         local=tuple(local),
         pieces=tuple(pieces),
         buckets=tuple(buckets),
@@ -228,24 +272,30 @@ def _choose_sender(
     return min(pool, key=lambda r: (sent[r], (pool.index(r) - rank) % len(pool)))
 
 
-def _cut(piece: Piece, bucket_bytes: int, element_bytes: int) -> list[Piece]:
-    """Cut a piece along its first dimension into chunks of at most a bucket (or one row)."""
+def _cut(piece: Piece, bucket_bytes: int, dim: int) -> list[Piece]:
+    """Cut a piece along ``dim`` into chunks of at most a bucket (or one slice of it).
+
+    ``dim`` is the dimension the tensor's memory is major in, so that each chunk
+    stays one contiguous block of a contiguous piece.
+    """
     if piece.nbytes <= bucket_bytes:
         return [piece]
-    (start, stop), rest = piece.region[0], piece.region[1:]
-    row_bytes = region_numel(rest) * element_bytes
-    rows = max(1, bucket_bytes // row_bytes)
+    start, stop = piece.region[dim]
+    slice_bytes = piece.nbytes // (stop - start)
+    width = max(1, bucket_bytes // slice_bytes)
     out = []
-    for lo in range(start, stop, rows):
-        hi = min(stop, lo + rows)
-        out.append(
-            Piece(piece.name, ((lo, hi), *rest), piece.src, piece.dst, (hi - lo) * row_bytes)
-        )
+    for lo in range(start, stop, width):
+        hi = min(stop, lo + width)
+        region = (*piece.region[:dim], (lo, hi), *piece.region[dim + 1 :])
+        out.append(Piece(piece.name, region, piece.src, piece.dst, (hi - lo) * slice_bytes))
     return out
 
 
 def _bucketize(
-    pieces: Iterable[Piece], bucket_bytes: int, element_bytes: int, solo_bytes: int
+    pieces: Iterable[Piece],
+    bucket_bytes: int,
+    solo_bytes: int,
+    column_major: frozenset[str],
 ) -> list[Bucket]:
     by_pair: dict[tuple[int, int], list[Piece]] = {}
     for piece in pieces:
@@ -255,7 +305,8 @@ def _bucketize(
         packed: list[Piece] = []
         packed_bytes = 0
         for piece in pair_pieces:
-            for chunk in _cut(piece, bucket_bytes, element_bytes):
+            dim = len(piece.region) - 1 if piece.name in column_major else 0
+            for chunk in _cut(piece, bucket_bytes, dim):
                 if chunk.nbytes >= solo_bytes:
                     buckets.append(Bucket(src, dst, (chunk,)))
                     continue
@@ -304,6 +355,50 @@ def _schedule(buckets: list[Bucket]) -> tuple[tuple[int, ...], ...]:
                 del queues[(src, dst)]
         steps.append(tuple(sorted(step)))
     return tuple(steps)
+
+
+def local_index(region: Region, base: Region) -> Index:
+    """Where a full-tensor region lies inside a local tensor that holds region ``base``."""
+    return tuple(slice(r0 - b0, r1 - b0) for (r0, r1), (b0, _) in zip(region, base, strict=True))
+
+
+def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
+    """One rank's messages, step by step, and its local copies, located in its own tensors.
+
+    A rank outside both layouts gets an empty program. Local copies of a region the
+    rank holds whole in both layouts are listed too: the executor skips them when
+    the destination shard is the source tensor itself (``alias_local``).
+    """
+    src_regions = plan.src_shards.get(rank, {})
+    dst_regions = plan.dst_shards.get(rank, {})
+    steps = []
+    for step in plan.steps:
+        mine = []
+        for index in step:
+            bucket = plan.buckets[index]
+            for send, peer, regions in (
+                (True, bucket.dst, src_regions),
+                (False, bucket.src, dst_regions),
+            ):
+                if (bucket.src if send else bucket.dst) != rank:
+                    continue
+                parts = tuple(
+                    (p.name, local_index(p.region, regions[p.name]), p.name in plan.column_major)
+                    for p in bucket.pieces
+                )
+                mine.append(Transfer(send, peer, index, bucket.nbytes, parts))
+        if mine:
+            steps.append(tuple(mine))
+    copies = tuple(
+        (
+            copy.name,
+            local_index(copy.region, dst_regions[copy.name]),
+            local_index(copy.region, src_regions[copy.name]),
+        )
+        for copy in plan.local
+        if copy.rank == rank
+    )
+    return RankProgram(tuple(steps), copies)
 
 
 # --- byte accounting, for tests, the benchmark and the operator's cost model ---

@@ -59,8 +59,11 @@ class StoragePool:
         self.reused_bytes = 0  # bytes lent from the pool rather than newly allocated
         self.new_bytes = 0  # bytes allocated because nothing free matched
         # By data pointer, in the order given back (dicts keep insertion order), so
-        # that eviction drops the storage given back longest ago.
+        # that eviction drops the storage given back longest ago; and the same
+        # pointers by (device, bytes), newest last, so a request looks only at
+        # storages of its size (a transient copy of a 7B model is hundreds of them).
         self._kept: dict[int, tuple[torch.device, int, torch.UntypedStorage]] = {}
+        self._by_size: dict[tuple[torch.device, int], list[int]] = {}
         # A worker may serve commands from several threads (gRPC): one pool, one lock.
         self._lock = threading.Lock()
 
@@ -79,22 +82,27 @@ class StoragePool:
         numel = 1
         for size in shape:
             numel *= size
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = numel * dtype.itemsize
         with self._lock:
+            same_size = self._by_size.get((device, nbytes), [])
             # Newest first: the storage given back last is the likeliest to be in cache.
-            for pointer in reversed(self._kept):
-                kept_device, kept_bytes, storage = self._kept[pointer]
-                if (
-                    kept_bytes == nbytes
-                    and kept_device == device
-                    and not _in_use_elsewhere(storage)
-                ):
-                    del self._kept[pointer]
-                    self.held_bytes -= nbytes
+            for position in range(len(same_size) - 1, -1, -1):
+                storage = self._kept[same_size[position]][2]
+                if not _in_use_elsewhere(storage):
+                    self._forget(same_size[position])
                     self.reused_bytes += nbytes
                     return torch.empty(0, dtype=dtype, device=device).set_(storage).view(shape)
             self.new_bytes += nbytes
         return torch.empty(shape, dtype=dtype, device=device)
+
+    def _forget(self, pointer: int) -> None:
+        """Stop keeping a storage (the lock is held)."""
+        device, nbytes, _ = self._kept.pop(pointer)
+        self.held_bytes -= nbytes
+        same_size = self._by_size[(device, nbytes)]
+        same_size.remove(pointer)
+        if not same_size:
+            del self._by_size[(device, nbytes)]
 
     def give(self, tensor: torch.Tensor) -> bool:
         """Keep this tensor's storage for reuse if it is a whole storage; say whether it is kept.
@@ -112,10 +120,10 @@ class StoragePool:
             if pointer in self._kept:
                 return True  # given back twice
             self._kept[pointer] = (tensor.device, nbytes, storage)
+            self._by_size.setdefault((tensor.device, nbytes), []).append(pointer)
             self.held_bytes += nbytes
             while self.held_bytes > self.limit_bytes:
-                oldest = next(iter(self._kept))
-                self.held_bytes -= self._kept.pop(oldest)[1]
+                self._forget(next(iter(self._kept)))
         return True
 
     def give_unshared(
@@ -139,4 +147,5 @@ class StoragePool:
         """Drop every kept storage (their memory returns once nothing else holds it)."""
         with self._lock:
             self._kept.clear()
+            self._by_size.clear()
             self.held_bytes = 0

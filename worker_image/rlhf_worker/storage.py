@@ -1,0 +1,54 @@
+"""How a shard is laid out in memory: row-major, or column-major for row-parallel weights.
+
+The convention is fixed in ``sharding.py`` (``ParamSpec.column_major``); this module
+is the torch side of it. Every place that creates a shard (loading a checkpoint,
+reallocation, offloading) goes through ``empty_shard`` or ``in_storage_order``, so
+a shard keeps its order for its whole life: the trainer's gradients and optimizer
+states follow the parameter's strides (torch's gradient layout contract and
+``zeros_like``), and copies made with ``empty_like`` keep them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Allocate = Callable[[tuple[int, ...], torch.dtype, torch.device | str], torch.Tensor]
+
+
+def empty_shard(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    column_major: bool,
+    alloc: Allocate | None = None,
+) -> torch.Tensor:
+    """An uninitialised shard of ``shape`` in the given order (allocated by ``alloc``)."""
+    make = alloc or _torch_empty
+    if column_major:
+        return make(tuple(reversed(shape)), dtype, device).t()
+    return make(shape, dtype, device)
+
+
+def in_storage_order(tensor: torch.Tensor, column_major: bool) -> torch.Tensor:
+    """The tensor in the given order: itself if it already is, else a copy."""
+    if column_major:
+        return tensor if tensor.t().is_contiguous() else tensor.t().contiguous().t()
+    return tensor.contiguous()
+
+
+def wire_view(view: torch.Tensor, column_major: bool) -> torch.Tensor:
+    """How a region of a shard travels in a message: row by row of its memory order.
+
+    Both ends of a reallocation agree on it from the parameter alone, whatever
+    order their own tensors are in; where a tensor is in that order the region's
+    wire view is contiguous and goes straight from or into it.
+    """
+    return view.t() if column_major else view
+
+
+def _torch_empty(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
