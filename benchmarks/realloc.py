@@ -44,35 +44,37 @@ share the code that fills them). ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge
 pages for torch's CPU allocations) is set unless ``--no-thp``: fresh memory on
 4 KiB pages faults at ~1 GB/s here, slower than the transfer. The machine has
 2 cores for 4 processes and is shared: compare the columns of one run, not runs
-with each other. Sample output (2-core machine, quiet before the run):
+with each other. Sample output (2-core machine shared with other work, raw p2p
+at 1.6-3.3 GB/s where a quiet moment gives ~5):
 
-    model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 7 repeats (medians), THP_MEM_ALLOC_ENABLE=1
+    model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 11 repeats (medians), THP_MEM_ALLOC_ENABLE=1
     pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady floor s steady/floor
-    tp2dp2 -> tp1dp4    796  0.419  1.90    0.263  3.02  0.263  3.03     5.05       4.71       0.38   0.60  0.60    398     427    396          0     431      199     0.279  0.505   0.234         0.89
-    tp4 -> tp2dp2       597  0.247  2.42    0.186  3.21  0.177  3.37     4.81       5.27       0.50   0.67  0.70    199     220    194          0     220      100     0.218  0.343   0.134         0.72
-    pp2tp2 -> tp4       299  0.114  2.61    0.100  2.97  0.098  3.06     4.36       4.80       0.60   0.68  0.70    100     119     49          0     119       50     0.122  0.189   0.073         0.72
-    tp2@01 -> tp2@23    398  0.163  2.44    0.086  4.62  0.084  4.76     5.42       5.49       0.45   0.85  0.88    199     199    167          0     199        0     0.139  0.164   0.073         0.84
-    tp1@0 -> dp3@123   1194  0.446  2.68    0.289  4.14  0.293  4.07     3.75       5.71       0.71   1.10  1.09    398     398    347          0     398        0     0.473  0.477   0.288         1.00
+    tp2dp2 -> tp1dp4    796  0.778  1.02    0.338  2.36  0.319  2.49     3.29       3.37       0.31   0.72  0.76    398     398    398          1     398      199     0.398  0.628   0.315         0.93
+    tp4 -> tp2dp2       597  0.363  1.64    0.239  2.50  0.234  2.55     3.29       3.63       0.50   0.76  0.78    199     205    199          0     205      100     0.313  0.431   0.204         0.85
+    pp2tp2 -> tp4       299  0.201  1.49    0.167  1.78  0.170  1.75     2.21       2.73       0.67   0.81  0.79    100     106     49          0     106       50     0.184  0.286   0.132         0.79
+    tp2@01 -> tp2@23    398  0.284  1.40    0.159  2.51  0.155  2.57     2.72       3.12       0.52   0.92  0.95    199     199    174          0     199        0     0.231  0.280   0.135         0.85
+    tp1@0 -> dp3@123   1194  1.444  0.83    0.883  1.35  0.774  1.54     1.61       3.14       0.51   0.84  0.96    398     398    347          0     398        0     0.815  0.920   0.681         0.77
 
-Reading it: with nothing else running, raw p2p keeps ~1.7 of the 2 cores busy
-(loopback TCP is copies in the kernel), so the transfer is CPU-bound and every
-other CPU cycle of a reallocation shows up in its time; the ratios follow the
-CPU columns. Pairs that only move bytes (tp2@01 -> tp2@23, tp1@0 -> dp3@123)
-reach 0.85-1.1 of raw in steady state. Pairs where ranks keep part of what
-they hold stay at 0.6-0.7: tp2dp2 -> tp1dp4 copies 199 MB per rank locally,
-as many bytes as each rank receives, and a memory copy costs about what a
-loopback transfer of the same bytes costs here, so no reallocation can reach
-0.8 of raw on it (the floor itself is 0.67 of raw; the executor reaches 0.89
-of the floor). For tp4 -> tp2dp2 and pp2tp2 -> tp4 the copies are fewer; with
-the local copies and the unpacking of o_proj/down_proj column slices both
-switched off (a timing experiment, wrong results) they reach 0.76-0.81 of
-raw, so the rest of their gap is the cost of their 50-170 messages per rank
-against raw's 2-5 on a CPU-bound transport (bigger or smaller buckets, more
-steps in flight or a larger threshold for packing do not change it). On GPUs a
-local copy runs at memory bandwidth, several times the interconnect's, and
-these costs shrink accordingly. Cold runs add the first touch of the new
-destination memory (0.4-0.7 of raw). Broadcasts in 2-rank groups and batched
-p2p move the same bytes at about the same speed on gloo.
+Reading it: raw p2p keeps ~1.7 of the 2 cores busy (loopback TCP is copies in
+the kernel), so the transfer is CPU-bound and every other CPU cycle of a
+reallocation shows up in its time; the ratios follow the CPU columns. What a
+reallocation does beyond the raw transfer: the local copies of what a rank
+keeps (tp2dp2 -> tp1dp4 copies 199 MB per rank, as many bytes as it receives:
+on this machine a memory copy costs about what a loopback transfer of the same
+bytes costs, so the floor itself is 0.7-0.9 of raw there), and per message a
+little Python and a gloo send or receive (a rank of tp4 -> tp2dp2 handles ~170
+messages, raw 2-5). There is no packing of weight slices: row-parallel
+weights are stored column-major (``rlhf_worker/storage.py``), so a
+tensor-parallel slice of any weight is one contiguous block in both layouts
+and goes straight from one tensor into the other; only pieces under 256 KB
+are packed together. Over four runs on the busy machine (7-11 repeats each)
+steady state reached 0.67-0.77 of raw on tp2dp2 -> tp1dp4, 0.71-0.86 on
+tp4 -> tp2dp2, 0.64-0.83 on pp2tp2 -> tp4, 0.74-0.92 on tp2@01 -> tp2@23 and
+0.84-0.90 on tp1@0 -> dp3@123, and 0.77-0.93 of the floor. On GPUs a local
+copy runs at memory bandwidth, several times the interconnect's, and these
+costs shrink accordingly. Cold runs add the first touch of the new destination
+memory (0.3-0.7 of raw). Broadcasts in 2-rank groups and batched p2p move the
+same bytes at about the same speed on gloo.
 """
 
 from __future__ import annotations
