@@ -49,11 +49,11 @@ at 1.6-3.3 GB/s where a quiet moment gives ~5):
 
     model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 11 repeats (medians), THP_MEM_ALLOC_ENABLE=1
     pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady floor s steady/floor
-    tp2dp2 -> tp1dp4    796  0.778  1.02    0.338  2.36  0.319  2.49     3.29       3.37       0.31   0.72  0.76    398     398    398          1     398      199     0.398  0.628   0.315         0.93
-    tp4 -> tp2dp2       597  0.363  1.64    0.239  2.50  0.234  2.55     3.29       3.63       0.50   0.76  0.78    199     205    199          0     205      100     0.313  0.431   0.204         0.85
-    pp2tp2 -> tp4       299  0.201  1.49    0.167  1.78  0.170  1.75     2.21       2.73       0.67   0.81  0.79    100     106     49          0     106       50     0.184  0.286   0.132         0.79
-    tp2@01 -> tp2@23    398  0.284  1.40    0.159  2.51  0.155  2.57     2.72       3.12       0.52   0.92  0.95    199     199    174          0     199        0     0.231  0.280   0.135         0.85
-    tp1@0 -> dp3@123   1194  1.444  0.83    0.883  1.35  0.774  1.54     1.61       3.14       0.51   0.84  0.96    398     398    347          0     398        0     0.815  0.920   0.681         0.77
+    tp2dp2 -> tp1dp4    796  0.781  1.02    0.329  2.42  0.316  2.52     3.44       3.74       0.30   0.70  0.73    398     398    398          1     398      199     0.376  0.612   0.291         0.88
+    tp4 -> tp2dp2       597  0.324  1.84    0.231  2.58  0.223  2.67     3.54       3.40       0.52   0.73  0.76    199     205    193          0     205      100     0.292  0.427   0.205         0.89
+    pp2tp2 -> tp4       299  0.155  1.93    0.137  2.18  0.120  2.49     3.23       3.10       0.60   0.68  0.77    100     106     49          0     106       50     0.164  0.242   0.112         0.82
+    tp2@01 -> tp2@23    398  0.222  1.79    0.136  2.93  0.127  3.15     3.69       3.68       0.48   0.79  0.85    199     199    174          0     199        0     0.193  0.247   0.113         0.83
+    tp1@0 -> dp3@123   1194  0.925  1.29    0.527  2.27  0.539  2.22     2.48       3.21       0.52   0.91  0.89    398     398    348          0     398        0     0.723  0.833   0.490         0.93
 
 Reading it: raw p2p keeps ~1.7 of the 2 cores busy (loopback TCP is copies in
 the kernel), so the transfer is CPU-bound and every other CPU cycle of a
@@ -67,10 +67,12 @@ messages, raw 2-5). There is no packing of weight slices: row-parallel
 weights are stored column-major (``rlhf_worker/storage.py``), so a
 tensor-parallel slice of any weight is one contiguous block in both layouts
 and goes straight from one tensor into the other; only pieces under 256 KB
-are packed together. Over four runs on the busy machine (7-11 repeats each)
+are packed together. Over five runs on the busy machine (7-11 repeats each)
 steady state reached 0.67-0.77 of raw on tp2dp2 -> tp1dp4, 0.71-0.86 on
 tp4 -> tp2dp2, 0.64-0.83 on pp2tp2 -> tp4, 0.74-0.92 on tp2@01 -> tp2@23 and
-0.84-0.90 on tp1@0 -> dp3@123, and 0.77-0.93 of the floor. On GPUs a local
+0.84-0.91 on tp1@0 -> dp3@123, and 0.77-1.07 of the floor. "steady" trails
+"warm" by ~0.05: taking ~75 destination shards from the pool and giving them
+back costs ~2 ms per rank (allocating a copy as one buffer would make that one). On GPUs a local
 copy runs at memory bandwidth, several times the interconnect's, and these
 costs shrink accordingly. Cold runs add the first touch of the new destination
 memory (0.3-0.7 of raw). Broadcasts in 2-rank groups and batched p2p move the
