@@ -71,8 +71,9 @@ are packed together. Over five runs on the busy machine (7-11 repeats each)
 steady state reached 0.67-0.77 of raw on tp2dp2 -> tp1dp4, 0.71-0.86 on
 tp4 -> tp2dp2, 0.64-0.83 on pp2tp2 -> tp4, 0.74-0.92 on tp2@01 -> tp2@23 and
 0.84-0.91 on tp1@0 -> dp3@123, and 0.77-1.07 of the floor. "steady" trails
-"warm" by ~0.05: taking ~75 destination shards from the pool and giving them
-back costs ~2 ms per rank (allocating a copy as one buffer would make that one). On GPUs a local
+"warm" by up to ~0.05, not from the pool's bookkeeping (taking ~75 shards
+from it and giving them back costs ~1.3 ms per rank; carving a copy from one
+buffer made that 0.5 ms and did not close the gap). On GPUs a local
 copy runs at memory bandwidth, several times the interconnect's, and these
 costs shrink accordingly. Cold runs add the first touch of the new destination
 memory (0.3-0.7 of raw). Broadcasts in 2-rank groups and batched p2p move the
