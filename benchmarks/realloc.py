@@ -181,7 +181,7 @@ def _status_kb(field: str) -> int:
 
 def check(plan: ReallocPlan, rank: int, out: dict[str, torch.Tensor] | None) -> None:
     """Destination shards equal the source shards they came from (no full model built)."""
-    from rlhf_worker.realloc.plan import intersect, source_holders
+    from rlhf_worker.realloc.plan import intersect, local_index, source_holders
 
     if out is None:
         return
@@ -191,13 +191,8 @@ def check(plan: ReallocPlan, rank: int, out: dict[str, torch.Tensor] | None) -> 
             part = intersect(want, region)
             if part is None:
                 continue
-            got = out[name][
-                tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(part, want, strict=True))
-            ]
-            src = source_shard(name, region, name in plan.column_major)
-            ref = src[
-                tuple(slice(a - r, b - r) for (a, b), (r, _) in zip(part, region, strict=True))
-            ]
+            got = out[name][local_index(part, want)]
+            ref = source_shard(name, region, name in plan.column_major)[local_index(part, region)]
             if not torch.equal(got, ref):
                 raise AssertionError(f"rank {rank}: {name} {part} differs after reallocation")
 

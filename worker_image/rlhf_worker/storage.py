@@ -1,11 +1,11 @@
 """How a shard is laid out in memory: row-major, or column-major for row-parallel weights.
 
 The convention is fixed in ``sharding.py`` (``ParamSpec.column_major``); this module
-is the torch side of it. Every place that creates a shard (loading a checkpoint,
-reallocation, offloading) goes through ``empty_shard`` or ``in_storage_order``, so
-a shard keeps its order for its whole life: the trainer's gradients and optimizer
-states follow the parameter's strides (torch's gradient layout contract and
-``zeros_like``), and copies made with ``empty_like`` keep them too.
+is the torch side of it. Loading a checkpoint (``in_storage_order``) and
+reallocation (``empty_shard``) make shards in their order, and a shard keeps it
+for its whole life: the trainer's gradients and optimizer states follow the
+parameter's strides (torch's gradient layout contract and ``zeros_like``), and
+offloading's host copies are made with ``empty_like``, which keeps them too.
 """
 
 from __future__ import annotations

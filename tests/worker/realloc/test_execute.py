@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rlhf_worker.realloc.plan import bytes_received, plan_reallocation
+from rlhf_worker.realloc.plan import bytes_received, bytes_sent, plan_reallocation
 from rlhf_worker.sharding import Layout
 from tests.worker.distributed import run_distributed
 from tests.worker.realloc.cases import MODELS, random_pairs, reference_weights, slices
@@ -192,9 +192,7 @@ def _zero_copy(rank: int, world: int) -> list[tuple[str, int, int, int]]:
                 assert torch.equal(result[n], full[n][slices(region)]), (name, n)
                 if n in plan.column_major:  # the destination keeps the worker's memory order
                     assert result[n].stride() == (1, result[n].shape[0]), (name, n)
-        moved = bytes_received(plan).get(rank, 0) + sum(
-            p.nbytes for p in plan.pieces if p.src == rank
-        )
+        moved = bytes_received(plan).get(rank, 0) + bytes_sent(plan).get(rank, 0)
         out.append((name, moved, stats.zero_copy_bytes, stats.messages))
     return out
 

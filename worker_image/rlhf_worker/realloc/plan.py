@@ -371,22 +371,24 @@ def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
     """
     src_regions = plan.src_shards.get(rank, {})
     dst_regions = plan.dst_shards.get(rank, {})
+
+    def transfer(index: int, send: bool) -> Transfer:
+        bucket = plan.buckets[index]
+        regions = src_regions if send else dst_regions
+        parts = tuple(
+            (p.name, local_index(p.region, regions[p.name]), p.name in plan.column_major)
+            for p in bucket.pieces
+        )
+        return Transfer(send, bucket.dst if send else bucket.src, index, bucket.nbytes, parts)
+
     steps = []
     for step in plan.steps:
         mine = []
         for index in step:
-            bucket = plan.buckets[index]
-            for send, peer, regions in (
-                (True, bucket.dst, src_regions),
-                (False, bucket.src, dst_regions),
-            ):
-                if (bucket.src if send else bucket.dst) != rank:
-                    continue
-                parts = tuple(
-                    (p.name, local_index(p.region, regions[p.name]), p.name in plan.column_major)
-                    for p in bucket.pieces
-                )
-                mine.append(Transfer(send, peer, index, bucket.nbytes, parts))
+            if plan.buckets[index].src == rank:
+                mine.append(transfer(index, send=True))
+            if plan.buckets[index].dst == rank:
+                mine.append(transfer(index, send=False))
         if mine:
             steps.append(tuple(mine))
     copies = tuple(
