@@ -48,6 +48,13 @@ def wire_view(view: torch.Tensor, column_major: bool) -> torch.Tensor:
     return view.t() if column_major else view
 
 
+def flat_view(tensor: torch.Tensor, column_major: bool) -> torch.Tensor | None:
+    """The tensor's elements as one flat view in the given order, or None if its memory is
+    not one block in that order (then regions of it have to be packed to travel)."""
+    ordered = wire_view(tensor, column_major)
+    return ordered.view(-1) if ordered.is_contiguous() else None
+
+
 def _torch_empty(
     shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
 ) -> torch.Tensor:

@@ -20,10 +20,12 @@ from rlhf_worker.realloc.plan import (
     intersect,
     lacking_bytes,
     local_bytes,
+    local_index,
     plan_reallocation,
     rank_program,
+    storage_span,
 )
-from rlhf_worker.sharding import Layout, ModelShape, region_numel
+from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
 from tests.worker.realloc.cases import GQA, MODELS
 
 
@@ -245,8 +247,53 @@ def test_rank_programs_are_the_plan_seen_from_each_rank(
                 assert [(s.start, s.stop) for s in index] == [
                     (a - h, b - h) for (a, b), (h, _) in zip(piece.region, held[name], strict=True)
                 ]
+            if len(bucket.pieces) > 1:
+                assert t.span is None
+            else:
+                piece = bucket.pieces[0]
+                cm = piece.name in plan.column_major
+                assert t.span == storage_span(piece.region, held[piece.name], cm)
     copies = [c for c in plan.local if c.rank == rank]
     assert [name for name, _, _ in program.copies] == [c.name for c in copies]
+
+
+@st.composite
+def region_in_base(draw: st.DrawFn) -> tuple[Region, Region, bool]:
+    """A region inside a base region of 1-3 dimensions; column-major drawn for 2-D."""
+    dims = draw(st.integers(1, 3))
+    base, region = [], []
+    for _ in range(dims):
+        b0, n = draw(st.integers(0, 6)), draw(st.integers(1, 5))
+        r0 = draw(st.integers(b0, b0 + n - 1))
+        r1 = draw(st.integers(r0 + 1, b0 + n))
+        base.append((b0, b0 + n))
+        region.append((r0, r1))
+    column_major = dims == 2 and draw(st.booleans())
+    return tuple(region), tuple(base), column_major
+
+
+@settings(max_examples=300, deadline=None)
+@given(region_in_base())
+def test_storage_span_is_where_torch_finds_the_region_in_memory(
+    case: tuple[Region, Region, bool],
+) -> None:
+    import torch
+
+    from rlhf_worker.storage import empty_shard, flat_view, wire_view
+
+    region, base, column_major = case
+    shape = tuple(b - a for a, b in base)
+    tensor = empty_shard(shape, torch.float32, "cpu", column_major)
+    flat = flat_view(tensor, column_major)
+    assert flat is not None
+    flat.copy_(torch.arange(flat.numel(), dtype=torch.float32))
+    piece = wire_view(tensor[local_index(region, base)], column_major)
+    span = storage_span(region, base, column_major)
+    if piece.is_contiguous():
+        assert span == (piece.storage_offset(), piece.storage_offset() + piece.numel())
+        assert torch.equal(flat[span[0] : span[1]], piece.reshape(-1))
+    else:
+        assert span is None
 
 
 def test_layouts_that_cannot_shard_the_model_are_rejected() -> None:

@@ -105,6 +105,10 @@ class Transfer:
     # (parameter, index, column-major), in the bucket's order; a column-major
     # parameter's pieces travel transposed (``storage.wire_view``).
     parts: tuple[tuple[str, Index, bool], ...]
+    # For a bucket of one piece that is one block of its tensor's memory (in the
+    # tensor's storage order): that block's [start, stop) in the flattened tensor.
+    # The message is then a slice of it, sent from or received into the tensor itself.
+    span: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,28 @@ def local_index(region: Region, base: Region) -> Index:
     return tuple(slice(r0 - b0, r1 - b0) for (r0, r1), (b0, _) in zip(region, base, strict=True))
 
 
+def storage_span(region: Region, base: Region, column_major: bool) -> tuple[int, int] | None:
+    """Where ``region`` lies in the memory of a tensor holding ``base``, as a [start, stop)
+    range of its elements in storage order (row-major, or column-major for a 2-D
+    ``column_major`` tensor); None if the region is not one block of that memory.
+
+    It is one block when, in storage order, every dimension before the last one it
+    cuts has extent one.
+    """
+    index = local_index(region, base)
+    extents = [b1 - b0 for b0, b1 in base]
+    if column_major:
+        index, extents = index[::-1], extents[::-1]
+    cut = [d for d, (s, n) in enumerate(zip(index, extents, strict=True)) if s.stop - s.start != n]
+    if cut and any(s.stop - s.start != 1 for s in index[: cut[-1]]):
+        return None
+    start, stride = 0, 1
+    for s, n in zip(reversed(index), reversed(extents), strict=True):
+        start += s.start * stride
+        stride *= n
+    return start, start + region_numel(region)
+
+
 def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
     """One rank's messages, step by step, and its local copies, located in its own tensors.
 
@@ -379,7 +405,12 @@ def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
             (p.name, local_index(p.region, regions[p.name]), p.name in plan.column_major)
             for p in bucket.pieces
         )
-        return Transfer(send, bucket.dst if send else bucket.src, index, bucket.nbytes, parts)
+        span = None
+        if len(bucket.pieces) == 1:
+            piece = bucket.pieces[0]
+            span = storage_span(piece.region, regions[piece.name], piece.name in plan.column_major)
+        peer = bucket.dst if send else bucket.src
+        return Transfer(send, peer, index, bucket.nbytes, parts, span)
 
     steps = []
     for step in plan.steps:

@@ -22,6 +22,7 @@ from rlhf_worker.model.checkpoint import load_shards
 from rlhf_worker.model.config import ModelConfig
 from rlhf_worker.model.decoder import Decoder
 from rlhf_worker.parallel.groups import context_for
+from rlhf_worker.realloc.plan import bytes_received
 from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.roles import release_copy, transient_copy
 from rlhf_worker.runtime.state import RoleState, Runtime, model_dir_for, role_head
@@ -136,8 +137,7 @@ def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[st
     )
     if copy is not None:
         state.copies[dst] = Decoder(state.config, context_for(dst, rt.rank), copy)
-    moved = sum(p.nbytes for p in plan.pieces if p.dst == rt.rank)
-    return {"bytes_received": float(moved)}
+    return {"bytes_received": float(bytes_received(plan).get(rt.rank, 0))}
 
 
 def release_role(rt: Runtime, role: str, layout: Layout) -> None:
