@@ -35,49 +35,66 @@ reallocate it to a destination layout. For each layout pair it prints:
   raw p2p transfer and of a steady reallocation;
 * "floor s": the raw p2p transfer with the plan's local copies done while the
   bytes move (into the warm tensors): the least any reallocation that moves
-  the minimum must do; "steady/floor" how close the executor comes to it.
+  the minimum must do; "steady/floor" how close the executor comes to it;
+* "prebuilt s": the executor's own messages (the same slices of the same
+  tensors, packed ones packed beforehand), built outside the timing and posted
+  all at once as the executor posts them, with the local copies meanwhile and
+  the unpacking after: everything but the executor's bookkeeping, so
+  "steady/prebuilt" is what that bookkeeping costs, and prebuilt against floor
+  what one message per weight slice costs against one per pair of ranks.
 
-All six measurements are interleaved in every repeat, starting one column
+All seven measurements are interleaved in every repeat, starting one column
 later each repeat so that none always follows the same one. Every destination
 shard is checked against the source shards once per pair (cold, steady and warm
-share the code that fills them). ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge
+share the code that fills them), and the warm tensors again at the end (the
+prebuilt runs refill them too). ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge
 pages for torch's CPU allocations) is set unless ``--no-thp``: fresh memory on
 4 KiB pages faults at ~1 GB/s here, slower than the transfer. The machine has
 2 cores for 4 processes and is shared: compare the columns of one run, not runs
-with each other. Sample output (2-core machine shared with other work, raw p2p
-at 1.6-3.3 GB/s where a quiet moment gives ~5):
+with each other. Sample output (2-core machine, raw p2p at 4-6 GB/s):
 
     model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 11 repeats (medians), THP_MEM_ALLOC_ENABLE=1
-    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady floor s steady/floor
-    tp2dp2 -> tp1dp4    796  0.781  1.02    0.329  2.42  0.316  2.52     3.44       3.74       0.30   0.70  0.73    398     398    398          1     398      199     0.376  0.612   0.291         0.88
-    tp4 -> tp2dp2       597  0.324  1.84    0.231  2.58  0.223  2.67     3.54       3.40       0.52   0.73  0.76    199     205    193          0     205      100     0.292  0.427   0.205         0.89
-    pp2tp2 -> tp4       299  0.155  1.93    0.137  2.18  0.120  2.49     3.23       3.10       0.60   0.68  0.77    100     106     49          0     106       50     0.164  0.242   0.112         0.82
-    tp2@01 -> tp2@23    398  0.222  1.79    0.136  2.93  0.127  3.15     3.69       3.68       0.48   0.79  0.85    199     199    174          0     199        0     0.193  0.247   0.113         0.83
-    tp1@0 -> dp3@123   1194  0.925  1.29    0.527  2.27  0.539  2.22     2.48       3.21       0.52   0.91  0.89    398     398    348          0     398        0     0.723  0.833   0.490         0.93
+    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady floor s prebuilt s steady/floor steady/prebuilt
+    tp2dp2 -> tp1dp4    796  0.424  1.88    0.218  3.65  0.209  3.81     5.38       5.65       0.35   0.68  0.71    398     398    398          0     398      199     0.260  0.419   0.205      0.212         0.94            0.97
+    tp4 -> tp2dp2       597  0.179  3.33    0.138  4.34  0.135  4.44     5.55       5.32       0.60   0.78  0.80    199     205    199          0     205      100     0.186  0.259   0.121      0.125         0.88            0.91
+    pp2tp2 -> tp4       299  0.086  3.49    0.073  4.09  0.072  4.16     5.29       5.52       0.66   0.77  0.79    100     106     49          0     106       50     0.096  0.138   0.062      0.066         0.85            0.91
+    tp2@01 -> tp2@23    398  0.120  3.31    0.072  5.52  0.067  5.91     6.47       6.28       0.51   0.85  0.91    199     199    161          0     199        0     0.119  0.135   0.063      0.070         0.88            0.97
+    tp1@0 -> dp3@123   1194  0.391  3.05    0.279  4.29  0.278  4.30     4.35       5.99       0.70   0.99  0.99    398     398    347          0     398        0     0.431  0.451   0.271      0.260         0.97            0.93
 
 Reading it: raw p2p keeps ~1.7 of the 2 cores busy (loopback TCP is copies in
 the kernel), so the transfer is CPU-bound and every other CPU cycle of a
-reallocation shows up in its time; the ratios follow the CPU columns. What a
-reallocation does beyond the raw transfer: the local copies of what a rank
-keeps (tp2dp2 -> tp1dp4 copies 199 MB per rank, as many bytes as it receives:
-on this machine a memory copy costs about what a loopback transfer of the same
-bytes costs, so the floor itself is 0.7-0.9 of raw there), and per message a
-little Python and a gloo send or receive (a rank of tp4 -> tp2dp2 handles ~170
-messages, raw 2-5). There is no packing of weight slices: row-parallel
-weights are stored column-major (``rlhf_worker/storage.py``), so a
-tensor-parallel slice of any weight is one contiguous block in both layouts
-and goes straight from one tensor into the other; only pieces under 256 KB
-are packed together. Over five runs on the busy machine (7-11 repeats each)
-steady state reached 0.67-0.77 of raw on tp2dp2 -> tp1dp4, 0.71-0.86 on
-tp4 -> tp2dp2, 0.64-0.83 on pp2tp2 -> tp4, 0.74-0.92 on tp2@01 -> tp2@23 and
-0.84-0.91 on tp1@0 -> dp3@123, and 0.77-1.07 of the floor. "steady" trails
-"warm" by up to ~0.05, not from the pool's bookkeeping (taking ~75 shards
-from it and giving them back costs ~1.3 ms per rank; carving a copy from one
-buffer made that 0.5 ms and did not close the gap). On GPUs a local
-copy runs at memory bandwidth, several times the interconnect's, and these
-costs shrink accordingly. Cold runs add the first touch of the new destination
-memory (0.3-0.7 of raw). Broadcasts in 2-rank groups and batched p2p move the
-same bytes at about the same speed on gloo.
+reallocation shows up in its time; the ratios follow the CPU columns. Going
+from raw to steady, in three parts:
+
+1. The plan's local copies (raw -> floor): what a rank keeps is copied from
+   its source shards into its destination shards. tp2dp2 -> tp1dp4 copies 199
+   MB per rank, as many bytes as it receives, and on this machine a memory copy
+   costs about what a loopback transfer of the same bytes costs: its floor is
+   0.72-0.78 of raw, so no reallocation reaches 0.8 there. The other pairs'
+   floors are 0.86-1.05 of raw.
+2. One message per weight slice (floor -> prebuilt): a rank of tp4 -> tp2dp2
+   posts 172 messages where raw posts 2-5; gloo exchanges ready notifications
+   for each. Prebuilt runs at 0.82-0.86 of raw on tp4 -> tp2dp2 and
+   pp2tp2 -> tp4. No weight slice is packed: row-parallel weights are stored
+   column-major (``rlhf_worker/storage.py``), so a tensor-parallel slice of any
+   weight is one block of memory in both layouts and goes straight from one
+   tensor into the other; only pieces under 256 KB are packed together (making
+   those k/v slices solo as well measured the same).
+3. The executor's bookkeeping (prebuilt -> steady): 0.86-0.91 of prebuilt on
+   the two pairs with the most messages per rank, 0.93-1.0 on the others.
+   Quiet and with its sends and receives replaced by no-ops, a rank's whole
+   part of tp4 -> tp2dp2 costs 2.4 ms of Python (3.5 ms with the pool's
+   allocation and return); sharing two cores with three other ranks and
+   gloo's threads stretches that.
+
+Over three runs (11 repeats each) steady state reached 0.68-0.73 of raw on
+tp2dp2 -> tp1dp4, 0.73-0.78 on tp4 -> tp2dp2, 0.71-0.77 on pp2tp2 -> tp4,
+0.85-0.91 on tp2@01 -> tp2@23 and 0.94-0.99 on tp1@0 -> dp3@123. On GPUs a
+local copy runs at memory bandwidth, several times the interconnect's, and
+NCCL needs no CPU per byte, so parts 1 and 2 shrink accordingly. Cold runs add
+the first touch of the new destination memory (0.3-0.7 of raw). Broadcasts in
+2-rank groups and batched p2p move the same bytes at about the same speed on
+gloo.
 """
 
 from __future__ import annotations
@@ -97,11 +114,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rlhf_worker.realloc.execute import MemoryStats, local_copies, reallocate
+from rlhf_worker.realloc.execute import MemoryStats, Message, local_copies, poster, reallocate
 from rlhf_worker.realloc.plan import ReallocPlan, bytes_by_pair, bytes_moved, plan_reallocation
 from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
-from rlhf_worker.storage import in_storage_order
+from rlhf_worker.storage import flat_view, in_storage_order, wire_view
 
 WORLD = 4
 SMALL = ModelShape(
@@ -141,6 +158,7 @@ class PairResult:
     p2p_s: float
     bcast_s: float
     floor_s: float  # raw p2p with the plan's local copies done meanwhile
+    prebuilt_s: float  # the executor's own messages, built beforehand, posted at once
     dst_bytes: int
     acct_peak: int
     rss_peak: int
@@ -242,6 +260,54 @@ def raw_bcast(pairs: dict[tuple[int, int], torch.Tensor], groups: dict) -> None:
         work.wait()
 
 
+Unpack = list[tuple[torch.Tensor, list[torch.Tensor]]]  # (packed message, views it fills)
+
+
+def prebuilt_messages(
+    plan: ReallocPlan,
+    rank: int,
+    local: dict[str, torch.Tensor] | None,
+    out: dict[str, torch.Tensor] | None,
+) -> tuple[list[Message], Unpack]:
+    """The messages the executor posts for this rank's part of ``plan``: the same slices
+    of the same tensors, and packed buffers (sends packed now) for the rest."""
+    messages: list[Message] = []
+    unpack: Unpack = []
+    for step in plan.program(rank).steps:
+        for t in step:
+            tensors = local if t.send else out
+            assert tensors is not None
+            name, _, column_major = t.parts[0]
+            flat = flat_view(tensors[name], column_major) if t.span is not None else None
+            if flat is not None and t.span is not None:
+                message = flat[t.span[0] : t.span[1]]
+            else:
+                views = [wire_view(tensors[n][i], cm) for n, i, cm in t.parts]
+                message = torch.cat([v.reshape(-1) for v in views])
+                if not t.send:
+                    unpack.append((message, views))
+            messages.append((t.send, message, t.peer, t.tag))
+    return messages, unpack
+
+
+def run_prebuilt(
+    messages: list[Message], unpack: Unpack, copies: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    """Everything a reallocation must do but the executor's own bookkeeping: the plan's
+    messages posted at once (as the executor posts them), its local copies meanwhile,
+    and the unpacking of packed messages."""
+    works = poster(None)(messages)
+    for target, source in copies:
+        target.copy_(source)
+    for work in works:
+        work.wait()
+    for message, views in unpack:
+        offset = 0
+        for view in views:
+            view.copy_(message[offset : offset + view.numel()].view(view.shape))
+            offset += view.numel()
+
+
 def bench_pair(
     rank: int, name: str, src: Layout, dst: Layout, args: argparse.Namespace
 ) -> PairResult:
@@ -292,8 +358,9 @@ def bench_pair(
     del first
     # The plan's local copies, from the source shards into the warm destination tensors.
     copies = local_copies(plan, rank, local, warm)
+    messages, unpack = prebuilt_messages(plan, rank, local, warm)
     times: dict[str, list[float]] = {
-        k: [] for k in ("realloc", "steady", "warm", "p2p", "bcast", "floor")
+        k: [] for k in ("realloc", "steady", "warm", "p2p", "bcast", "floor", "prebuilt")
     }
     cpu: dict[str, list[float]] = {"steady": [], "p2p": []}
     peaks = {"acct": 0, "rss": 0, "steady_rss": 0}
@@ -317,12 +384,14 @@ def bench_pair(
         lambda: times["p2p"].append(timed(partial(raw_p2p, rank, mine), cpu["p2p"])),
         lambda: times["bcast"].append(timed(partial(raw_bcast, mine, groups))),
         lambda: times["floor"].append(timed(partial(raw_p2p, rank, mine, copies))),
+        lambda: times["prebuilt"].append(timed(partial(run_prebuilt, messages, unpack, copies))),
     ]
     for repeat in range(args.repeats):
         # Each repeat starts one column later, so that no column always follows the
         # same one (e.g. the cold run, whose freed memory the kernel still reclaims).
         for i in range(len(measurements)):
             measurements[(repeat + i) % len(measurements)]()
+    check(plan, rank, warm)  # the warm and prebuilt runs both refill these tensors
     for group in groups.values():
         dist.destroy_process_group(group)
     dst_bytes = 4 * sum(region_numel(r) for r in plan.dst_shards.get(rank, {}).values())
@@ -335,6 +404,7 @@ def bench_pair(
         statistics.median(times["p2p"]),
         statistics.median(times["bcast"]),
         statistics.median(times["floor"]),
+        statistics.median(times["prebuilt"]),
         dst_bytes,
         peaks["acct"],
         peaks["rss"],
@@ -375,7 +445,8 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
         f"{'warm s':>6} {'GB/s':>5} {'p2p GB/s':>8} {'bcast GB/s':>10} "
         f"{'ratio cold':>10} {'steady':>6} {'warm':>5} "
         f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6} {'steady rss':>10} {'pool MB':>7} "
-        f"{'local MB':>8} {'cpu s p2p':>9} {'steady':>6} {'floor s':>7} {'steady/floor':>12}"
+        f"{'local MB':>8} {'cpu s p2p':>9} {'steady':>6} {'floor s':>7} {'prebuilt s':>10} "
+        f"{'steady/floor':>12} {'steady/prebuilt':>15}"
     )
     print(header)
     for i in range(len(selected(args))):
@@ -395,7 +466,8 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
             f"{max(x.pool_bytes for x in rows) / 1e6:>7.0f} "
             f"{max(x.local_bytes for x in rows) / 1e6:>8.0f} "
             f"{sum(x.p2p_cpu for x in rows):>9.3f} {sum(x.steady_cpu for x in rows):>6.3f} "
-            f"{r.floor_s:>7.3f} {r.floor_s / r.steady_s:>12.2f}"
+            f"{r.floor_s:>7.3f} {r.prebuilt_s:>10.3f} {r.floor_s / r.steady_s:>12.2f} "
+            f"{r.prebuilt_s / r.steady_s:>15.2f}"
         )
 
 

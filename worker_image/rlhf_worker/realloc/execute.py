@@ -3,7 +3,7 @@
 The same code runs on gloo (CPU tensors) and NCCL (device tensors). Every rank
 walks the plan's steps in the same order and posts its part of each step
 (``batch_isend_irecv`` on NCCL; on gloo the process group's own send/recv, see
-``_poster``); many steps stay in flight at once so independent transfers
+``poster``); many steps stay in flight at once so independent transfers
 overlap, while the packing buffers in flight stay under a bound (two buckets by
 default), so peak extra memory is the destination shards plus about two buckets.
 
@@ -158,7 +158,7 @@ def reallocate(
             stats.alloc(out[name].numel() * element_bytes)
 
     program = plan.program(rank)
-    post = _poster(group)
+    post = poster(group)
     buffer_limit = 2 * plan.bucket_bytes if max_buffer_bytes is None else max_buffer_bytes
     # Packing buffers of the same size recur (one per layer for each sliced
     # parameter, and in every reallocation of the same plan): reuse freed ones
@@ -178,7 +178,7 @@ def reallocate(
         # prepared: measured on gloo (benchmarks/realloc.py), interleaving the
         # preparation's Python with the first transfers slows them more than
         # starting them a few milliseconds later, all at once.
-        unposted: list[tuple[_InFlight, list[_Op]]] = []
+        unposted: list[tuple[_InFlight, list[Message]]] = []
         inflight_buffer_bytes = 0
         local_done = False
         flats = (_FlatViews(out, plan.column_major), _FlatViews(local_src, plan.column_major))
@@ -244,18 +244,20 @@ def _copy_local(
         target.copy_(source)
 
 
-_Op = tuple[bool, torch.Tensor, int, int]  # is a send, tensor, peer (global rank), tag
+# One message as a rank posts it: (is a send, tensor, peer as a global rank, tag).
+Message = tuple[bool, torch.Tensor, int, int]
 
 
 def _post_all(
-    unposted: list[tuple[_InFlight, list[_Op]]], post: Callable[[list[_Op]], list[dist.Work]]
+    unposted: list[tuple[_InFlight, list[Message]]],
+    post: Callable[[list[Message]], list[dist.Work]],
 ) -> None:
     for flight, ops in unposted:
         flight.works = post(ops)
     unposted.clear()
 
 
-def _poster(group: dist.ProcessGroup | None) -> Callable[[list[_Op]], list[dist.Work]]:
+def poster(group: dist.ProcessGroup | None) -> Callable[[list[Message]], list[dist.Work]]:
     """How this rank posts one step's messages on ``group``.
 
     NCCL needs ``batch_isend_irecv``: a step's sends and receives between the same
@@ -267,7 +269,7 @@ def _poster(group: dist.ProcessGroup | None) -> Callable[[list[_Op]], list[dist.
     """
     if dist.get_backend(group) != "gloo":
 
-        def batched(ops: list[_Op]) -> list[dist.Work]:
+        def batched(ops: list[Message]) -> list[dist.Work]:
             p2p = [
                 dist.P2POp(dist.isend if send else dist.irecv, tensor, peer, group=group, tag=tag)
                 for send, tensor, peer, tag in ops
@@ -279,7 +281,7 @@ def _poster(group: dist.ProcessGroup | None) -> Callable[[list[_Op]], list[dist.
     assert pg is not None
     to_group_rank: dict[int, int] = {}
 
-    def direct(ops: list[_Op]) -> list[dist.Work]:
+    def direct(ops: list[Message]) -> list[dist.Work]:
         works = []
         for send, tensor, peer, tag in ops:
             if peer not in to_group_rank:
@@ -313,10 +315,10 @@ def _prepare(
     dtype: torch.dtype,
     stats: MemoryStats,
     buffers: StoragePool,
-) -> tuple[_InFlight, list[_Op]]:
+) -> tuple[_InFlight, list[Message]]:
     """This rank's messages of one step (``flats``: receiving side's, sending side's views):
     slices of the tensors themselves where possible, packed buffers otherwise."""
-    ops: list[_Op] = []
+    ops: list[Message] = []
     flight = _InFlight(works=[])
     for transfer in step:
         views = flats[transfer.send]
