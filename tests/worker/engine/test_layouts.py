@@ -116,11 +116,14 @@ def run_everything(
     batch: dict[str, Tensor],
     eos: int,
     sample_ids: list[int],
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Everything one rank (or the reference process) computes under one layout."""
+    """Everything one rank (or the reference process) computes under one layout, with the
+    model and the batch on ``device`` (as the runtime moves loaded shards there)."""
     out: dict[str, Any] = {}
+    batch = {k: v.to(device) for k, v in batch.items()}
     config, shards = load_shards(lm_dir, ctx.layout, ctx.rank)
-    actor = Decoder(config, ctx, shards)
+    actor = Decoder(config, ctx, {k: v.to(device) for k, v in shards.items()})
     out["logprobs"] = forward_logprobs(actor, batch, micro_batches=MICRO_BATCHES)
     prompts = [PROMPTS[i] for i in sample_ids]
     for name, gen_config in generation_configs(eos).items():
@@ -130,7 +133,7 @@ def run_everything(
     out["actor_norm"], out["actor_loss"] = stats.grad_norm, stats.loss
     out["actor"] = actor.local_state()
     vconfig, vshards = load_shards(value_dir, ctx.layout, ctx.rank, head="value")
-    critic = Decoder(vconfig, ctx, vshards)
+    critic = Decoder(vconfig, ctx, {k: v.to(device) for k, v in vshards.items()})
     out["values"] = forward_values(critic, batch, micro_batches=MICRO_BATCHES)
     cstats = Trainer(critic, OPTIM, output="values").step(
         batch, critic_loss, micro_batches=MICRO_BATCHES
@@ -174,19 +177,24 @@ def compute_reference(lm_dir: Path, value_dir: Path) -> Reference:
 
 def _max_diff(a: Tensor, b: Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
-    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+    return float((a.float().cpu() - b.float().cpu()).abs().max()) if a.numel() else 0.0
 
 
 def check_layout(
-    rank: int, layout: Layout, ref: Reference, lm_dir: Path, value_dir: Path
+    rank: int,
+    layout: Layout,
+    ref: Reference,
+    lm_dir: Path,
+    value_dir: Path,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """Run one layout on this rank and measure its distance to the reference."""
+    """Run one layout on this rank (on ``device``) and measure its distance to the reference."""
     ctx = context_for(layout, rank)
     full = make_batch()
     part = dp_slice(full["input_ids"].shape[0], layout.dp, ctx.dp_rank)
     batch = {k: v[part] for k, v in full.items()}
     sample_ids = list(range(len(PROMPTS)))[part]
-    got = run_everything(ctx, lm_dir, value_dir, batch, ref.eos, sample_ids)
+    got = run_everything(ctx, lm_dir, value_dir, batch, ref.eos, sample_ids, device)
     diffs = {
         "logprobs": _max_diff(got["logprobs"], ref.logprobs[part]),
         "values": _max_diff(got["values"], ref.values[part]),
@@ -196,8 +204,8 @@ def check_layout(
     }
     for name, (tokens, logprobs, lengths) in ref.generations.items():
         g_tokens, g_logprobs, g_lengths = got[name]
-        diffs[f"{name}_tokens"] = float((g_tokens != tokens[part]).sum())
-        diffs[f"{name}_lengths"] = float((g_lengths != lengths[part]).sum())
+        diffs[f"{name}_tokens"] = float((g_tokens.cpu() != tokens[part]).sum())
+        diffs[f"{name}_lengths"] = float((g_lengths.cpu() != lengths[part]).sum())
         diffs[f"{name}_logprobs"] = _max_diff(g_logprobs, logprobs[part])
     for role, weights, grads in (
         ("actor", ref.actor_weights, ref.actor_grads),
@@ -214,6 +222,16 @@ def check_layout(
             g_diff = max(g_diff, _max_diff(param.grad, grads[name][index]))
         diffs[f"{role}_weights"], diffs[f"{role}_grads"] = w_diff, g_diff
     return diffs
+
+
+def too_far(diffs: dict[str, float], tol: float) -> list[str]:
+    """The distances over tolerance: tokens and lengths must match exactly."""
+    out = []
+    for what, diff in diffs.items():
+        exact = what.endswith(("_tokens", "_lengths"))
+        if (exact and diff != 0) or (not exact and diff > tol):
+            out.append(f"{what} differs by {diff:.3g}")
+    return out
 
 
 def shape_of(role: str, lm_dir: Path, value_dir: Path) -> Any:
@@ -267,9 +285,6 @@ def test_every_layout_matches_the_single_process_reference(
     for rank, results in enumerate(per_rank):
         for key, diffs in results.items():
             checked.add(key)
-            for what, diff in diffs.items():
-                exact = what.endswith(("_tokens", "_lengths"))
-                if (exact and diff != 0) or (not exact and diff > TOL):
-                    failures.append(f"{key} rank {rank}: {what} differs by {diff:.3g}")
+            failures += [f"{key} rank {rank}: {what}" for what in too_far(diffs, TOL)]
     assert len(checked) == sum(len(rnd) for rnd in ROUNDS)
     assert not failures, "\n".join(failures)
