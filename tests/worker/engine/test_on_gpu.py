@@ -4,10 +4,10 @@ Skipped without a GPU; ``make test-gpu`` runs them with the engine and reallocat
 suites. One GPU allows single-process checks (NCCL cannot put two ranks on one
 device): the forward passes, a training step and generation of the tiny actor and
 critic on the GPU match the single-process CPU reference (float32, TF32 off); a
-copy made by reallocation on the GPU (new shards, the plan's local copies, the
-executor's NCCL path) holds exactly the home shards in their memory order;
-offloading it to host memory and back restores it exactly. Reallocation between
-ranks over NCCL needs two GPUs or more.
+copy made by reallocation on the GPU (new shards on the device, filled by the
+plan's local copies, in an NCCL process group) holds exactly the home shards in
+their memory order; offloading it to host memory and back restores it exactly.
+Messages between ranks over NCCL need two GPUs or more.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_engines_on_the_gpu_match_the_cpu_reference(
     assert not too_far(diffs, 10 * TOL), diffs
 
 
-def test_a_transient_copy_on_the_gpu_is_exact_and_offloading_restores_it(
+def test_a_reallocated_copy_on_the_gpu_is_exact_and_offloading_restores_it(
     tiny_lm_dir: Path, nccl_world_of_one: None
 ) -> None:
     home_layout = Layout((0,))
