@@ -114,11 +114,25 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rlhf_worker.realloc.execute import MemoryStats, Message, local_copies, poster, reallocate
-from rlhf_worker.realloc.plan import ReallocPlan, bytes_by_pair, bytes_moved, plan_reallocation
+from rlhf_worker.realloc.execute import (
+    MemoryStats,
+    Message,
+    local_copies,
+    poster,
+    prepared_messages,
+    reallocate,
+    unpack,
+)
+from rlhf_worker.realloc.plan import (
+    ReallocPlan,
+    Transfer,
+    bytes_by_pair,
+    bytes_moved,
+    plan_reallocation,
+)
 from rlhf_worker.realloc.pool import StoragePool
 from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
-from rlhf_worker.storage import flat_view, in_storage_order, wire_view
+from rlhf_worker.storage import in_storage_order
 
 WORLD = 4
 SMALL = ModelShape(
@@ -260,52 +274,23 @@ def raw_bcast(pairs: dict[tuple[int, int], torch.Tensor], groups: dict) -> None:
         work.wait()
 
 
-Unpack = list[tuple[torch.Tensor, list[torch.Tensor]]]  # (packed message, views it fills)
-
-
-def prebuilt_messages(
-    plan: ReallocPlan,
-    rank: int,
-    local: dict[str, torch.Tensor] | None,
-    out: dict[str, torch.Tensor] | None,
-) -> tuple[list[Message], Unpack]:
-    """The messages the executor posts for this rank's part of ``plan``: the same slices
-    of the same tensors, and packed buffers (sends packed now) for the rest."""
-    messages: list[Message] = []
-    unpack: Unpack = []
-    for step in plan.program(rank).steps:
-        for t in step:
-            tensors = local if t.send else out
-            assert tensors is not None
-            name, _, column_major = t.parts[0]
-            flat = flat_view(tensors[name], column_major) if t.span is not None else None
-            if flat is not None and t.span is not None:
-                message = flat[t.span[0] : t.span[1]]
-            else:
-                views = [wire_view(tensors[n][i], cm) for n, i, cm in t.parts]
-                message = torch.cat([v.reshape(-1) for v in views])
-                if not t.send:
-                    unpack.append((message, views))
-            messages.append((t.send, message, t.peer, t.tag))
-    return messages, unpack
-
-
 def run_prebuilt(
-    messages: list[Message], unpack: Unpack, copies: list[tuple[torch.Tensor, torch.Tensor]]
+    messages: list[Message],
+    received: list[tuple[torch.Tensor, Transfer]],
+    out: dict[str, torch.Tensor] | None,
+    copies: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> None:
-    """Everything a reallocation must do but the executor's own bookkeeping: the plan's
-    messages posted at once (as the executor posts them), its local copies meanwhile,
+    """Everything a reallocation must do but the executor's own bookkeeping: its messages
+    (``prepared_messages``) posted at once as it posts them, its local copies meanwhile,
     and the unpacking of packed messages."""
     works = poster(None)(messages)
     for target, source in copies:
         target.copy_(source)
     for work in works:
         work.wait()
-    for message, views in unpack:
-        offset = 0
-        for view in views:
-            view.copy_(message[offset : offset + view.numel()].view(view.shape))
-            offset += view.numel()
+    for message, transfer in received:
+        assert out is not None
+        unpack(message, transfer, out)
 
 
 def bench_pair(
@@ -358,7 +343,7 @@ def bench_pair(
     del first
     # The plan's local copies, from the source shards into the warm destination tensors.
     copies = local_copies(plan, rank, local, warm)
-    messages, unpack = prebuilt_messages(plan, rank, local, warm)
+    messages, received = prepared_messages(plan, rank, local, warm, dtype=torch.float32)
     times: dict[str, list[float]] = {
         k: [] for k in ("realloc", "steady", "warm", "p2p", "bcast", "floor", "prebuilt")
     }
@@ -384,7 +369,9 @@ def bench_pair(
         lambda: times["p2p"].append(timed(partial(raw_p2p, rank, mine), cpu["p2p"])),
         lambda: times["bcast"].append(timed(partial(raw_bcast, mine, groups))),
         lambda: times["floor"].append(timed(partial(raw_p2p, rank, mine, copies))),
-        lambda: times["prebuilt"].append(timed(partial(run_prebuilt, messages, unpack, copies))),
+        lambda: times["prebuilt"].append(
+            timed(partial(run_prebuilt, messages, received, warm, copies))
+        ),
     ]
     for repeat in range(args.repeats):
         # Each repeat starts one column later, so that no column always follows the

@@ -221,6 +221,33 @@ def local_copies(
     return _local_views(plan.program(rank), local_src, out)
 
 
+def prepared_messages(
+    plan: ReallocPlan,
+    rank: int,
+    local_src: Mapping[str, torch.Tensor] | None,
+    out: Mapping[str, torch.Tensor] | None,
+    *,
+    dtype: torch.dtype,
+) -> tuple[list[Message], list[tuple[torch.Tensor, Transfer]]]:
+    """This rank's messages for the whole plan, built as ``reallocate`` builds them (the same
+    slices of the same tensors; packed buffers, sends packed now), and the received packed
+    messages with the transfer each fills (``unpack`` after they arrive). For measuring the
+    executor against its own messages (``benchmarks/realloc.py``); the buffers stay the
+    caller's."""
+    flats = (_FlatViews(out, plan.column_major), _FlatViews(local_src, plan.column_major))
+    buffers = StoragePool(limit_bytes=0)  # keeps nothing: every buffer is new
+    prepared = [
+        _prepare(step, flats, dtype, MemoryStats(), buffers) for step in plan.program(rank).steps
+    ]
+    messages = [op for _, ops in prepared for op in ops]
+    return messages, [pair for flight, _ in prepared for pair in flight.unpack]
+
+
+def unpack(message: torch.Tensor, transfer: Transfer, out: Mapping[str, torch.Tensor]) -> None:
+    """Copy a received packed message into the destination shards it holds pieces of."""
+    _scatter(message, _wire_views(out, transfer), into_message=False)
+
+
 def _local_views(
     program: RankProgram,
     local_src: Mapping[str, torch.Tensor] | None,
@@ -380,7 +407,7 @@ def _finish(
         work.wait()
     for message, transfer in flight.unpack:
         assert out is not None
-        _scatter(message, _wire_views(out, transfer), into_message=False)
+        unpack(message, transfer, out)
     for buffer in flight.packed:
         buffers.give(buffer)
     stats.free(flight.buffer_bytes)
