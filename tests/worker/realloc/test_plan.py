@@ -250,11 +250,40 @@ def test_rank_programs_are_the_plan_seen_from_each_rank(
             if len(bucket.pieces) > 1:
                 assert t.span is None
             else:
+                # A span only where the piece is one block of memory at both ends.
                 piece = bucket.pieces[0]
                 cm = piece.name in plan.column_major
-                assert t.span == storage_span(piece.region, held[piece.name], cm)
+                peer_held = (plan.dst_shards if t.send else plan.src_shards)[t.peer]
+                both = storage_span(piece.region, peer_held[piece.name], cm) is not None
+                want = storage_span(piece.region, held[piece.name], cm) if both else None
+                assert t.span == want
+    # The same transfers split by how they travel, each part in step order.
+    everything = [t for step in program.steps for t in step]
+    assert list(program.direct) == [t for t in everything if t.span is not None]
+    assert [t for step in program.packed for t in step] == [t for t in everything if t.span is None]
+    assert all(program.packed)
     copies = [c for c in plan.local if c.rank == rank]
     assert [name for name, _, _ in program.copies] == [c.name for c in copies]
+
+
+@given(plan_inputs())
+@settings(max_examples=60, deadline=None)
+def test_both_ends_of_every_pair_post_their_messages_in_the_same_order(
+    inputs: tuple[str, Layout, Layout, int, int],
+) -> None:
+    """The executor posts a rank's direct transfers, then its packed ones (``RankProgram``);
+    NCCL matches point-to-point messages between two ranks in the order they are posted,
+    so what A sends B and what B receives from A must come in the same order."""
+    plan = make_plan(inputs)
+    ranks = sorted({*plan.src.ranks, *plan.dst.ranks})
+    order = {
+        r: [*plan.program(r).direct, *(t for step in plan.program(r).packed for t in step)]
+        for r in ranks
+    }
+    for a, b in itertools.permutations(ranks, 2):
+        sent = [t.tag for t in order[a] if t.send and t.peer == b]
+        received = [t.tag for t in order[b] if not t.send and t.peer == a]
+        assert sent == received, (a, b)
 
 
 @st.composite

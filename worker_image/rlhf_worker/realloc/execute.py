@@ -1,22 +1,27 @@
 """Executing a reallocation plan: moving the bytes with torch.distributed point-to-point.
 
-The same code runs on gloo (CPU tensors) and NCCL (device tensors). Every rank
-walks the plan's steps in the same order and posts its part of each step
-(``batch_isend_irecv`` on NCCL; on gloo the process group's own send/recv, see
-``poster``); many steps stay in flight at once so independent transfers
-overlap, while the packing buffers in flight stay under a bound (two buckets by
-default), so peak extra memory is the destination shards plus about two buckets.
+The same code runs on gloo (CPU tensors) and NCCL (device tensors). Each rank
+posts its messages in an order both ends of every message agree on (``_steps``):
 
-A bucket holding a single piece that is one block of memory in both tensors (a
-tensor-parallel slice of any weight, since row-parallel weights are stored
-column-major and travel transposed: see ``storage.py``) is sent from, and
-received into, the parameter tensors themselves: the message is a slice of the
-tensor's flat view, at the span the plan worked out (``Transfer.span``), so no
-packing copy and almost no work per message. Other buckets are packed into one
-flat buffer (one copy per piece) so many small tensors do not mean many
-messages. Packing buffers are reused from step to step, and with a
-``StoragePool`` (CPU) destination shards and buffers reuse the memory of earlier
-reallocations, so steady-state iterations do not fault fresh pages in.
+* first, all together, every bucket that goes straight from one tensor into
+  another: a single piece that is one block of memory at both ends (a
+  tensor-parallel slice of any weight, since row-parallel weights are stored
+  column-major and travel transposed: see ``storage.py``). The message is a
+  slice of the tensor's flat view at the span the plan worked out
+  (``Transfer.span``): no packing copy, no memory beyond the tensors, and almost
+  no work per message;
+* then the packed buckets (pieces under the plan's ``solo_bytes``, packed into
+  one flat buffer, one copy per piece, so many small tensors do not mean many
+  messages), step by step, many steps in flight so independent transfers
+  overlap while the packing buffers in flight stay under a bound (two buckets
+  by default). Peak extra memory is the destination shards plus about two
+  buckets.
+
+Messages are posted with ``batch_isend_irecv`` on NCCL; on gloo with the process
+group's own send/recv (see ``poster``). Packing buffers are reused from step to
+step, and with a ``StoragePool`` (CPU) destination shards and buffers reuse the
+memory of earlier reallocations, so steady-state iterations do not fault fresh
+pages in.
 
 Where the time goes on CPU (``benchmarks/realloc.py``): the transfer itself is
 CPU work (loopback TCP copies in gloo's threads), so everything else a rank does
@@ -25,10 +30,11 @@ reallocation does the plan's local copies (what a rank keeps, e.g. half of every
 weight for tp2 -> tp1: as many bytes as it receives), sends one message per
 weight slice instead of one per pair of ranks (gloo's TCP transport exchanges
 ready notifications for each message before its data), and runs this module's
-bookkeeping: a few milliseconds of Python per rank (2.4 ms for a rank of
-tp4 -> tp2dp2 with 172 messages, measured with the sends and receives made
-no-ops), which on a CPU-bound machine comes out of the transfer. The benchmark
-splits the gap into these three parts (its floor and prebuilt columns).
+bookkeeping: about a millisecond of Python per rank (1.2 ms for a rank of
+tp4 -> tp2dp2 with 232 messages, measured quiet with the sends and receives
+made no-ops), which on a CPU-bound machine comes out of the transfer, the more
+so before the first message is posted. The benchmark splits the gap into these
+three parts (its floor and prebuilt columns).
 
 Why point-to-point rather than ReaL's broadcasts in groups: on gloo, measured by
 ``benchmarks/realloc.py`` in the same run, broadcasts in 2-rank groups and
@@ -44,7 +50,7 @@ when it is the first operation on a group.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -91,8 +97,8 @@ class _InFlight:
     works: list[dist.Work]
     unpack: list[tuple[torch.Tensor, Transfer]] = field(default_factory=list)
     buffer_bytes: int = 0
-    keep: list[torch.Tensor] = field(default_factory=list)  # send buffers alive until done
-    packed: list[torch.Tensor] = field(default_factory=list)  # buffers to give back when done
+    # Packing buffers, held until the step is done, then given back to the pool.
+    packed: list[torch.Tensor] = field(default_factory=list)
 
 
 def reallocate(
@@ -117,9 +123,9 @@ def reallocate(
     ``alias_local`` a destination shard identical to a source shard is returned
     as the same tensor instead of a copy (right for a transient copy that is
     only read; never for one that will be trained independently). Up to
-    ``max_inflight_steps`` steps are in flight while their packing buffers stay
-    under ``max_buffer_bytes`` (default two buckets; messages sent straight
-    from and into the tensors cost nothing). With ``into``
+    ``max_inflight_steps`` steps are in flight (the messages sent straight from
+    and into the tensors count as one) while their packing buffers stay under
+    ``max_buffer_bytes`` (default two buckets). With ``into``
     the destination shards are written into these existing tensors (e.g. the
     weights of a rollout engine that keeps its own buffers) instead of new ones.
     With ``pool`` (CPU only, see ``pool.py``) new destination shards and packing
@@ -182,8 +188,7 @@ def reallocate(
         inflight_buffer_bytes = 0
         local_done = False
         flats = (_FlatViews(out, plan.column_major), _FlatViews(local_src, plan.column_major))
-        for step in program.steps:
-            flight, ops = _prepare(step, flats, dtype, stats, buffers)
+        for flight, ops in _steps(program, flats, dtype, stats, buffers):
             while inflight and (
                 len(inflight) >= max_inflight_steps
                 or flight.buffer_bytes + inflight_buffer_bytes > buffer_limit
@@ -236,9 +241,7 @@ def prepared_messages(
     caller's."""
     flats = (_FlatViews(out, plan.column_major), _FlatViews(local_src, plan.column_major))
     buffers = StoragePool(limit_bytes=0)  # keeps nothing: every buffer is new
-    prepared = [
-        _prepare(step, flats, dtype, MemoryStats(), buffers) for step in plan.program(rank).steps
-    ]
+    prepared = list(_steps(plan.program(rank), flats, dtype, MemoryStats(), buffers))
     messages = [op for _, ops in prepared for op in ops]
     return messages, [pair for flight, _ in prepared for pair in flight.unpack]
 
@@ -336,44 +339,79 @@ class _FlatViews:
         return self.views[name]
 
 
-def _prepare(
-    step: tuple[Transfer, ...],
+def _steps(
+    program: RankProgram,
     flats: tuple[_FlatViews, _FlatViews],
     dtype: torch.dtype,
     stats: MemoryStats,
     buffers: StoragePool,
-) -> tuple[_InFlight, list[Message]]:
-    """This rank's messages of one step (``flats``: receiving side's, sending side's views):
-    slices of the tensors themselves where possible, packed buffers otherwise."""
-    ops: list[Message] = []
+) -> Iterator[tuple[_InFlight, list[Message]]]:
+    """This rank's messages in the order it posts them, a step at a time, each step made
+    only when asked for (its packing buffers are allocated then).
+
+    First every transfer that goes straight from one tensor into the other, as one
+    step: they need no memory, and built in one tight loop and posted together they
+    start sooner than the plan's steps prepared one by one (measured on gloo with
+    ``benchmarks/realloc.py``: per-step preparation left a reallocation about a tenth
+    slower than the same messages built beforehand; this loop, within noise of
+    them). Then the packed buckets, step by step. Both ends of a message agree on
+    its group (``Transfer.span``), so each pair of ranks posts its messages in the
+    same order, as NCCL needs.
+    """
     flight = _InFlight(works=[])
-    for transfer in step:
-        views = flats[transfer.send]
-        flat = views.get(transfer.parts[0][0]) if transfer.span is not None else None
-        if flat is not None:
-            # Straight from or into the parameter tensors: no packing copy.
-            assert transfer.span is not None
-            message = flat[transfer.span[0] : transfer.span[1]]
-            stats.zero_copy_bytes += transfer.nbytes
-        else:
-            tensors = views.tensors
-            assert tensors is not None
-            first = tensors[transfer.parts[0][0]]
-            message = buffers.empty((transfer.nbytes // dtype.itemsize,), dtype, first.device)
-            flight.packed.append(message)
-            flight.buffer_bytes += transfer.nbytes
-            stats.messages += transfer.nbytes
-            stats.alloc(transfer.nbytes)
-            if transfer.send:
-                # One copy per piece straight into the message (no intermediate
-                # contiguous copies of sliced views, as reshape + cat would make).
-                _scatter(message, _wire_views(tensors, transfer), into_message=True)
-            else:
-                flight.unpack.append((message, transfer))
-        if transfer.send:
-            flight.keep.append(message)
-        ops.append((transfer.send, message, transfer.peer, transfer.tag))
-    return flight, ops
+    ops: list[Message] = []
+    zero_copy = 0
+    for transfer in program.direct:
+        assert transfer.span is not None
+        flat = flats[transfer.send].get(transfer.parts[0][0])
+        if flat is None:
+            # This rank's tensor is not in its storage order (a caller's tensor): pack the
+            # message, and keep at most one such buffer per step so memory stays bounded.
+            if flight.buffer_bytes:
+                yield flight, ops
+                flight, ops = _InFlight(works=[]), []
+            _add_packed(flight, ops, transfer, flats, dtype, stats, buffers)
+            continue
+        ops.append(
+            (transfer.send, flat[transfer.span[0] : transfer.span[1]], transfer.peer, transfer.tag)
+        )
+        zero_copy += transfer.nbytes
+    stats.zero_copy_bytes += zero_copy
+    if ops:
+        yield flight, ops
+    for step in program.packed:
+        flight, ops = _InFlight(works=[]), []
+        for transfer in step:
+            _add_packed(flight, ops, transfer, flats, dtype, stats, buffers)
+        yield flight, ops
+
+
+def _add_packed(
+    flight: _InFlight,
+    ops: list[Message],
+    transfer: Transfer,
+    flats: tuple[_FlatViews, _FlatViews],
+    dtype: torch.dtype,
+    stats: MemoryStats,
+    buffers: StoragePool,
+) -> None:
+    """Add one message through a packing buffer (``flats``: receiving side's, sending side's
+    views); a send's pieces are packed into it now, a receive's unpacked when it is done."""
+    tensors = flats[transfer.send].tensors
+    assert tensors is not None
+    first = tensors[transfer.parts[0][0]]
+    message = buffers.empty((transfer.nbytes // dtype.itemsize,), dtype, first.device)
+    flight.packed.append(message)
+    flight.buffer_bytes += transfer.nbytes
+    stats.messages += transfer.nbytes
+    stats.alloc(transfer.nbytes)
+    if transfer.send:
+        # One copy per piece straight into the message (no intermediate
+        # contiguous copies of sliced views, as reshape + cat would make).
+        _scatter(message, _wire_views(tensors, transfer), into_message=True)
+    else:
+        flight.unpack.append((message, transfer))
+    ops.append((transfer.send, message, transfer.peer, transfer.tag))
 
 
 def _wire_views(tensors: Mapping[str, torch.Tensor], transfer: Transfer) -> list[torch.Tensor]:

@@ -26,7 +26,8 @@ How a plan is made:
 4. Buckets are ordered into *steps*: in one step every rank sends at most one
    bucket and receives at most one. Steps are independent, so the executor
    keeps a few in flight (overlap) while the memory it needs stays bounded by
-   a few buckets.
+   a few buckets; buckets that go straight from tensor to tensor need no
+   memory and are posted all together (``execute.py``).
 5. Each rank's part (``ReallocPlan.program``) lists its messages step by step
    and its local copies, with every index into its own tensors worked out, once
    per plan and rank: the executor runs it every iteration without recomputing
@@ -52,8 +53,10 @@ from rlhf_worker.sharding import (
 DEFAULT_BUCKET_BYTES = 32 << 20
 # A chunk of at least this many bytes (or a quarter of a bucket, if less) travels
 # alone: straight from and into the tensors, without a packing copy. Below that,
-# the cost of a message outweighs the copy, so chunks are packed.
-DEFAULT_SOLO_BYTES = 256 << 10
+# the cost of a message outweighs the copy, so chunks are packed. (On gloo, measured
+# with benchmarks/realloc.py, 128 KB edged out 256 KB: the 196 KB k/v slices of
+# its tp4 layouts then go straight through instead of being packed and unpacked.)
+DEFAULT_SOLO_BYTES = 128 << 10
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,13 @@ class Transfer:
     # (parameter, index, column-major), in the bucket's order; a column-major
     # parameter's pieces travel transposed (``storage.wire_view``).
     parts: tuple[tuple[str, Index, bool], ...]
-    # For a bucket of one piece that is one block of its tensor's memory (in the
-    # tensor's storage order): that block's [start, stop) in the flattened tensor.
-    # The message is then a slice of it, sent from or received into the tensor itself.
+    # For a bucket of one piece that is one block of memory in the tensors at both
+    # ends (each in its storage order): that block's [start, stop) in this rank's
+    # flattened tensor. The message is then a slice of it, sent from or received into
+    # the tensor itself. Both ends decide it alike, so both post it in the same group
+    # of messages (``RankProgram.direct``). (With today's shardings, where every layout
+    # splits a parameter along the same dimension, a block at one end is a block at
+    # the other; deciding from both ends keeps the two in step if that changes.)
     span: tuple[int, int] | None = None
 
 
@@ -117,6 +124,10 @@ class RankProgram:
 
     steps: tuple[tuple[Transfer, ...], ...]  # only the plan's steps this rank takes part in
     copies: tuple[tuple[str, Index, Index], ...]  # (parameter, destination index, source index)
+    # The same transfers split by how they travel, each in step order: straight from one
+    # tensor into another (those with a span), and the packed ones, step by step.
+    direct: tuple[Transfer, ...] = ()
+    packed: tuple[tuple[Transfer, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -408,9 +419,11 @@ def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
         span = None
         if len(bucket.pieces) == 1:
             piece = bucket.pieces[0]
-            span = storage_span(piece.region, regions[piece.name], piece.name in plan.column_major)
-        peer = bucket.dst if send else bucket.src
-        return Transfer(send, peer, index, bucket.nbytes, parts, span)
+            column_major = piece.name in plan.column_major
+            peer_regions = (plan.dst_shards if send else plan.src_shards)[peer_of(bucket, send)]
+            if storage_span(piece.region, peer_regions[piece.name], column_major) is not None:
+                span = storage_span(piece.region, regions[piece.name], column_major)
+        return Transfer(send, peer_of(bucket, send), index, bucket.nbytes, parts, span)
 
     steps = []
     for step in plan.steps:
@@ -431,7 +444,14 @@ def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
         for copy in plan.local
         if copy.rank == rank
     )
-    return RankProgram(tuple(steps), copies)
+    direct = tuple(t for step in steps for t in step if t.span is not None)
+    packed = tuple(part for step in steps if (part := tuple(t for t in step if t.span is None)))
+    return RankProgram(tuple(steps), copies, direct, packed)
+
+
+def peer_of(bucket: Bucket, send: bool) -> int:
+    """The rank at the other end of a bucket, for the rank sending it or receiving it."""
+    return bucket.dst if send else bucket.src
 
 
 # --- byte accounting, for tests, the benchmark and the operator's cost model ---

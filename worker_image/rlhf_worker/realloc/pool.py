@@ -78,7 +78,8 @@ class StoragePool:
         self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """An uninitialised contiguous tensor: a free kept storage if one matches, else new."""
-        device = torch.device(device)
+        if not isinstance(device, torch.device):
+            device = torch.device(device)
         numel = 1
         for size in shape:
             numel *= size
