@@ -288,25 +288,31 @@ def _post_all(
 
 
 def poster(group: dist.ProcessGroup | None) -> Callable[[list[Message]], list[dist.Work]]:
-    """How this rank posts one step's messages on ``group``.
+    """How this rank posts one step's messages on ``group``: ``gloo_poster`` on gloo,
+    ``batched_poster`` on any other backend (NCCL)."""
+    return gloo_poster(group) if dist.get_backend(group) == "gloo" else batched_poster(group)
 
-    NCCL needs ``batch_isend_irecv``: a step's sends and receives between the same
-    ranks must be grouped or they can deadlock. Gloo posts each message on its own
-    and never blocks, so there the ProcessGroup's own send/recv are called
-    directly: torch's Python wrappers (group lookups, checks, coalescing) cost
-    more CPU per message than gloo itself, and on a CPU-bound machine that time
-    comes out of the transfer.
-    """
-    if dist.get_backend(group) != "gloo":
 
-        def batched(ops: list[Message]) -> list[dist.Work]:
-            p2p = [
-                dist.P2POp(dist.isend if send else dist.irecv, tensor, peer, group=group, tag=tag)
-                for send, tensor, peer, tag in ops
-            ]
-            return dist.batch_isend_irecv(p2p)
+def batched_poster(group: dist.ProcessGroup | None) -> Callable[[list[Message]], list[dist.Work]]:
+    """Post a step's messages as one ``batch_isend_irecv``: NCCL needs it, since a step's
+    sends and receives between the same ranks must be grouped or they can deadlock.
+    (It works on gloo too, which is how the tests run this path without GPUs.)"""
 
-        return batched
+    def batched(ops: list[Message]) -> list[dist.Work]:
+        p2p = [
+            dist.P2POp(dist.isend if send else dist.irecv, tensor, peer, group=group, tag=tag)
+            for send, tensor, peer, tag in ops
+        ]
+        return dist.batch_isend_irecv(p2p) if p2p else []
+
+    return batched
+
+
+def gloo_poster(group: dist.ProcessGroup | None) -> Callable[[list[Message]], list[dist.Work]]:
+    """Post each message with the gloo ProcessGroup's own send/recv. Gloo posts each
+    message on its own and never blocks, and torch's Python wrappers (group lookups,
+    checks, coalescing) cost more CPU per message than gloo itself: on a CPU-bound
+    machine that time comes out of the transfer."""
     pg = group if group is not None else dist.group.WORLD
     assert pg is not None
     to_group_rank: dict[int, int] = {}
