@@ -71,7 +71,7 @@ from raw to steady, in three parts:
    its source shards into its destination shards. tp2dp2 -> tp1dp4 copies 199
    MB per rank, as many bytes as it receives, and on this machine a memory copy
    costs about what a loopback transfer of the same bytes costs: its floor is
-   0.71-0.86 of raw, so no reallocation reliably reaches 0.8 there. The other
+   0.70-0.86 of raw, so no reallocation reliably reaches 0.8 there. The other
    pairs' floors are 0.83-1.04 of raw.
 2. One message per weight slice (floor -> prebuilt): a rank of tp4 -> tp2dp2
    posts 232 messages where raw posts 2-5; gloo exchanges ready notifications
@@ -87,8 +87,8 @@ from raw to steady, in three parts:
    1.2 ms of Python (2.4 ms with the pool's allocation and return). Building
    the plan's steps one at a time, as it did before, left it at 0.86-0.91.
 
-Over six runs (11 repeats each) steady state reached 0.65-0.81 of raw on
-tp2dp2 -> tp1dp4, 0.76-0.87 on tp4 -> tp2dp2 (median run 0.80), 0.78-0.83 on
+Over eight runs (11 repeats each) steady state reached 0.65-0.81 of raw on
+tp2dp2 -> tp1dp4, 0.76-0.87 on tp4 -> tp2dp2 (median run 0.80), 0.78-0.85 on
 pp2tp2 -> tp4 (median 0.80), 0.81-0.90 on tp2@01 -> tp2@23 and 0.94-0.99 on
 tp1@0 -> dp3@123. On GPUs a local copy runs at memory bandwidth, several
 times the interconnect's, and NCCL needs no CPU per byte, so parts 1 and 2
