@@ -163,6 +163,33 @@ def test_unknown_commands_and_unserialisable_outputs_are_errors():
     assert outcome.error.startswith("MessageError: output of 'bad' is not JSON-serialisable")
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_init_process_group_binds_the_gpu_so_nccl_starts_at_once(monkeypatch, device):
+    """On CUDA the process group is made with ``device_id``: NCCL's communicator exists
+    before a reallocation's batch_isend_irecv (only some ranks take part) can come first."""
+    import torch
+    import torch.distributed as dist
+
+    calls: dict[str, object] = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.update(kw))
+    monkeypatch.setattr(dist, "get_backend", lambda: calls["backend"])
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    msg = m.command_to_pb(m.Envelope(1, m.InitProcessGroup(timeout_s=9.0), {}))
+    config = replace(CONFIG, device=device, local_rank=1)
+    outcome = dispatch(builtin_handlers(), msg, WorkerContext(config), lambda _: None)
+    assert outcome.ok, outcome.error
+    if device == "cuda":
+        assert calls["backend"] == "nccl" and calls["device_id"] == torch.device("cuda", 1)
+        assert calls["set_device"] == torch.device("cuda", 1)
+    else:
+        assert calls["backend"] == "gloo" and calls["device_id"] is None
+        assert "set_device" not in calls
+    assert outcome.output == {"backend": calls["backend"], "rank": 1, "world_size": 2}
+
+
 def test_one_line_errors():
     assert one_line(ValueError("")) == "ValueError"
     assert one_line(RuntimeError("a\nb")) == "RuntimeError: a"

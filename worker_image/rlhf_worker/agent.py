@@ -134,8 +134,10 @@ def init_process_group(inv: Invocation) -> dict[str, Any]:
     cfg = inv.worker.config
     backend = "nccl" if cfg.device == "cuda" else "gloo"
     if not dist.is_initialized():
+        device = None
         if cfg.device == "cuda":
-            torch.cuda.set_device(cfg.local_rank)
+            device = torch.device("cuda", cfg.local_rank)
+            torch.cuda.set_device(device)
         assert isinstance(inv.command, m.InitProcessGroup)
         dist.init_process_group(
             backend=backend,
@@ -143,6 +145,10 @@ def init_process_group(inv: Invocation) -> dict[str, Any]:
             rank=cfg.rank,
             world_size=cfg.world_size,
             timeout=timedelta(seconds=inv.command.timeout_s or 300.0),
+            # On NCCL this makes the communicator now, so that a reallocation's
+            # batch_isend_irecv, in which only some ranks take part, may be the job's
+            # first operation (torch requires every rank in a group's first one).
+            device_id=device,
         )
     return {
         "backend": dist.get_backend(),
