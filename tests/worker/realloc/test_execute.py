@@ -163,11 +163,22 @@ def test_steady_state_reallocations_reuse_the_pool_and_stay_exact() -> None:
     assert [r["buffers_reused"] > 0 for r in results] == [True, False, False, True]
 
 
+def _source_shards(plan: Any, rank: int, full: dict[str, Any]) -> dict[str, Any] | None:
+    """This rank's source shards in the worker's memory order (None outside the source)."""
+    from rlhf_worker.storage import in_storage_order
+
+    if rank not in plan.src.ranks:
+        return None
+    return {
+        n: in_storage_order(full[n][slices(r)].clone(), n in plan.column_major)
+        for n, r in plan.src_shards[rank].items()
+    }
+
+
 def _zero_copy(rank: int, world: int) -> list[tuple[str, int, int, int]]:
     import torch
 
     from rlhf_worker.realloc.execute import MemoryStats, reallocate
-    from rlhf_worker.storage import in_storage_order
 
     model = MODELS["gqa"]
     full: dict[str, Any] = reference_weights(model, 3)
@@ -179,12 +190,7 @@ def _zero_copy(rank: int, world: int) -> list[tuple[str, int, int, int]]:
     ]:
         # Every piece alone in its message (no packing of small ones).
         plan = plan_reallocation(model, src, dst, 4, solo_bytes=0)
-        local = None
-        if rank in src.ranks:
-            local = {
-                n: in_storage_order(full[n][slices(r)].clone(), n in plan.column_major)
-                for n, r in plan.src_shards[rank].items()
-            }
+        local = _source_shards(plan, rank, full)
         stats = MemoryStats()
         result = reallocate(plan, local, rank, dtype=torch.float32, stats=stats)
         if result is not None:
@@ -212,7 +218,6 @@ def _posters_and_groups(rank: int, world: int) -> dict[str, int]:
     import torch.distributed as dist
 
     from rlhf_worker.realloc import execute
-    from rlhf_worker.storage import in_storage_order
 
     model = MODELS["gqa"]
     full: dict[str, Any] = reference_weights(model, 7)
@@ -233,12 +238,7 @@ def _posters_and_groups(rank: int, world: int) -> dict[str, int]:
                     continue
                 # Small buckets: some pieces packed, the rest straight through.
                 plan = plan_reallocation(model, src, dst, 4, bucket_bytes=2048)
-                local = None
-                if rank in src.ranks:
-                    local = {
-                        n: in_storage_order(full[n][slices(r)].clone(), n in plan.column_major)
-                        for n, r in plan.src_shards[rank].items()
-                    }
+                local = _source_shards(plan, rank, full)
                 out = execute.reallocate(plan, local, rank, dtype=torch.float32, group=group)
                 if rank not in dst.ranks:
                     assert out is None
