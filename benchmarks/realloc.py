@@ -31,7 +31,8 @@ reallocate it to a destination layout. For each layout pair it prints:
   holds between steady runs (one transient copy and its packing buffers). "dst"
   is the largest destination shard set of any rank;
 * where the time goes: "local MB" is the most any rank copies from its own
-  source shards (work the raw transfer does not do), and "cpu s" the CPU
+  source shards (work the raw transfer does not do), "msgs" the most messages
+  any rank posts (the raw transfer posts one per peer), and "cpu s" the CPU
   seconds (user + system, all threads, summed over the 4 ranks; medians) of a
   raw p2p transfer and of a steady reallocation;
 * "floor s": the raw p2p transfer with the plan's local copies done while the
@@ -52,15 +53,15 @@ prebuilt runs refill them too). ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge
 pages for torch's CPU allocations) is set unless ``--no-thp``: fresh memory on
 4 KiB pages faults at ~1 GB/s here, slower than the transfer. The machine has
 2 cores for 4 processes and is shared: compare the columns of one run, not runs
-with each other. Sample output (2-core machine, raw p2p at 3.6-4.6 GB/s):
+with each other. Sample output (2-core machine, raw p2p at 4.0-6.2 GB/s):
 
     model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 11 repeats (medians), THP_MEM_ALLOC_ENABLE=1
-    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB cpu s p2p steady floor s prebuilt s steady/floor steady/prebuilt
-    tp2dp2 -> tp1dp4    796  0.666  1.19    0.273  2.91  0.278  2.87     3.61       4.05       0.33   0.81  0.79    398     398    398          0     398      199     0.352  0.514   0.255      0.267         0.93            0.98
-    tp4 -> tp2dp2       597  0.260  2.29    0.180  3.32  0.180  3.32     3.95       4.01       0.58   0.84  0.84    199     199    193          0     199      100     0.261  0.330   0.166      0.171         0.92            0.95
-    pp2tp2 -> tp4       299  0.112  2.67    0.089  3.37  0.088  3.39     4.13       4.01       0.65   0.82  0.82    100     100     49          0     100       50     0.128  0.170   0.080      0.085         0.90            0.96
-    tp2@01 -> tp2@23    398  0.176  2.26    0.107  3.72  0.102  3.92     4.61       4.85       0.49   0.81  0.85    199     199    174          0     199        0     0.159  0.191   0.084      0.096         0.79            0.89
-    tp1@0 -> dp3@123   1194  0.490  2.44    0.321  3.72  0.319  3.74     3.84       4.83       0.63   0.97  0.97    398     398    347          0     398        0     0.501  0.513   0.313      0.308         0.97            0.96
+    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB msgs cpu s p2p steady floor s prebuilt s steady/floor steady/prebuilt
+    tp2dp2 -> tp1dp4    796  0.398  2.00    0.204  3.90  0.199  3.99     5.85       6.02       0.34   0.67  0.68    398     398    398          0     398      199  125     0.243  0.386   0.201      0.201         0.98            0.98
+    tp4 -> tp2dp2       597  0.186  3.21    0.143  4.18  0.138  4.32     5.11       5.60       0.63   0.82  0.85    199     199    193          0     199      100  232     0.196  0.265   0.124      0.132         0.87            0.92
+    pp2tp2 -> tp4       299  0.089  3.36    0.075  3.98  0.073  4.07     5.11       5.16       0.66   0.78  0.80    100     100     49          0     100       50  118     0.102  0.141   0.064      0.070         0.86            0.94
+    tp2@01 -> tp2@23    398  0.103  3.85    0.071  5.63  0.071  5.64     6.18       6.11       0.62   0.91  0.91    199     199    161          0     199        0   62     0.118  0.136   0.061      0.069         0.87            0.97
+    tp1@0 -> dp3@123   1194  0.499  2.39    0.294  4.06  0.289  4.13     4.00       6.00       0.60   1.02  1.03    398     398    348          0     398        0  189     0.460  0.468   0.295      0.294         1.00            1.00
 
 Reading it: raw p2p keeps ~1.7 of the 2 cores busy (loopback TCP is copies in
 the kernel), so the transfer is CPU-bound and every other CPU cycle of a
@@ -71,8 +72,8 @@ from raw to steady, in three parts:
    its source shards into its destination shards. tp2dp2 -> tp1dp4 copies 199
    MB per rank, as many bytes as it receives, and on this machine a memory copy
    costs about what a loopback transfer of the same bytes costs: its floor is
-   0.70-0.86 of raw, so no reallocation reliably reaches 0.8 there. The other
-   pairs' floors are 0.83-1.04 of raw.
+   0.68-0.86 of raw, so no reallocation reliably reaches 0.8 there. The other
+   pairs' floors are 0.83-1.06 of raw.
 2. One message per weight slice (floor -> prebuilt): a rank of tp4 -> tp2dp2
    posts 232 messages where raw posts 2-5; gloo exchanges ready notifications
    for each. Prebuilt runs at 0.78-0.91 of raw on tp4 -> tp2dp2 and
@@ -87,9 +88,9 @@ from raw to steady, in three parts:
    1.2 ms of Python (2.4 ms with the pool's allocation and return). Building
    the plan's steps one at a time, as it did before, left it at 0.86-0.91.
 
-Over eight runs (11 repeats each) steady state reached 0.65-0.81 of raw on
-tp2dp2 -> tp1dp4, 0.76-0.87 on tp4 -> tp2dp2 (median run 0.80), 0.78-0.85 on
-pp2tp2 -> tp4 (median 0.80), 0.81-0.90 on tp2@01 -> tp2@23 and 0.94-0.99 on
+Over nine runs (11 repeats each) steady state reached 0.65-0.81 of raw on
+tp2dp2 -> tp1dp4, 0.76-0.87 on tp4 -> tp2dp2 (median run 0.81), 0.78-0.85 on
+pp2tp2 -> tp4 (median 0.80), 0.81-0.91 on tp2@01 -> tp2@23 and 0.94-1.02 on
 tp1@0 -> dp3@123. On GPUs a local copy runs at memory bandwidth, several
 times the interconnect's, and NCCL needs no CPU per byte, so parts 1 and 2
 shrink accordingly. Cold runs add the first touch of the new destination
@@ -181,6 +182,7 @@ class PairResult:
     steady_cpu: float  # this rank's CPU seconds (median) in a steady-state reallocation
     p2p_cpu: float  # the same in the raw p2p transfer
     local_bytes: int  # bytes this rank copies from its own source shards
+    messages: int  # messages this rank posts in a reallocation (raw: one per peer)
 
 
 def source_shard(name: str, region: Region, column_major: bool) -> torch.Tensor:
@@ -400,6 +402,7 @@ def bench_pair(
         statistics.median(cpu["steady"]),
         statistics.median(cpu["p2p"]),
         sum(c.nbytes for c in plan.local if c.rank == rank),
+        sum(len(step) for step in plan.program(rank).steps),
     )
 
 
@@ -432,7 +435,7 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
         f"{'warm s':>6} {'GB/s':>5} {'p2p GB/s':>8} {'bcast GB/s':>10} "
         f"{'ratio cold':>10} {'steady':>6} {'warm':>5} "
         f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6} {'steady rss':>10} {'pool MB':>7} "
-        f"{'local MB':>8} {'cpu s p2p':>9} {'steady':>6} {'floor s':>7} {'prebuilt s':>10} "
+        f"{'local MB':>8} {'msgs':>4} {'cpu s p2p':>9} {'steady':>6} {'floor s':>7} {'prebuilt s':>10} "
         f"{'steady/floor':>12} {'steady/prebuilt':>15}"
     )
     print(header)
@@ -452,6 +455,7 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
             f"{max(x.steady_rss for x in rows) / 1e6:>10.0f} "
             f"{max(x.pool_bytes for x in rows) / 1e6:>7.0f} "
             f"{max(x.local_bytes for x in rows) / 1e6:>8.0f} "
+            f"{max(x.messages for x in rows):>4} "
             f"{sum(x.p2p_cpu for x in rows):>9.3f} {sum(x.steady_cpu for x in rows):>6.3f} "
             f"{r.floor_s:>7.3f} {r.prebuilt_s:>10.3f} {r.floor_s / r.steady_s:>12.2f} "
             f"{r.prebuilt_s / r.steady_s:>15.2f}"
