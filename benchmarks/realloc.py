@@ -82,11 +82,12 @@ from raw to steady, in three parts:
    weight is one block of memory in both layouts and goes straight from one
    tensor into the other; only pieces under 128 KB (norms) are packed together.
 3. The executor's bookkeeping (prebuilt -> steady): steady runs at 0.86-1.04
-   of prebuilt (0.96 in the median). It builds all its straight-through messages in one loop and
-   posts them at once (``execute._steps``); quiet and with its sends and
-   receives replaced by no-ops, a rank's whole part of tp4 -> tp2dp2 costs
-   1.2 ms of Python (2.4 ms with the pool's allocation and return). Building
-   the plan's steps one at a time, as it did before, left it at 0.86-0.91.
+   of prebuilt (0.96 in the median). It builds all its straight-through
+   messages in one loop and posts them at once (``execute._steps``); quiet and
+   with its sends and receives replaced by no-ops, a rank's whole part of
+   tp4 -> tp2dp2 costs 1.2 ms of Python (2.4 ms with the pool's allocation and
+   return). Building the plan's steps one at a time, as it did before, left it
+   at 0.86-0.91.
 
 Over nine runs (11 repeats each) steady state reached 0.65-0.81 of raw on
 tp2dp2 -> tp1dp4, 0.76-0.87 on tp4 -> tp2dp2 (median run 0.81), 0.78-0.85 on
@@ -435,7 +436,8 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
         f"{'warm s':>6} {'GB/s':>5} {'p2p GB/s':>8} {'bcast GB/s':>10} "
         f"{'ratio cold':>10} {'steady':>6} {'warm':>5} "
         f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6} {'steady rss':>10} {'pool MB':>7} "
-        f"{'local MB':>8} {'msgs':>4} {'cpu s p2p':>9} {'steady':>6} {'floor s':>7} {'prebuilt s':>10} "
+        f"{'local MB':>8} {'msgs':>4} {'cpu s p2p':>9} {'steady':>6} "
+        f"{'floor s':>7} {'prebuilt s':>10} "
         f"{'steady/floor':>12} {'steady/prebuilt':>15}"
     )
     print(header)

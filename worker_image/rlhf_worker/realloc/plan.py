@@ -126,8 +126,8 @@ class RankProgram:
     copies: tuple[tuple[str, Index, Index], ...]  # (parameter, destination index, source index)
     # The same transfers split by how they travel, each in step order: straight from one
     # tensor into another (those with a span), and the packed ones, step by step.
-    direct: tuple[Transfer, ...] = ()
-    packed: tuple[tuple[Transfer, ...], ...] = ()
+    direct: tuple[Transfer, ...]
+    packed: tuple[tuple[Transfer, ...], ...]
 
 
 @dataclass(frozen=True)
