@@ -27,6 +27,7 @@ from rlhf_operator.api import GROUP, PLURAL, VERSION
 from rlhf_operator.k8s.config import OperatorConfig
 from rlhf_operator.k8s.kube import Kube
 from rlhf_operator.k8s.run import operate, settings_for
+from rlhf_operator.k8s.status import iso, now_utc
 
 from .emulator import EmulatorThread
 
@@ -41,6 +42,7 @@ TEST_CONFIG = OperatorConfig(
     health_port=0,
     resync_seconds=0.3,
     retry_seconds=0.5,
+    failure_settle_seconds=2.0,  # a gang of local processes ends well within this
 )
 
 
@@ -186,7 +188,13 @@ class Cluster:
             status["containerStatuses"] = [
                 {
                     "name": "main",
-                    "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}},
+                    "state": {
+                        "terminated": {
+                            "exitCode": exit_code,
+                            "reason": "Error",
+                            "finishedAt": iso(now_utc()),
+                        }
+                    },
                 }
             ]
         self.kube.call(

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from rlhf_operator.k8s.config import OperatorConfig
-from rlhf_operator.k8s.reconcile import pod_view
+from rlhf_operator.k8s.pods import pod_view
 from rlhf_operator.k8s.status import StatusUpdate, iso
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -87,8 +87,10 @@ def test_config_from_environment():
             "RLHF_OPERATOR_NAMESPACES": "a, b",
             "RLHF_OPERATOR_LOG_LEVEL": "debug",
             "RLHF_OPERATOR_WORKER_IMAGE": "w:2",
+            "RLHF_OPERATOR_FAILURE_SETTLE_SECONDS": "2.5",
         }
     )
+    assert config.failure_settle_seconds == 2.5
     assert config.namespaces == ("a", "b") and config.log_level == "DEBUG"
     assert config.worker_image == "w:2" and config.metrics_port == 8080
 

@@ -8,9 +8,10 @@ patches the RLHFJob's status with progress (iteration, metrics, last
 checkpoint) and serves the job's Prometheus metrics.
 
 Exit status: 0 when the job finished (the pod Succeeds); 1 when it cannot go
-on (a lost worker, a failed call): the pod Fails and the operator restarts the
-job's pods, which resume from the newest complete checkpoint (up to the job's
-backoffLimit). The reason is the last line on stderr.
+on (a failed call, a bad config: 2), or `exit_codes.PEER_LOST` when a worker
+went away (the worker's pod holds the cause): the pod Fails and the operator
+restarts the job's pods, which resume from the newest complete checkpoint (up
+to the job's backoffLimit). The reason is the last line on stderr.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_operator.api.manifests import load_jobs
-from rlhf_operator.coordinator.errors import ControlPlaneError
+from rlhf_operator.controlplane import exit_codes
+from rlhf_operator.coordinator.errors import ControlPlaneError, WorkerLost
 from rlhf_operator.coordinator.executor import JobRunner
 from rlhf_operator.coordinator.job_metrics import JobMetrics
 from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir
@@ -112,6 +114,11 @@ def main() -> int:
             log.info("starting at iteration %d (%s)", start, "resumed" if start > 1 else "fresh")
             runner.run_to_end(start, on_record, export_path=export)
             runner.shutdown()
+    except WorkerLost as err:
+        # The worker's own pod says why it went; this exit code tells the
+        # operator that the coordinator's failure is only a consequence.
+        print(f"coordinator: {err}", file=sys.stderr, flush=True)
+        return exit_codes.PEER_LOST
     except ControlPlaneError as err:
         print(f"coordinator: {err}", file=sys.stderr, flush=True)
         return 1

@@ -28,6 +28,9 @@ class OperatorConfig:
     """How often every job is reconciled even without a change (pod phases, deadlines)."""
     retry_seconds: float = 15.0
     """Delay before retrying a job that waits (GPUs, pods still terminating)."""
+    failure_settle_seconds: float = 5.0
+    """After a pod fails, how long to wait for the rest of the gang to end before
+    restarting, so that the restart names the pod that failed first."""
     output_dir: str = "/var/lib/rlhf"
     """The coordinator's output directory when the job sets no checkpoint path."""
     shm_size: str | None = None
@@ -51,6 +54,9 @@ class OperatorConfig:
             log_level=environ.get("RLHF_OPERATOR_LOG_LEVEL", d.log_level).upper(),
             resync_seconds=float(environ.get("RLHF_OPERATOR_RESYNC_SECONDS", d.resync_seconds)),
             retry_seconds=float(environ.get("RLHF_OPERATOR_RETRY_SECONDS", d.retry_seconds)),
+            failure_settle_seconds=float(
+                environ.get("RLHF_OPERATOR_FAILURE_SETTLE_SECONDS", d.failure_settle_seconds)
+            ),
             output_dir=environ.get("RLHF_OPERATOR_OUTPUT_DIR", d.output_dir),
             shm_size=environ.get("RLHF_OPERATOR_SHM_SIZE") or None,
             socket_ifname=environ.get("RLHF_OPERATOR_SOCKET_IFNAME", d.socket_ifname),

@@ -26,7 +26,8 @@ from . import metrics, names
 from .config import OperatorConfig
 from .inventory import NodeGPUs, node_gpus
 from .kube import Kube
-from .reconcile import PodView, Result, pod_view, reconcile
+from .pods import PodView, pod_view
+from .reconcile import Result, reconcile
 from .status import now_utc, parse_time
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,9 @@ its pods (from kopf's index) and the nodes (idem), never at what happened
 before, so running it twice, or after an operator restart, changes nothing.
 
 The order of checks is the job's lifecycle: finished -> valid -> suspended ->
-planned (enough GPUs) -> deadline -> pods (failed: restart the gang, or fail
-past backoffLimit; coordinator succeeded: done; all running: Running).
+planned (enough GPUs) -> deadline -> pods (failed: once the failures settle,
+restart the gang or fail past backoffLimit; coordinator succeeded: done; all
+running: Running).
 """
 
 from __future__ import annotations
@@ -38,24 +39,12 @@ from .builders import (
 from .config import OperatorConfig
 from .inventory import NodeGPUs, capacity
 from .kube import Kube
+from .pods import PodView, describe_failures, failures_settled
 from .status import TERMINAL, StatusUpdate, is_true, iso, parse_time, plan_summary
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
-
-
-@dataclass(frozen=True)
-class PodView:
-    """What the operator needs of one of a job's pods (kept in kopf's index)."""
-
-    name: str
-    component: str
-    rank: int | None
-    attempt: int
-    phase: str
-    deleting: bool = False
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,27 +58,6 @@ class Result:
 
 
 DONE = Result("done")
-
-
-def pod_view(body: dict[str, Any]) -> PodView:
-    meta = body.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    status = body.get("status") or {}
-    rank = labels.get(names.LABEL_RANK)
-    reason = status.get("reason") or ""
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if term and term.get("exitCode", 0) != 0:
-            reason = f"{term.get('reason') or 'Error'}, exit code {term.get('exitCode')}"
-    return PodView(
-        name=str(meta.get("name")),
-        component=str(labels.get(names.LABEL_COMPONENT, "")),
-        rank=int(rank) if rank is not None and str(rank).isdigit() else None,
-        attempt=int(labels.get(names.LABEL_ATTEMPT, "0") or 0),
-        phase=str(status.get("phase") or "Pending"),
-        deleting=bool(meta.get("deletionTimestamp")),
-        reason=reason,
-    )
 
 
 def _job_object(body: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +279,10 @@ def _run(
             if n not in present
         ]
     if failed:
+        if not failures_settled(current, failed, config.failure_settle_seconds, now):
+            return Result(
+                "wait", f"{len(failed)} pod(s) failed: waiting for the others to end", 1.0
+            )
         return _restart(ref, job, update, attempt, failed, pods, kube, memo, emit)
 
     if stale:
@@ -358,7 +330,7 @@ def _restart(
     emit: Emit,
 ) -> Result:
     """One failed pod restarts the whole gang (all ranks resume from the checkpoint)."""
-    what = ", ".join(f"{p.name} ({p.reason or 'failed'})" for p in failed[:3])
+    what = describe_failures(failed)
     limit = job.spec.run_policy.backoff_limit
     _delete_pods(kube, ref.namespace, pods)
     if attempt >= limit:

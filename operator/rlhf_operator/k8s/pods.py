@@ -1,0 +1,109 @@
+"""A job's pods as the operator sees them, and what their failures mean.
+
+When one pod of the gang fails, the others follow within seconds: the
+coordinator loses a worker and gives up, the workers lose the coordinator.
+The kubelets report these failures independently, in no guaranteed order, so
+the first failure the operator sees may be a bystander's. Two rules keep the
+restart's event naming the pod that failed first:
+- settle: restart only once every pod of the attempt has ended, or
+  `settle_seconds` after the earliest failure (a hung pod must not hold the
+  restart back for long);
+- causes first: a pod that exited with `exit_codes.PEER_LOST` only says that
+  another pod went away, so it is listed after those that did not.
+Pure functions of the pods and the time: no API calls.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from ..controlplane import exit_codes
+from . import names
+from .status import TERMINAL, parse_time
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator needs of one of a job's pods (kept in kopf's index)."""
+
+    name: str
+    component: str
+    rank: int | None
+    attempt: int
+    phase: str
+    deleting: bool = False
+    reason: str = ""
+    exit_code: int | None = None
+    """The main container's exit code once it has ended (None while it runs)."""
+    finished_at: datetime.datetime | None = None
+    """When the main container ended, as the kubelet reports it."""
+
+
+def pod_view(body: dict[str, Any]) -> PodView:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = body.get("status") or {}
+    rank = labels.get(names.LABEL_RANK)
+    reason = status.get("reason") or ""
+    exit_code: int | None = None
+    finished_at: datetime.datetime | None = None
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if not term:
+            continue
+        exit_code = term.get("exitCode")
+        finished_at = parse_time(term.get("finishedAt"))
+        if exit_code not in (None, 0):
+            reason = f"{term.get('reason') or 'Error'}, exit code {exit_code}"
+    return PodView(
+        name=str(meta.get("name")),
+        component=str(labels.get(names.LABEL_COMPONENT, "")),
+        rank=int(rank) if rank is not None and str(rank).isdigit() else None,
+        attempt=int(labels.get(names.LABEL_ATTEMPT, "0") or 0),
+        phase=str(status.get("phase") or "Pending"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        reason=reason,
+        exit_code=exit_code,
+        finished_at=finished_at,
+    )
+
+
+def is_consequence(pod: PodView) -> bool:
+    """The pod ended because another pod of the job went away."""
+    return pod.exit_code == exit_codes.PEER_LOST
+
+
+def failures_settled(
+    pods: list[PodView],
+    failed: list[PodView],
+    settle_seconds: float,
+    now: datetime.datetime,
+) -> bool:
+    """Whether to restart now: every pod has ended, or the earliest failure is
+    `settle_seconds` old. A failure without an end time (a pod that vanished)
+    gives nothing to wait from: restart now."""
+    if all(p.phase in TERMINAL for p in pods):
+        return True
+    times = [p.finished_at for p in failed]
+    if not times or any(t is None for t in times):
+        return True
+    earliest = min(t for t in times if t is not None)
+    return (now - earliest).total_seconds() >= settle_seconds
+
+
+def causes_first(failed: list[PodView]) -> list[PodView]:
+    """The failures in the order to report them: causes before consequences,
+    then earliest first (the kubelet's times have whole seconds), then by name."""
+    latest = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    return sorted(failed, key=lambda p: (is_consequence(p), p.finished_at or latest, p.name))
+
+
+def describe_failures(failed: list[PodView], shown: int = 3) -> str:
+    """One line for a condition and an event: the first `shown` failures, causes first."""
+    ordered = causes_first(failed)
+    what = ", ".join(f"{p.name} ({p.reason or 'failed'})" for p in ordered[:shown])
+    if len(ordered) > shown:
+        what += f" and {len(ordered) - shown} more"
+    return what

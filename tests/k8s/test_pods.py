@@ -1,0 +1,80 @@
+"""What the operator reads from a job's pods, and the order it reports failures in: pure."""
+
+from __future__ import annotations
+
+import datetime
+
+from rlhf_operator.controlplane import exit_codes
+from rlhf_operator.k8s.pods import (
+    PodView,
+    causes_first,
+    describe_failures,
+    failures_settled,
+    pod_view,
+)
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def ended(name: str, code: int, seconds: float) -> PodView:
+    return PodView(
+        name,
+        "worker",
+        0,
+        1,
+        "Failed",
+        reason=f"Error, exit code {code}",
+        exit_code=code,
+        finished_at=at(seconds),
+    )
+
+
+def running(name: str) -> PodView:
+    return PodView(name, "worker", 0, 1, "Running")
+
+
+def test_pod_view_reads_the_exit_code_and_end_time():
+    state = {"terminated": {"exitCode": 5, "reason": "Error", "finishedAt": "2026-01-01T00:00:07Z"}}
+    view = pod_view(
+        {"metadata": {"name": "j-worker-0"}, "status": {"containerStatuses": [{"state": state}]}}
+    )
+    assert view.exit_code == 5 and view.finished_at == at(7)
+    assert view.reason == "Error, exit code 5"
+    assert pod_view({"metadata": {"name": "p"}, "status": {"phase": "Running"}}).exit_code is None
+
+
+def test_a_peer_lost_exit_is_reported_after_the_failure_that_caused_it():
+    bystander = ended("j-worker-0", exit_codes.PEER_LOST, 1)
+    coordinator = ended("j-coordinator", exit_codes.PEER_LOST, 1)
+    killed = ended("j-worker-1", 137, 2)  # seen later, and a later second: still the cause
+    assert [p.name for p in causes_first([bystander, coordinator, killed])] == [
+        "j-worker-1",
+        "j-coordinator",
+        "j-worker-0",
+    ]
+    assert describe_failures([bystander, killed], shown=1) == (
+        "j-worker-1 (Error, exit code 137) and 1 more"
+    )
+
+
+def test_causes_are_ordered_by_when_they_ended():
+    first, second = ended("b", 1, 3), ended("a", 137, 4)
+    assert causes_first([second, first]) == [first, second]
+
+
+def test_a_restart_waits_for_the_gang_to_end_but_not_past_the_settle_time():
+    failed = [ended("j-worker-0", exit_codes.PEER_LOST, 10)]
+    pods = [*failed, running("j-worker-1")]
+    assert not failures_settled(pods, failed, 5.0, at(12))
+    assert failures_settled(pods, failed, 5.0, at(15))
+    everyone = [*failed, ended("j-worker-1", 137, 11)]
+    assert failures_settled(everyone, everyone, 5.0, at(11))
+
+
+def test_a_failure_without_an_end_time_restarts_at_once():
+    vanished = PodView("j-worker-1", "", None, 1, "Failed", reason="deleted")
+    assert failures_settled([vanished, running("j-worker-0")], [vanished], 5.0, at(0))
