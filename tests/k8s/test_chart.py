@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from rlhf_operator import metrics_names
 from rlhf_operator.k8s import builders, metrics  # noqa: F401  (registers the metrics)
+from rlhf_operator.k8s.config import OperatorConfig
 
 from . import helm
 from .cluster import NAMESPACE, TEST_USER_AGENT, Cluster, wait_for
@@ -74,6 +75,8 @@ def test_chart_installs_into_the_emulator(cluster):
     assert container["args"] == ["operator"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["RLHF_OPERATOR_NAMESPACES"] == "" and env["RLHF_OPERATOR_LOG_LEVEL"] == "INFO"
+    settings = OperatorConfig.from_env(env)  # the names the operator reads
+    assert (settings.resync_seconds, settings.failure_settle_seconds) == (10.0, 5.0)
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     dashboard = cluster.get(
         "/api/v1/namespaces/rlhf-system/configmaps/rlhf-rlhf-operator-dashboard"
