@@ -181,7 +181,12 @@ class Cluster:
         return {p["metadata"]["name"] for p in self.pods(job)}
 
     def set_pod_phase(
-        self, name: str, phase: str, exit_code: int | None = None, namespace: str = NAMESPACE
+        self,
+        name: str,
+        phase: str,
+        exit_code: int | None = None,
+        namespace: str = NAMESPACE,
+        message: str = "",
     ) -> None:
         status: dict[str, Any] = {"phase": phase}
         if exit_code is not None:
@@ -193,6 +198,7 @@ class Cluster:
                             "exitCode": exit_code,
                             "reason": "Error",
                             "finishedAt": iso(now_utc()),
+                            **({"message": message} if message else {}),
                         }
                     },
                 }

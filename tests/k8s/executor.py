@@ -22,7 +22,9 @@ What a pod would find in a cluster, and how it is played here:
 - the API: processes get KUBECONFIG (the emulator), where a pod would use its
   ServiceAccount (in-cluster config);
 - phases: Running once started; Succeeded or Failed with the exit code when
-  the process ends; a deleted pod's process is terminated.
+  the process ends, and the container's termination message (the file at its
+  terminationMessagePath, a per-pod file here); a deleted pod's process is
+  terminated.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class RunningPod:
     uid: str
     process: subprocess.Popen[bytes]
     log: Path
+    termination_log: Path
     reported: str = "Running"
 
 
@@ -123,8 +126,13 @@ class PodExecutor:
             code = pod.process.poll()
             if code is not None and pod.reported == "Running":
                 pod.reported = "Succeeded" if code == 0 else "Failed"
+                log = pod.termination_log
                 self.cluster.set_pod_phase(
-                    pod.name, pod.reported, exit_code=code, namespace=pod.namespace
+                    pod.name,
+                    pod.reported,
+                    exit_code=code,
+                    namespace=pod.namespace,
+                    message=log.read_text(errors="replace") if log.exists() else "",
                 )
         for key, obj in listed.items():
             if key in self.pods or obj["metadata"].get("deletionTimestamp"):
@@ -155,6 +163,8 @@ class PodExecutor:
         }
         (container,) = spec["containers"][:1]
         mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts") or []}
+        termination_log = pod_dir / "termination-log"
+        mounts[container.get("terminationMessagePath", "/dev/termination-log")] = termination_log
         self._declare_ports(ns, job)
         env = {
             e["name"]: self._rewrite(e["name"], e.get("value", ""), ns, job, mounts, job_dir)
@@ -185,7 +195,7 @@ class PodExecutor:
             process = subprocess.Popen(
                 command, env=env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
             )
-        return RunningPod(ns, name, meta["uid"], process, log)
+        return RunningPod(ns, name, meta["uid"], process, log, termination_log)
 
     def _volume(self, volume: dict[str, Any], ns: str, pod_dir: Path, job_dir: Path) -> Path:
         name = volume["name"]

@@ -9,6 +9,7 @@ import yaml
 
 from rlhf_operator.api import validate_object
 from rlhf_operator.controlplane import environment as wenv
+from rlhf_operator.controlplane import exits
 from rlhf_operator.coordinator.launch import WorkerLaunch, worker_env
 from rlhf_operator.coordinator_env import WORKER_HOSTS, CoordinatorSettings
 from rlhf_operator.k8s import builders, names
@@ -197,6 +198,20 @@ def test_coordinator_pod_env_mounts_and_rbac():
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "ppo-coordinator", "namespace": "team-a"}
     ]
+
+
+def test_every_container_leaves_its_exit_reason_where_the_kubelet_reads_it():
+    job = model(gpu_job("ppo", gpus=2, gpus_per_node=1))
+    topo = builders.topology_for(job)
+    pods = [
+        builders.build_coordinator_pod(REF, job, CONFIG, topo, 0),
+        builders.build_worker_pod(REF, job, CONFIG, topo, rank=1, attempt=0),
+    ]
+    for pod in pods:
+        (c,) = pod["spec"]["containers"]
+        assert c["terminationMessagePath"] == "/dev/termination-log"
+        assert c["terminationMessagePolicy"] == "File"
+        assert env_of(c)[exits.TERMINATION_LOG_ENV] == c["terminationMessagePath"]
 
 
 def test_config_map_secret_and_service():

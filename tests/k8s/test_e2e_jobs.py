@@ -85,6 +85,23 @@ def test_a_killed_worker_restarts_the_job_from_its_checkpoint(cluster, operator,
     assert "crash-worker-1" in reason and "exit code" in reason
 
 
+def test_a_worker_that_cannot_start_fails_the_job_with_its_reason(cluster, executor):
+    # The reason outlives the pods (deleted with the failure): it is in the condition.
+    handlers = {"RLHF_WORKER_HANDLERS": "no_such_handlers"}
+    op = OperatorThread(config(extra_worker_env=handlers), cluster.kubeconfig).start()
+    try:
+        job = tiny("nohandlers")
+        job["spec"]["runPolicy"] = {"backoffLimit": 0}
+        cluster.apply_job(job)
+        wait_for(lambda: phase(cluster, "nohandlers") == "Failed", "the job to fail")
+        failed = cluster.condition("nohandlers", "Failed")
+        assert failed["reason"] == "BackoffLimitExceeded"
+        assert "nohandlers-worker-0 (Error, exit code 2: rlhf-worker: " in failed["message"]
+        assert "cannot import 'no_such_handlers'" in failed["message"]
+    finally:
+        op.stop()
+
+
 def test_suspend_and_resume_continue_from_the_checkpoint(cluster, operator, executor):
     cluster.apply_job(tiny("pause", iterations=6, interval=2))
     wait_for(

@@ -6,7 +6,7 @@ from prometheus_client import REGISTRY
 
 from rlhf_operator.api import validate_object
 from rlhf_operator.api.manifests import one_line
-from rlhf_operator.controlplane import exit_codes
+from rlhf_operator.controlplane import exits
 
 from .cluster import NAMESPACE, Cluster, OperatorThread, config, wait_for
 from .conftest import gpu_job, local_job
@@ -153,8 +153,8 @@ def test_the_restart_names_the_failed_pod_before_those_that_lost_it(cluster, ope
     cluster.apply_job(local_job("gang", slots=2))
     wait_for(lambda: running(cluster, "gang"), "the job to run")
     # The bystanders are reported first, as they may be by independent kubelets.
-    cluster.set_pod_phase("gang-worker-0", "Failed", exit_code=exit_codes.PEER_LOST)
-    cluster.set_pod_phase("gang-coordinator", "Failed", exit_code=exit_codes.PEER_LOST)
+    cluster.set_pod_phase("gang-worker-0", "Failed", exit_code=exits.PEER_LOST)
+    cluster.set_pod_phase("gang-coordinator", "Failed", exit_code=exits.PEER_LOST)
     cluster.set_pod_phase("gang-worker-1", "Failed", exit_code=137)
     wait_for(lambda: cluster.status("gang").get("restarts") == 1, "the restart")
     event = next(e for e in cluster.events() if e.get("reason") == "PodFailed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from rlhf_operator.controlplane import exit_codes
+from rlhf_operator.controlplane import exits
 from rlhf_operator.k8s.pods import (
     PodView,
     causes_first,
@@ -47,9 +47,28 @@ def test_pod_view_reads_the_exit_code_and_end_time():
     assert pod_view({"metadata": {"name": "p"}, "status": {"phase": "Running"}}).exit_code is None
 
 
+def test_the_reason_a_process_left_is_read_and_reported_with_its_pod():
+    state = {
+        "terminated": {
+            "exitCode": 2,
+            "reason": "Error",
+            "message": "a warning\nrlhf-worker: RLHF_WORKER_HANDLERS: cannot import 'x'\n",
+        }
+    }
+    view = pod_view(
+        {"metadata": {"name": "j-worker-1"}, "status": {"containerStatuses": [{"state": state}]}}
+    )
+    assert view.message == "rlhf-worker: RLHF_WORKER_HANDLERS: cannot import 'x'"
+    assert describe_failures([view]) == (
+        "j-worker-1 (Error, exit code 2: rlhf-worker: RLHF_WORKER_HANDLERS: cannot import 'x')"
+    )
+    state["terminated"]["message"] = "y" * 1000
+    assert len(pod_view({"status": {"containerStatuses": [{"state": state}]}}).message) == 240
+
+
 def test_a_peer_lost_exit_is_reported_after_the_failure_that_caused_it():
-    bystander = ended("j-worker-0", exit_codes.PEER_LOST, 1)
-    coordinator = ended("j-coordinator", exit_codes.PEER_LOST, 1)
+    bystander = ended("j-worker-0", exits.PEER_LOST, 1)
+    coordinator = ended("j-coordinator", exits.PEER_LOST, 1)
     killed = ended("j-worker-1", 137, 2)  # seen later, and a later second: still the cause
     assert [p.name for p in causes_first([bystander, coordinator, killed])] == [
         "j-worker-1",
@@ -67,7 +86,7 @@ def test_causes_are_ordered_by_when_they_ended():
 
 
 def test_a_restart_waits_for_the_gang_to_end_but_not_past_the_settle_time():
-    failed = [ended("j-worker-0", exit_codes.PEER_LOST, 10)]
+    failed = [ended("j-worker-0", exits.PEER_LOST, 10)]
     pods = [*failed, running("j-worker-1")]
     assert not failures_settled(pods, failed, 5.0, at(12))
     assert failures_settled(pods, failed, 5.0, at(15))

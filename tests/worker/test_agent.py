@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from rlhf_operator.controlplane import exits
 from rlhf_operator.controlplane import messages as m
 from rlhf_operator.controlplane.v1 import control_pb2 as pb
 from rlhf_operator.coordinator.launch import WorkerLaunch, worker_command, worker_env
@@ -100,9 +101,12 @@ def test_bad_environment_is_named(change, message):
         entry.settings_from_env(environ)
 
 
-def test_main_prints_one_line_and_exits_2_on_bad_environment(capsys):
+def test_main_prints_one_line_and_exits_2_on_bad_environment(capsys, tmp_path):
     assert entry.main({}) == 2
     assert capsys.readouterr().err == "rlhf-worker: RLHF_COORDINATOR_ADDR is not set\n"
+    reason = tmp_path / "termination-log"  # where a pod's kubelet reads it
+    assert entry.main({exits.TERMINATION_LOG_ENV: str(reason)}) == 2
+    assert reason.read_text() == "rlhf-worker: RLHF_COORDINATOR_ADDR is not set"
 
 
 def test_handler_modules_extend_the_builtin_table():

@@ -28,7 +28,8 @@ Optional:
 
 Exit status: 0 after the coordinator's Shutdown; 2 bad environment; 3 refused by
 the coordinator (wrong token, job or rank); 4 coordinator unreachable before the
-connect timeout; 5 coordinator lost mid-job. The reason is the last line on stderr.
+connect timeout; 5 coordinator lost mid-job. The reason is the last line on stderr,
+and in the file `RLHF_TERMINATION_LOG` names, if set (`exits.ending`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rlhf_operator.controlplane import environment as env
+from rlhf_operator.controlplane import exits
 
-from .agent import EXIT_CONFIG, AgentConfig, AgentExit, Handler, builtin_handlers, run_agent
+from .agent import (
+    EXIT_CONFIG,
+    AgentConfig,
+    AgentExit,
+    Handler,
+    builtin_handlers,
+    run_agent,
+)
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -170,8 +179,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         settings = settings_from_env(environ)
         handlers = load_handlers((MAIN_JOB_HANDLERS, *settings.handler_modules))
     except ConfigError as err:
-        print(f"rlhf-worker: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exits.ending(EXIT_CONFIG, f"rlhf-worker: {err}", environ)
     cfg = settings.agent
     logging.basicConfig(
         level=settings.log_level,
@@ -181,8 +189,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     try:
         return run_agent(cfg, handlers)
     except AgentExit as stop:
-        print(f"rlhf-worker: {stop.message}", file=sys.stderr)
-        return stop.code
+        return exits.ending(stop.code, f"rlhf-worker: {stop.message}", environ)
     except KeyboardInterrupt:
         print(f"rlhf-worker: {cfg.who}: interrupted", file=sys.stderr)
         return 130

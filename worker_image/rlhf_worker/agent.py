@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 
 import rlhf_operator.controlplane.v1.control_pb2_grpc as pb_grpc
-from rlhf_operator.controlplane import exit_codes
+from rlhf_operator.controlplane import exits
 from rlhf_operator.controlplane import messages as m
 from rlhf_operator.controlplane.v1 import control_pb2 as pb
 
@@ -46,7 +46,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2  # bad environment or handler modules
 EXIT_REFUSED = 3  # the coordinator refused this worker (token, job, rank)
 EXIT_UNREACHABLE = 4  # no coordinator before the connect deadline
-EXIT_LOST = exit_codes.PEER_LOST  # the coordinator went away or ended this worker's session
+EXIT_LOST = exits.PEER_LOST  # the coordinator went away or ended this worker's session
 
 # gRPC status codes worth retrying while the coordinator is starting up.
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -4,7 +4,7 @@
   ``rlhf.controlplane.v1``) and its checked-in generated stubs;
 - ``messages``: commands and reports as plain dataclasses, and their wire form;
 - ``tokens``: the per-job token workers present when they register;
-- ``exit_codes``: what a pod's exit code tells the operator (a cause or a consequence);
+- ``exits``: exit codes and the reason a process leaves for the operator (a cause or a consequence);
 - ``generate``: regenerates the stubs (``python -m rlhf_operator.controlplane.generate``).
 
 Only small control messages use this channel; bulk tensors move worker to

@@ -8,10 +8,11 @@ patches the RLHFJob's status with progress (iteration, metrics, last
 checkpoint) and serves the job's Prometheus metrics.
 
 Exit status: 0 when the job finished (the pod Succeeds); 1 when it cannot go
-on (a failed call, a bad config: 2), or `exit_codes.PEER_LOST` when a worker
+on (a failed call, a bad config: 2), or `exits.PEER_LOST` when a worker
 went away (the worker's pod holds the cause): the pod Fails and the operator
 restarts the job's pods, which resume from the newest complete checkpoint (up
-to the job's backoffLimit). The reason is the last line on stderr.
+to the job's backoffLimit). The reason is the last line on stderr, and in the
+file `RLHF_TERMINATION_LOG` names, if set (`exits.ending`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_operator.api.manifests import load_jobs
-from rlhf_operator.controlplane import exit_codes
+from rlhf_operator.controlplane import exits
 from rlhf_operator.coordinator.errors import ControlPlaneError, WorkerLost
 from rlhf_operator.coordinator.executor import JobRunner
 from rlhf_operator.coordinator.job_metrics import JobMetrics
@@ -70,8 +71,7 @@ def main() -> int:
         plan = Plan.from_json(Path(settings.plan_file).read_text(encoding="utf-8"))
         token = Path(settings.token_file).read_text(encoding="utf-8").strip()
     except (OSError, ValueError) as err:
-        print(f"coordinator: {err}", file=sys.stderr, flush=True)
-        return 2
+        return exits.ending(2, f"coordinator: {err}")
     output = OutputDir(Path(settings.output_dir))
     output.create()
     metrics = JobMetrics(job.metadata.name)
@@ -117,11 +117,9 @@ def main() -> int:
     except WorkerLost as err:
         # The worker's own pod says why it went; this exit code tells the
         # operator that the coordinator's failure is only a consequence.
-        print(f"coordinator: {err}", file=sys.stderr, flush=True)
-        return exit_codes.PEER_LOST
+        return exits.ending(exits.PEER_LOST, f"coordinator: {err}")
     except ControlPlaneError as err:
-        print(f"coordinator: {err}", file=sys.stderr, flush=True)
-        return 1
+        return exits.ending(1, f"coordinator: {err}")
     return 0
 
 

@@ -28,6 +28,7 @@ import yaml
 from ..api import API_VERSION, KIND, PLURAL, RLHFJob
 from ..api.job import GROUP
 from ..controlplane import environment as wenv
+from ..controlplane import exits
 from ..coordinator.launch import WorkerLaunch, worker_command, worker_env
 from ..coordinator_env import (
     CONFIG_DIR,
@@ -225,6 +226,17 @@ def _env_list(env: dict[str, str]) -> list[dict[str, str]]:
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
+def _exit_reason_fields(env: dict[str, str]) -> dict[str, Any]:
+    """A container's env (with where to leave its exit reason) and the matching
+    termination-message fields: the reason outlives the pod, which a restart deletes."""
+    env = {**env, exits.TERMINATION_LOG_ENV: exits.TERMINATION_LOG_PATH}
+    return {
+        "env": _env_list(env),
+        "terminationMessagePath": exits.TERMINATION_LOG_PATH,
+        "terminationMessagePolicy": "File",
+    }
+
+
 def _token_volume(ref: JobRef) -> dict[str, Any]:
     return {
         "name": TOKEN_VOLUME,
@@ -368,7 +380,7 @@ def build_coordinator_pod(
                     "name": names.COORDINATOR,
                     "image": job.spec.resources.images.coordinator or config.coordinator_image,
                     "command": ["python", "-m", COORDINATOR_MODULE],
-                    "env": _env_list(env),
+                    **_exit_reason_fields(env),
                     "ports": [
                         {"name": names.CONTROL_PORT_NAME, "containerPort": settings.control_port},
                         {"name": names.METRICS_PORT_NAME, "containerPort": settings.metrics_port},
@@ -452,7 +464,7 @@ def build_worker_pod(
         "name": names.WORKER,
         "image": job.spec.resources.images.worker or config.worker_image,
         "command": worker_command("python"),
-        "env": _env_list(env),
+        **_exit_reason_fields(env),
         "volumeMounts": [
             {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
             {"name": TOKEN_VOLUME, "mountPath": SECRET_DIR, "readOnly": True},

@@ -8,8 +8,10 @@ restart's event naming the pod that failed first:
 - settle: restart only once every pod of the attempt has ended, or
   `settle_seconds` after the earliest failure (a hung pod must not hold the
   restart back for long);
-- causes first: a pod that exited with `exit_codes.PEER_LOST` only says that
+- causes first: a pod that exited with `exits.PEER_LOST` only says that
   another pod went away, so it is listed after those that did not.
+Each failure is reported with the line its process left in its termination
+message (`exits.ending`): the restart deletes the pods and their logs.
 Pure functions of the pods and the time: no API calls.
 """
 
@@ -19,7 +21,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from ..controlplane import exit_codes
+from ..controlplane import exits
 from . import names
 from .status import TERMINAL, parse_time
 
@@ -39,6 +41,8 @@ class PodView:
     """The main container's exit code once it has ended (None while it runs)."""
     finished_at: datetime.datetime | None = None
     """When the main container ended, as the kubelet reports it."""
+    message: str = ""
+    """The last line of the reason the process left (`exits.ending`), if any."""
 
 
 def pod_view(body: dict[str, Any]) -> PodView:
@@ -49,12 +53,14 @@ def pod_view(body: dict[str, Any]) -> PodView:
     reason = status.get("reason") or ""
     exit_code: int | None = None
     finished_at: datetime.datetime | None = None
+    message = ""
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if not term:
             continue
         exit_code = term.get("exitCode")
         finished_at = parse_time(term.get("finishedAt"))
+        message = _last_line(str(term.get("message") or ""))
         if exit_code not in (None, 0):
             reason = f"{term.get('reason') or 'Error'}, exit code {exit_code}"
     return PodView(
@@ -67,12 +73,19 @@ def pod_view(body: dict[str, Any]) -> PodView:
         reason=reason,
         exit_code=exit_code,
         finished_at=finished_at,
+        message=message,
     )
+
+
+def _last_line(text: str, limit: int = 240) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def is_consequence(pod: PodView) -> bool:
     """The pod ended because another pod of the job went away."""
-    return pod.exit_code == exit_codes.PEER_LOST
+    return pod.exit_code == exits.PEER_LOST
 
 
 def failures_settled(
@@ -103,7 +116,12 @@ def causes_first(failed: list[PodView]) -> list[PodView]:
 def describe_failures(failed: list[PodView], shown: int = 3) -> str:
     """One line for a condition and an event: the first `shown` failures, causes first."""
     ordered = causes_first(failed)
-    what = ", ".join(f"{p.name} ({p.reason or 'failed'})" for p in ordered[:shown])
+    what = ", ".join(_one_failure(p) for p in ordered[:shown])
     if len(ordered) > shown:
         what += f" and {len(ordered) - shown} more"
     return what
+
+
+def _one_failure(pod: PodView) -> str:
+    why = pod.reason or "failed"
+    return f"{pod.name} ({why}: {pod.message})" if pod.message else f"{pod.name} ({why})"
