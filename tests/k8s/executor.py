@@ -23,8 +23,8 @@ What a pod would find in a cluster, and how it is played here:
   ServiceAccount (in-cluster config);
 - phases: Running once started; Succeeded or Failed with the exit code when
   the process ends, and the container's termination message (the file at its
-  terminationMessagePath, a per-pod file here); a deleted pod's process is
-  terminated.
+  terminationMessagePath, a per-pod file here, or the end of the log, as
+  FallbackToLogsOnError does); a deleted pod's process is terminated.
 """
 
 from __future__ import annotations
@@ -64,7 +64,20 @@ class RunningPod:
     process: subprocess.Popen[bytes]
     log: Path
     termination_log: Path
+    logs_on_error: bool
+    """terminationMessagePolicy FallbackToLogsOnError."""
     reported: str = "Running"
+
+
+def termination_message(pod: RunningPod, code: int) -> str:
+    """What a kubelet reports for a container with terminationMessagePolicy
+    FallbackToLogsOnError: the termination-message file, or, when that is empty
+    and the container failed, the end of its log (80 lines, 2048 bytes at most)."""
+    path = pod.termination_log
+    message = path.read_text(errors="replace") if path.exists() else ""
+    if not message and code != 0 and pod.logs_on_error:
+        message = "\n".join(pod.log.read_text(errors="replace").splitlines()[-80:])[-2048:]
+    return message
 
 
 @dataclass
@@ -126,13 +139,12 @@ class PodExecutor:
             code = pod.process.poll()
             if code is not None and pod.reported == "Running":
                 pod.reported = "Succeeded" if code == 0 else "Failed"
-                log = pod.termination_log
                 self.cluster.set_pod_phase(
                     pod.name,
                     pod.reported,
                     exit_code=code,
                     namespace=pod.namespace,
-                    message=log.read_text(errors="replace") if log.exists() else "",
+                    message=termination_message(pod, code),
                 )
         for key, obj in listed.items():
             if key in self.pods or obj["metadata"].get("deletionTimestamp"):
@@ -195,7 +207,8 @@ class PodExecutor:
             process = subprocess.Popen(
                 command, env=env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
             )
-        return RunningPod(ns, name, meta["uid"], process, log, termination_log)
+        logs_on_error = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        return RunningPod(ns, name, meta["uid"], process, log, termination_log, logs_on_error)
 
     def _volume(self, volume: dict[str, Any], ns: str, pod_dir: Path, job_dir: Path) -> Path:
         name = volume["name"]

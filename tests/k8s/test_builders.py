@@ -210,7 +210,7 @@ def test_every_container_leaves_its_exit_reason_where_the_kubelet_reads_it():
     for pod in pods:
         (c,) = pod["spec"]["containers"]
         assert c["terminationMessagePath"] == "/dev/termination-log"
-        assert c["terminationMessagePolicy"] == "File"
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
         assert env_of(c)[exits.TERMINATION_LOG_ENV] == c["terminationMessagePath"]
 
 

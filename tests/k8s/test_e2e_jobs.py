@@ -6,6 +6,7 @@ coordinator pod runs `python -m rlhf_operator.coordinator`, the worker pods
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,28 @@ def test_a_worker_that_cannot_start_fails_the_job_with_its_reason(cluster, execu
         assert "cannot import 'no_such_handlers'" in failed["message"]
     finally:
         op.stop()
+
+
+def test_a_worker_that_crashes_leaves_the_end_of_its_log(cluster, operator, tmp_path):
+    # No reason left (an uncaught exception): the kubelet falls back to the log,
+    # whose last line is the exception.
+    crash = [
+        sys.executable,
+        "-c",
+        "raise RuntimeError('boom in rank ' + __import__('os').environ['RANK'])",
+    ]
+    ex = PodExecutor(
+        cluster, tmp_path / "pods", ROOT / "examples", replace_modules={"rlhf_worker": crash}
+    ).start()
+    try:
+        job = tiny("boom")
+        job["spec"]["runPolicy"] = {"backoffLimit": 0}
+        cluster.apply_job(job)
+        wait_for(lambda: phase(cluster, "boom") == "Failed", "the job to fail")
+        message = cluster.condition("boom", "Failed")["message"]
+        assert "boom-worker-0 (Error, exit code 1: RuntimeError: boom in rank 0)" in message
+    finally:
+        ex.stop()
 
 
 def test_suspend_and_resume_continue_from_the_checkpoint(cluster, operator, executor):

@@ -10,7 +10,9 @@ be reported first.
 The restart deletes the failed pods, and their logs with them, so a process
 that ends with an error also writes its reason to the container's
 termination-message file (`leave_reason`); the kubelet puts it in the pod's
-status, and the operator copies it into the job's event and condition.
+status (or, with the builders' FallbackToLogsOnError, the end of the log when a
+process died without leaving one), and the operator copies its last line into
+the job's event and condition.
 """
 
 from __future__ import annotations

@@ -228,12 +228,14 @@ def _env_list(env: dict[str, str]) -> list[dict[str, str]]:
 
 def _exit_reason_fields(env: dict[str, str]) -> dict[str, Any]:
     """A container's env (with where to leave its exit reason) and the matching
-    termination-message fields: the reason outlives the pod, which a restart deletes."""
+    termination-message fields: the reason outlives the pod, which a restart deletes.
+    A process that dies without leaving one (an uncaught exception) gets the end
+    of its log instead, whose last line is the exception."""
     env = {**env, exits.TERMINATION_LOG_ENV: exits.TERMINATION_LOG_PATH}
     return {
         "env": _env_list(env),
         "terminationMessagePath": exits.TERMINATION_LOG_PATH,
-        "terminationMessagePolicy": "File",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 
