@@ -7,6 +7,7 @@ from prometheus_client import REGISTRY
 from rlhf_operator.api import validate_object
 from rlhf_operator.api.manifests import one_line
 from rlhf_operator.controlplane import exits
+from rlhf_operator.k8s.status import iso, now_utc
 
 from .cluster import NAMESPACE, Cluster, OperatorThread, config, wait_for
 from .conftest import gpu_job, local_job
@@ -159,6 +160,30 @@ def test_the_restart_names_the_failed_pod_before_those_that_lost_it(cluster, ope
     wait_for(lambda: cluster.status("gang").get("restarts") == 1, "the restart")
     event = next(e for e in cluster.events() if e.get("reason") == "PodFailed")
     assert event["message"].startswith("gang-worker-1 (Error, exit code 137), gang-")
+
+
+def test_an_evicted_pod_restarts_the_gang_naming_the_eviction(cluster, operator, kubelet):
+    cluster.apply_job(local_job("evict", slots=2))
+    wait_for(lambda: running(cluster, "evict"), "the job to run")
+    # An eviction as the API server plays it: the condition, then the pod stays,
+    # deleting, for its grace period (played by a finalizer: kmock drops an object
+    # marked deleted that has none).
+    pod = f"/api/v1/namespaces/{NAMESPACE}/pods/evict-worker-1"
+    condition = {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting",
+    }
+    merge = "application/merge-patch+json"
+    cluster.kube.call("PATCH", f"{pod}/status", {"status": {"conditions": [condition]}}, merge)
+    deleting = {"deletionTimestamp": iso(now_utc()), "finalizers": ["test.rlhf.dev/grace"]}
+    cluster.kube.call("PATCH", pod, {"metadata": deleting}, merge)
+    wait_for(lambda: cluster.status("evict").get("restarts") == 1, "the restart")
+    event = next(e for e in cluster.events() if e.get("reason") == "PodFailed")
+    assert event["message"].startswith(
+        "evict-worker-1 (EvictionByEvictionAPI: Eviction API: evicting): restarting"
+    )
 
 
 def test_an_operator_restart_does_not_disturb_a_running_job(cluster, kubelet):

@@ -10,6 +10,7 @@ from rlhf_operator.k8s.pods import (
     causes_first,
     describe_failures,
     failures_settled,
+    gone,
     pod_view,
 )
 
@@ -97,3 +98,48 @@ def test_a_restart_waits_for_the_gang_to_end_but_not_past_the_settle_time():
 def test_a_failure_without_an_end_time_restarts_at_once():
     vanished = PodView("j-worker-1", "", None, 1, "Failed", reason="deleted")
     assert failures_settled([vanished, running("j-worker-0")], [vanished], 5.0, at(0))
+
+
+def test_a_disruption_is_the_reason_not_what_the_stopped_process_printed():
+    evicted = {
+        "metadata": {"name": "j-worker-2", "deletionTimestamp": "2026-01-01T00:00:09Z"},
+        "status": {
+            "phase": "Failed",
+            "conditions": [
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "EvictionByEvictionAPI",
+                    "message": "Eviction API: evicting",
+                }
+            ],
+            "containerStatuses": [
+                {"state": {"terminated": {"exitCode": 143, "message": "INFO iteration 7"}}}
+            ],
+        },
+    }
+    view = pod_view(evicted)
+    assert (view.reason, view.message, view.exit_code) == (
+        "EvictionByEvictionAPI",
+        "Eviction API: evicting",
+        143,
+    )
+    pressure = {
+        "metadata": {"name": "j-worker-3"},
+        "status": {
+            "phase": "Failed",
+            "reason": "Evicted",
+            "message": "The node was low on resource: memory.",
+        },
+    }
+    assert describe_failures([pod_view(pressure)]) == (
+        "j-worker-3 (Evicted: The node was low on resource: memory.)"
+    )
+
+
+def test_a_pod_gone_from_the_gang_is_reported_with_what_is_known_of_it():
+    assert gone("j-worker-1", 2, None).reason == "deleted"
+    leaving = PodView("j-worker-1", "worker", 1, 2, "Running", deleting=True)
+    assert gone("j-worker-1", 2, leaving).reason == "deleted"
+    preempted = PodView("j-worker-1", "worker", 1, 2, "Running", True, "PreemptionByScheduler")
+    assert gone("j-worker-1", 2, preempted) == preempted

@@ -17,6 +17,7 @@ Pure functions of the pods and the time: no API calls.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass
 from typing import Any
@@ -50,19 +51,34 @@ def pod_view(body: dict[str, Any]) -> PodView:
     labels = meta.get("labels") or {}
     status = body.get("status") or {}
     rank = labels.get(names.LABEL_RANK)
-    reason = status.get("reason") or ""
+    # A pod evicted by the kubelet says why in its status (reason Evicted).
+    reason = str(status.get("reason") or "")
+    message = _last_line(str(status.get("message") or ""))
     exit_code: int | None = None
     finished_at: datetime.datetime | None = None
-    message = ""
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if not term:
             continue
         exit_code = term.get("exitCode")
         finished_at = parse_time(term.get("finishedAt"))
-        message = _last_line(str(term.get("message") or ""))
+        message = _last_line(str(term.get("message") or "")) or message
         if exit_code not in (None, 0):
             reason = f"{term.get('reason') or 'Error'}, exit code {exit_code}"
+    # Preempted, evicted, drained or lost with its node: Kubernetes marks the pod
+    # DisruptionTarget first. That is the cause; what the process printed as it
+    # was stopped is not.
+    disruption = next(
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        None,
+    )
+    if disruption is not None:
+        reason = str(disruption.get("reason") or "DisruptionTarget")
+        message = _last_line(str(disruption.get("message") or ""))
     return PodView(
         name=str(meta.get("name")),
         component=str(labels.get(names.LABEL_COMPONENT, "")),
@@ -81,6 +97,15 @@ def _last_line(text: str, limit: int = 240) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def gone(name: str, attempt: int, leaving: PodView | None) -> PodView:
+    """The failure of a pod of the running gang that is gone or being deleted:
+    the view of one still terminating (which may say why: evicted, preempted),
+    else only that it was deleted."""
+    if leaving is None:
+        return PodView(name, "", None, attempt, "Failed", reason="deleted")
+    return dataclasses.replace(leaving, reason=leaving.reason or "deleted")
 
 
 def is_consequence(pod: PodView) -> bool:

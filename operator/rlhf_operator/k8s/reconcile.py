@@ -39,7 +39,7 @@ from .builders import (
 from .config import OperatorConfig
 from .inventory import NodeGPUs, capacity
 from .kube import Kube
-from .pods import PodView, describe_failures, failures_settled
+from .pods import PodView, describe_failures, failures_settled, gone
 from .status import TERMINAL, StatusUpdate, is_true, iso, parse_time, plan_summary
 
 log = logging.getLogger(__name__)
@@ -266,18 +266,16 @@ def _run(
 
     expected = topology.world_size + 1
     failed = [p for p in current if p.phase == "Failed"]
-    # A pod of this attempt that vanished after all were running failed too
-    # (deleted by hand, evicted with its node): the gang cannot go on without it.
+    # A pod of this attempt that vanished or is being deleted after all were
+    # running failed too (deleted by hand, evicted, preempted): the gang cannot go
+    # on without it. One still terminating says why (its DisruptionTarget).
     if not failed and is_true(status, "PodsReady") and len(current) < expected:
         present = {p.name for p in current}
+        leaving = {p.name: p for p in pods if p.attempt == attempt and p.deleting}
         wanted = [names.coordinator_name(ref.name)] + [
             names.worker_name(ref.name, r) for r in range(topology.world_size)
         ]
-        failed = [
-            PodView(n, "", None, attempt, "Failed", reason="deleted")
-            for n in wanted
-            if n not in present
-        ]
+        failed = [gone(n, attempt, leaving.get(n)) for n in wanted if n not in present]
     if failed:
         if not failures_settled(current, failed, config.failure_settle_seconds, now):
             return Result(
