@@ -162,8 +162,10 @@ def test_the_restart_names_the_failed_pod_before_those_that_lost_it(cluster, ope
     assert event["message"].startswith("gang-worker-1 (Error, exit code 137), gang-")
 
 
-def test_an_evicted_pod_restarts_the_gang_naming_the_eviction(cluster, operator, kubelet):
-    cluster.apply_job(local_job("evict", slots=2))
+def test_an_eviction_restarts_the_gang_without_counting_against_backoff(cluster, operator, kubelet):
+    job = local_job("evict", slots=2)
+    job["spec"]["runPolicy"] = {"backoffLimit": 0}  # any counted failure would end it
+    cluster.apply_job(job)
     wait_for(lambda: running(cluster, "evict"), "the job to run")
     # An eviction as the API server plays it: the condition, then the pod stays,
     # deleting, for its grace period (played by a finalizer: kmock drops an object
@@ -181,9 +183,11 @@ def test_an_evicted_pod_restarts_the_gang_naming_the_eviction(cluster, operator,
     cluster.kube.call("PATCH", pod, {"metadata": deleting}, merge)
     wait_for(lambda: cluster.status("evict").get("restarts") == 1, "the restart")
     event = next(e for e in cluster.events() if e.get("reason") == "PodFailed")
-    assert event["message"].startswith(
-        "evict-worker-1 (EvictionByEvictionAPI: Eviction API: evicting): restarting"
+    assert event["message"] == (
+        "evict-worker-1 (EvictionByEvictionAPI: Eviction API: evicting): restarting all pods "
+        "from the last checkpoint (restart 1, a disruption, not counted against backoffLimit 0)"
     )
+    assert cluster.status("evict")["disruptions"] == 1 and phase(cluster, "evict") != "Failed"
 
 
 def test_an_operator_restart_does_not_disturb_a_running_job(cluster, kubelet):

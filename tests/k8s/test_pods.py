@@ -11,6 +11,7 @@ from rlhf_operator.k8s.pods import (
     describe_failures,
     failures_settled,
     gone,
+    is_disruption,
     pod_view,
 )
 
@@ -119,11 +120,18 @@ def test_a_disruption_is_the_reason_not_what_the_stopped_process_printed():
         },
     }
     view = pod_view(evicted)
-    assert (view.reason, view.message, view.exit_code) == (
+    assert (view.reason, view.message, view.exit_code, view.disrupted) == (
         "EvictionByEvictionAPI",
         "Eviction API: evicting",
         143,
+        True,
     )
+    # The others fail after it, some of them not cleanly (a collective cut short);
+    # the disruption, with no end time yet, still comes first.
+    bystander, broken = ended("j-worker-0", exits.PEER_LOST, 9), ended("j-worker-1", 1, 8)
+    assert causes_first([bystander, broken, view]) == [view, broken, bystander]
+    assert is_disruption([bystander, broken, view])
+    assert not is_disruption([bystander, broken]) and not is_disruption([])
     pressure = {
         "metadata": {"name": "j-worker-3"},
         "status": {

@@ -261,7 +261,9 @@ class RunPolicy(ApiModel):
     """Failure handling and lifetime."""
 
     backoff_limit: Annotated[int, Field(ge=0, le=1000)] = 3
-    """Restarts of the job's pods (resuming from the last checkpoint) before the job fails."""
+    """Restarts of the job's pods (resuming from the last checkpoint) after failures
+    before the job fails; restarts after disruptions (a pod evicted, preempted or
+    drained) do not count."""
     active_deadline_seconds: Annotated[int | None, Field(ge=1)] = None
     """Fail the job if it runs longer than this."""
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0)] = None

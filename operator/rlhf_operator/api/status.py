@@ -107,7 +107,10 @@ class RLHFJobStatus(ApiModel):
     iteration: int | None = None
     """Iterations completed."""
     restarts: int | None = None
-    """Times the job's pods were restarted after a failure."""
+    """Times the job's pods were restarted after a failure or a disruption."""
+    disruptions: int | None = None
+    """Restarts after a disruption (a pod evicted, preempted or drained: its
+    DisruptionTarget condition); these do not count against runPolicy.backoffLimit."""
     gpus: int | None = None
     """Devices the job holds."""
     start_time: str | None = None

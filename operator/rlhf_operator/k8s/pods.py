@@ -9,7 +9,8 @@ restart's event naming the pod that failed first:
   `settle_seconds` after the earliest failure (a hung pod must not hold the
   restart back for long);
 - causes first: a pod that exited with `exits.PEER_LOST` only says that
-  another pod went away, so it is listed after those that did not.
+  another pod went away, so it is listed after those that did not; a pod
+  disrupted from outside (evicted, preempted) before all.
 Each failure is reported with the line its process left in its termination
 message (`exits.ending`): the restart deletes the pods and their logs.
 Pure functions of the pods and the time: no API calls.
@@ -44,6 +45,8 @@ class PodView:
     """When the main container ended, as the kubelet reports it."""
     message: str = ""
     """The last line of the reason the process left (`exits.ending`), if any."""
+    disrupted: bool = False
+    """Kubernetes marked it DisruptionTarget: evicted, preempted, drained; not its own failure."""
 
 
 def pod_view(body: dict[str, Any]) -> PodView:
@@ -90,6 +93,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
         exit_code=exit_code,
         finished_at=finished_at,
         message=message,
+        disrupted=disruption is not None,
     )
 
 
@@ -132,10 +136,21 @@ def failures_settled(
 
 
 def causes_first(failed: list[PodView]) -> list[PodView]:
-    """The failures in the order to report them: causes before consequences,
-    then earliest first (the kubelet's times have whole seconds), then by name."""
+    """The failures in the order to report them: disruptions (which come from
+    outside the job, and whose pods often have no end time yet), then other
+    causes, then consequences; within each, earliest first (the kubelet's times
+    have whole seconds), then by name."""
     latest = datetime.datetime.max.replace(tzinfo=datetime.UTC)
-    return sorted(failed, key=lambda p: (is_consequence(p), p.finished_at or latest, p.name))
+
+    def key(p: PodView) -> tuple[bool, bool, datetime.datetime, str]:
+        return (is_consequence(p), not p.disrupted, p.finished_at or latest, p.name)
+
+    return sorted(failed, key=key)
+
+
+def is_disruption(failed: list[PodView]) -> bool:
+    """Whether the failure that came first is a disruption (the others followed it)."""
+    return bool(failed) and causes_first(failed)[0].disrupted
 
 
 def describe_failures(failed: list[PodView], shown: int = 3) -> str:

@@ -39,7 +39,7 @@ from .builders import (
 from .config import OperatorConfig
 from .inventory import NodeGPUs, capacity
 from .kube import Kube
-from .pods import PodView, describe_failures, failures_settled, gone
+from .pods import PodView, describe_failures, failures_settled, gone, is_disruption
 from .status import TERMINAL, StatusUpdate, is_true, iso, parse_time, plan_summary
 
 log = logging.getLogger(__name__)
@@ -327,22 +327,34 @@ def _restart(
     memo: MutableMapping[str, Any],
     emit: Emit,
 ) -> Result:
-    """One failed pod restarts the whole gang (all ranks resume from the checkpoint)."""
+    """One failed pod restarts the whole gang (all ranks resume from the checkpoint).
+    Restarts after a disruption (eviction, preemption, drain) do not count
+    against backoffLimit: the job did nothing wrong."""
     what = describe_failures(failed)
     limit = job.spec.run_policy.backoff_limit
+    disruptions = int(update.after.get("disruptions") or 0)
+    disrupted = is_disruption(failed)
+    failures = attempt - disruptions  # restarts so far that counted
     _delete_pods(kube, ref.namespace, pods)
-    if attempt >= limit:
-        message = f"{what}; backoffLimit {limit} reached after {attempt} restart(s)"
+    if not disrupted and failures >= limit:
+        message = f"{what}; backoffLimit {limit} reached after {failures} restart(s) for failures"
         update.set_condition("PodsReady", "False", "BackoffLimitExceeded", message)
         _fail(update, "BackoffLimitExceeded", message, emit)
         return DONE
     if memo.get("restarted_attempt") == attempt:
         return DONE  # this failure was handled; the status patch is on its way
     memo["restarted_attempt"] = attempt
+    counted = (
+        f"a disruption, not counted against backoffLimit {limit}"
+        if disrupted
+        else f"failure {failures + 1} of backoffLimit {limit}"
+    )
     message = (
-        f"{what}: restarting all pods from the last checkpoint (restart {attempt + 1} of {limit})"
+        f"{what}: restarting all pods from the last checkpoint (restart {attempt + 1}, {counted})"
     )
     update.set("restarts", attempt + 1)
+    if disrupted:
+        update.set("disruptions", disruptions + 1)
     update.set_condition("PodsReady", "False", "Restarting", message)
     update.set_condition("Running", "False", "PodFailed", message)
     update.set_phase("Restarting")

@@ -20,6 +20,7 @@ OPERATOR_FIELDS = (
     "conditions",
     "observedGeneration",
     "restarts",
+    "disruptions",
     "plan",
     "gpus",
     "startTime",
