@@ -182,12 +182,13 @@ def test_an_eviction_restarts_the_gang_without_counting_against_backoff(cluster,
     deleting = {"deletionTimestamp": iso(now_utc()), "finalizers": ["test.rlhf.dev/grace"]}
     cluster.kube.call("PATCH", pod, {"metadata": deleting}, merge)
     wait_for(lambda: cluster.status("evict").get("restarts") == 1, "the restart")
-    event = next(e for e in cluster.events() if e.get("reason") == "PodFailed")
+    event = next(e for e in cluster.events() if e.get("reason") == "PodDisrupted")
     assert event["message"] == (
         "evict-worker-1 (EvictionByEvictionAPI: Eviction API: evicting): restarting all pods "
         "from the last checkpoint (restart 1, a disruption, not counted against backoffLimit 0)"
     )
     assert cluster.status("evict")["disruptions"] == 1 and phase(cluster, "evict") != "Failed"
+    assert cluster.condition("evict", "Running")["reason"] == "PodDisrupted"
 
 
 def test_an_operator_restart_does_not_disturb_a_running_job(cluster, kubelet):

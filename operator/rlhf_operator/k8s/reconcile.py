@@ -355,11 +355,12 @@ def _restart(
     update.set("restarts", attempt + 1)
     if disrupted:
         update.set("disruptions", disruptions + 1)
+    reason = "PodDisrupted" if disrupted else "PodFailed"
     update.set_condition("PodsReady", "False", "Restarting", message)
-    update.set_condition("Running", "False", "PodFailed", message)
+    update.set_condition("Running", "False", reason, message)
     update.set_phase("Restarting")
     metrics.RESTARTS.inc()
-    emit("Warning", "PodFailed", message)
+    emit("Warning", reason, message)
     return DONE
 
 
