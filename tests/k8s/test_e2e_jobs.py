@@ -6,6 +6,7 @@ coordinator pod runs `python -m rlhf_operator.coordinator`, the worker pods
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +98,10 @@ def test_a_worker_that_cannot_start_fails_the_job_with_its_reason(cluster, execu
         wait_for(lambda: phase(cluster, "nohandlers") == "Failed", "the job to fail")
         failed = cluster.condition("nohandlers", "Failed")
         assert failed["reason"] == "BackoffLimitExceeded"
-        assert "nohandlers-worker-0 (Error, exit code 2: rlhf-worker: " in failed["message"]
+        # Either rank may be the first to fail (and the other miss the settle time).
+        assert re.search(
+            r"nohandlers-worker-\d \(Error, exit code 2: rlhf-worker: ", failed["message"]
+        )
         assert "cannot import 'no_such_handlers'" in failed["message"]
     finally:
         op.stop()
@@ -120,7 +124,9 @@ def test_a_worker_that_crashes_leaves_the_end_of_its_log(cluster, operator, tmp_
         cluster.apply_job(job)
         wait_for(lambda: phase(cluster, "boom") == "Failed", "the job to fail")
         message = cluster.condition("boom", "Failed")["message"]
-        assert "boom-worker-0 (Error, exit code 1: RuntimeError: boom in rank 0)" in message
+        assert re.search(
+            r"boom-worker-(\d) \(Error, exit code 1: RuntimeError: boom in rank \1\)", message
+        )
     finally:
         ex.stop()
 
