@@ -18,6 +18,12 @@ def reconciles() -> float:
     return REGISTRY.get_sample_value("rlhf_operator_reconcile_total", {"result": "done"}) or 0.0
 
 
+def restarts(cause: str) -> float:
+    """Restarts by cause (the operator's own metric, process-wide)."""
+    value = REGISTRY.get_sample_value("rlhf_operator_job_restarts_total", {"cause": cause})
+    return value or 0.0
+
+
 def phase(cluster: Cluster, name: str) -> str | None:
     return cluster.status(name).get("phase")
 
@@ -189,6 +195,7 @@ def test_an_eviction_restarts_the_gang_without_counting_against_backoff(cluster,
     )
     assert cluster.status("evict")["disruptions"] == 1 and phase(cluster, "evict") != "Failed"
     assert cluster.condition("evict", "Running")["reason"] == "PodDisrupted"
+    assert restarts("disruption") >= 1.0  # the operator's metric (process-wide)
 
 
 def test_an_operator_restart_does_not_disturb_a_running_job(cluster, kubelet):

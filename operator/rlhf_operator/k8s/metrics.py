@@ -33,7 +33,9 @@ RECONCILE_SECONDS = Histogram(
 JOBS = Gauge(m.JOBS, "RLHFJobs known to the operator, by phase.", ["phase"])
 RESTARTS = Counter(
     m.JOB_RESTARTS_TOTAL.removesuffix("_total"),
-    "Restarts of a job's pods after a failure (resuming from the last checkpoint).",
+    "Restarts of a job's pods (resuming from the last checkpoint), by cause: "
+    "failure (counted against backoffLimit) or disruption (eviction, preemption).",
+    ["cause"],
 )
 FINISHED = Counter(
     m.JOBS_FINISHED_TOTAL.removesuffix("_total"),

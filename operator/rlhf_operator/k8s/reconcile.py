@@ -359,7 +359,7 @@ def _restart(
     update.set_condition("PodsReady", "False", "Restarting", message)
     update.set_condition("Running", "False", reason, message)
     update.set_phase("Restarting")
-    metrics.RESTARTS.inc()
+    metrics.RESTARTS.labels(cause="disruption" if disrupted else "failure").inc()
     emit("Warning", reason, message)
     return DONE
 
