@@ -44,14 +44,7 @@ from dataclasses import dataclass
 from rlhf_operator.controlplane import environment as env
 from rlhf_operator.controlplane import exits
 
-from .agent import (
-    EXIT_CONFIG,
-    AgentConfig,
-    AgentExit,
-    Handler,
-    builtin_handlers,
-    run_agent,
-)
+from .agent import EXIT_CONFIG, AgentConfig, AgentExit, Handler, builtin_handlers, run_agent
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

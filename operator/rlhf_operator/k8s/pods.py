@@ -128,11 +128,10 @@ def failures_settled(
     gives nothing to wait from: restart now."""
     if all(p.phase in TERMINAL for p in pods):
         return True
-    times = [p.finished_at for p in failed]
-    if not times or any(t is None for t in times):
+    times = [p.finished_at for p in failed if p.finished_at is not None]
+    if not times or len(times) < len(failed):
         return True
-    earliest = min(t for t in times if t is not None)
-    return (now - earliest).total_seconds() >= settle_seconds
+    return (now - min(times)).total_seconds() >= settle_seconds
 
 
 def causes_first(failed: list[PodView]) -> list[PodView]:

@@ -416,14 +416,15 @@ def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
             (p.name, local_index(p.region, regions[p.name]), p.name in plan.column_major)
             for p in bucket.pieces
         )
+        peer = bucket.dst if send else bucket.src
         span = None
         if len(bucket.pieces) == 1:
             piece = bucket.pieces[0]
             column_major = piece.name in plan.column_major
-            peer_regions = (plan.dst_shards if send else plan.src_shards)[peer_of(bucket, send)]
+            peer_regions = (plan.dst_shards if send else plan.src_shards)[peer]
             if storage_span(piece.region, peer_regions[piece.name], column_major) is not None:
                 span = storage_span(piece.region, regions[piece.name], column_major)
-        return Transfer(send, peer_of(bucket, send), index, bucket.nbytes, parts, span)
+        return Transfer(send, peer, index, bucket.nbytes, parts, span)
 
     steps = []
     for step in plan.steps:
@@ -447,11 +448,6 @@ def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
     direct = tuple(t for step in steps for t in step if t.span is not None)
     packed = tuple(part for step in steps if (part := tuple(t for t in step if t.span is None)))
     return RankProgram(tuple(steps), copies, direct, packed)
-
-
-def peer_of(bucket: Bucket, send: bool) -> int:
-    """The rank at the other end of a bucket, for the rank sending it or receiving it."""
-    return bucket.dst if send else bucket.src
 
 
 # --- byte accounting, for tests, the benchmark and the operator's cost model ---
