@@ -6,8 +6,10 @@ Four CPU processes (gloo on loopback, one thread each) hold a ~100M-parameter
 Llama-shaped model (random float32 weights, GQA) under a source layout and
 reallocate it to a destination layout. For each layout pair it prints:
 
-* MB moved (between ranks; local copies excluded) and, for three ways of
-  reallocating, the median seconds of ``--repeats`` runs and the effective GB/s:
+* MB moved (between ranks; local copies excluded) and, for four ways of
+  reallocating, the median seconds of ``--repeats`` runs and the effective GB/s.
+  Each makes a transient copy as ``roles.transient_copy`` does: a destination
+  shard that is a source shard, or a block of one, is a view of it.
   - "cold": new destination shards from ``torch.empty`` (a process's first
     transient copy, or any reallocation without a pool): fresh pages faulted in;
   - "steady": what the runtime does from its second iteration on
@@ -18,11 +20,16 @@ reallocate it to a destination layout. For each layout pair it prints:
     runtime does after the call that used it, is outside the timing);
   - "warm": refilling the previous run's tensors in place (``into=``), as a
     rollout engine keeping its own weight buffers would;
+  - "in place" (last columns): steady, with the source shards kept inside
+    buffers shaped as their destination shards where they fit
+    (``roles.house``), as the runtime keeps a trained role's with
+    ``spec.placement.inPlaceResharding``: the kept part is not copied, the rest
+    is received around it;
 * raw p2p: the same bytes per (sender, receiver) pair as one preallocated flat
   buffer each, all posted at once with ``batch_isend_irecv``; raw bcast: the
   same, as concurrent broadcasts in one 2-rank group per pair;
-* ratio = reallocation GB/s / raw p2p GB/s for each of cold, steady and warm
-  (the target is >= 0.8);
+* ratio = reallocation GB/s / raw p2p GB/s for each of cold, steady, warm and
+  in place (the target is >= 0.8);
 * peak extra memory per rank: "acct" is the executor's exact accounting of
   what it allocates (destination shards + message buffers, ``MemoryStats``) in
   a cold run; "rss" is the growth of the process's peak resident set (VmHWM,
@@ -31,13 +38,14 @@ reallocate it to a destination layout. For each layout pair it prints:
   holds between steady runs (one transient copy and its packing buffers). "dst"
   is the largest destination shard set of any rank;
 * where the time goes: "local MB" is the most any rank copies from its own
-  source shards (work the raw transfer does not do), "msgs" the most messages
-  any rank posts (the raw transfer posts one per peer), and "cpu s" the CPU
-  seconds (user + system, all threads, summed over the 4 ranks; medians) of a
-  raw p2p transfer and of a steady reallocation;
-* "floor s": the raw p2p transfer with the plan's local copies done while the
-  bytes move (into the warm tensors): the least any reallocation that moves
-  the minimum must do; "steady/floor" how close the executor comes to it;
+  source shards (work the raw transfer does not do; in a steady run, and last
+  in an in-place one), "msgs" the most messages any rank posts (the raw
+  transfer posts one per peer), and "cpu s" the CPU seconds (user + system,
+  all threads, summed over the 4 ranks; medians) of a raw p2p transfer and of
+  a steady reallocation;
+* "floor s": the raw p2p transfer with the steady run's local copies done while
+  the bytes move (into the warm tensors): the least any reallocation that
+  copies them must do; "steady/floor" how close the executor comes to it;
 * "prebuilt s": the executor's own messages (the same slices of the same
   tensors, packed ones packed beforehand), built outside the timing and posted
   all at once as the executor posts them, with the local copies meanwhile and
@@ -45,58 +53,65 @@ reallocate it to a destination layout. For each layout pair it prints:
   "steady/prebuilt" is what that bookkeeping costs, and prebuilt against floor
   what one message per weight slice costs against one per pair of ranks.
 
-All seven measurements are interleaved in every repeat, starting one column
+All eight measurements are interleaved in every repeat, starting one column
 later each repeat so that none always follows the same one. Every destination
 shard is checked against the source shards once per pair (cold, steady and warm
-share the code that fills them), and the warm tensors again at the end (the
-prebuilt runs refill them too). ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge
-pages for torch's CPU allocations) is set unless ``--no-thp``: fresh memory on
-4 KiB pages faults at ~1 GB/s here, slower than the transfer. The machine has
-2 cores for 4 processes and is shared: compare the columns of one run, not runs
-with each other. Sample output (2-core machine, raw p2p at 4.0-6.2 GB/s):
+share the code that fills them; the in-place copy is checked on its own), and
+the warm tensors again at the end (the prebuilt runs refill them too).
+``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for torch's CPU allocations)
+is set unless ``--no-thp``: fresh memory on 4 KiB pages faults at ~1 GB/s
+here, slower than the transfer. The machine has 2 cores for 4 processes and is
+shared: compare the columns of one run, not runs with each other. Sample output
+(2-core machine, busy: raw p2p at 3.2-4.2 GB/s in these runs, 4.0-6.2 in
+quieter ones):
 
     model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 11 repeats (medians), THP_MEM_ALLOC_ENABLE=1
-    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB msgs cpu s p2p steady floor s prebuilt s steady/floor steady/prebuilt
-    tp2dp2 -> tp1dp4    796  0.398  2.00    0.204  3.90  0.199  3.99     5.85       6.02       0.34   0.67  0.68    398     398    398          0     398      199  125     0.243  0.386   0.201      0.201         0.98            0.98
-    tp4 -> tp2dp2       597  0.186  3.21    0.143  4.18  0.138  4.32     5.11       5.60       0.63   0.82  0.85    199     199    193          0     199      100  232     0.196  0.265   0.124      0.132         0.87            0.92
-    pp2tp2 -> tp4       299  0.089  3.36    0.075  3.98  0.073  4.07     5.11       5.16       0.66   0.78  0.80    100     100     49          0     100       50  118     0.102  0.141   0.064      0.070         0.86            0.94
-    tp2@01 -> tp2@23    398  0.103  3.85    0.071  5.63  0.071  5.64     6.18       6.11       0.62   0.91  0.91    199     199    161          0     199        0   62     0.118  0.136   0.061      0.069         0.87            0.97
-    tp1@0 -> dp3@123   1194  0.499  2.39    0.294  4.06  0.289  4.13     4.00       6.00       0.60   1.02  1.03    398     398    348          0     398        0  189     0.460  0.468   0.295      0.294         1.00            1.00
+    pair                 MB cold s  GB/s steady s  GB/s warm s  GB/s p2p GB/s bcast GB/s ratio cold steady  warm dst MB acct MB rss MB steady rss pool MB local MB msgs cpu s p2p steady floor s prebuilt s steady/floor steady/prebuilt in place s  GB/s ratio local MB
+    tp2dp2 -> tp1dp4    796  0.645  1.23    0.252  3.16  0.267  2.98     4.15       4.24       0.30   0.76  0.72    398     398    397          0     398      199  125     0.321  0.466   0.239      0.245         0.95            0.97      0.210  3.78  0.91        0
+    tp4 -> tp2dp2       597  0.213  2.81    0.156  3.83  0.154  3.86     4.75       4.85       0.59   0.81  0.81    199     199    190          0     199       99  232     0.221  0.297   0.139      0.147         0.89            0.95      0.140  4.25  0.90        0
+    pp2tp2 -> tp4       299  0.099  3.03    0.087  3.42  0.089  3.35     4.05       3.91       0.75   0.84  0.83    100     100     49          0     100        0  118     0.127  0.165   0.077      0.081         0.88            0.92      0.090  3.31  0.82        0
+    tp2@01 -> tp2@23    398  0.174  2.28    0.109  3.65  0.102  3.92     4.57       4.41       0.50   0.80  0.86    199     199    174          0     199        0   62     0.165  0.202   0.091      0.101         0.83            0.92      0.105  3.78  0.83        0
+    tp1@0 -> dp3@123   1194  0.696  1.72    0.336  3.55  0.332  3.59     3.73       4.93       0.46   0.95  0.96    398     398    348          0     398        0  189     0.522  0.543   0.321      0.336         0.95            1.00      0.315  3.79  1.02        0
 
 Reading it: raw p2p keeps ~1.7 of the 2 cores busy (loopback TCP is copies in
 the kernel), so the transfer is CPU-bound and every other CPU cycle of a
 reallocation shows up in its time; the ratios follow the CPU columns. Going
 from raw to steady, in three parts:
 
-1. The plan's local copies (raw -> floor): what a rank keeps is copied from
-   its source shards into its destination shards. tp2dp2 -> tp1dp4 copies 199
-   MB per rank, as many bytes as it receives, and on this machine a memory copy
-   costs about what a loopback transfer of the same bytes costs: its floor is
-   0.68-0.86 of raw, so no reallocation reliably reaches 0.8 there. The other
-   pairs' floors are 0.83-1.06 of raw.
+1. The local copies (raw -> floor): what a rank keeps, and cannot simply view,
+   is copied from its source shards into its destination shards.
+   tp2dp2 -> tp1dp4 copies 199 MB per rank (its half into the whole), as many
+   bytes as it receives, and on this machine a memory copy costs about what a
+   loopback transfer of the same bytes costs: its floor is 0.7-0.8 of raw, so
+   a transient copy made afresh does not reliably reach 0.8 there. (Where the
+   destination shard is a block of the source shard, a quarter of a half as in
+   pp2tp2 -> tp4, it is a view: nothing is copied.) In place removes this
+   part: the half already lies inside the whole, and only the other half
+   arrives.
 2. One message per weight slice (floor -> prebuilt): a rank of tp4 -> tp2dp2
    posts 232 messages where raw posts 2-5; gloo exchanges ready notifications
-   for each. Prebuilt runs at 0.78-0.91 of raw on tp4 -> tp2dp2 and
-   pp2tp2 -> tp4. No weight slice is packed: row-parallel weights are stored
+   for each. No weight slice is packed: row-parallel weights are stored
    column-major (``rlhf_worker/storage.py``), so a tensor-parallel slice of any
    weight is one block of memory in both layouts and goes straight from one
    tensor into the other; only pieces under 128 KB (norms) are packed together.
-3. The executor's bookkeeping (prebuilt -> steady): steady runs at 0.86-1.04
-   of prebuilt (0.96 in the median). It builds all its straight-through
-   messages in one loop and posts them at once (``execute._steps``); quiet and
-   with its sends and receives replaced by no-ops, a rank's whole part of
-   tp4 -> tp2dp2 costs 1.2 ms of Python (2.4 ms with the pool's allocation and
-   return). Building the plan's steps one at a time, as it did before, left it
-   at 0.86-0.91.
+3. The executor's bookkeeping (prebuilt -> steady): steady runs at 0.91-1.03
+   of prebuilt here. It builds all its straight-through messages in one loop
+   and posts them at once (``execute._steps``); quiet and with its sends and
+   receives replaced by no-ops, a rank's whole part of tp4 -> tp2dp2 costs
+   1.2 ms of Python (2.4 ms with the pool's allocation and return).
 
-Over nine runs (11 repeats each) steady state reached 0.65-0.81 of raw on
-tp2dp2 -> tp1dp4, 0.76-0.87 on tp4 -> tp2dp2 (median run 0.81), 0.78-0.85 on
-pp2tp2 -> tp4 (median 0.80), 0.81-0.91 on tp2@01 -> tp2@23 and 0.94-1.02 on
-tp1@0 -> dp3@123. On GPUs a local copy runs at memory bandwidth, several
-times the interconnect's, and NCCL needs no CPU per byte, so parts 1 and 2
-shrink accordingly. Cold runs add the first touch of the new destination
-memory (0.3-0.7 of raw). Broadcasts in 2-rank groups and batched p2p move the
-same bytes at about the same speed on gloo.
+Over three runs (11 repeats each; medians of the three in brackets) in place
+reached 0.91-0.96 of raw on tp2dp2 -> tp1dp4 (0.93), 0.85-0.90 on
+tp4 -> tp2dp2 (0.90), 0.82-0.87 on pp2tp2 -> tp4 (0.87), 0.77-0.83 on
+tp2@01 -> tp2@23 (0.82) and 0.90-1.02 on tp1@0 -> dp3@123 (0.98); steady
+0.72-0.76 (0.75), 0.77-0.81 (0.79), 0.84-0.89 (0.84), 0.78-0.83 (0.80) and
+0.84-1.00 (0.95). The last two pairs have no local copies (disjoint meshes), so
+in place and steady are the same reallocation there and differ by noise. On
+GPUs a local copy runs at memory bandwidth, several times the interconnect's,
+and NCCL needs no CPU per byte, so parts 1 and 2 shrink accordingly. Cold runs
+add the first touch of the new destination memory (0.3-0.8 of raw). Broadcasts
+in 2-rank groups and batched p2p move the same bytes at about the same speed
+on gloo.
 """
 
 from __future__ import annotations
@@ -133,6 +148,7 @@ from rlhf_worker.realloc.plan import (
     plan_reallocation,
 )
 from rlhf_worker.realloc.pool import StoragePool
+from rlhf_worker.roles import house
 from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
 from rlhf_worker.storage import in_storage_order
 
@@ -175,6 +191,7 @@ class PairResult:
     bcast_s: float
     floor_s: float  # raw p2p with the plan's local copies done meanwhile
     prebuilt_s: float  # the executor's own messages, built beforehand, posted at once
+    in_place_s: float  # steady, with the source shards kept inside their destinations
     dst_bytes: int
     acct_peak: int
     rss_peak: int
@@ -182,7 +199,8 @@ class PairResult:
     pool_bytes: int
     steady_cpu: float  # this rank's CPU seconds (median) in a steady-state reallocation
     p2p_cpu: float  # the same in the raw p2p transfer
-    local_bytes: int  # bytes this rank copies from its own source shards
+    local_bytes: int  # bytes this rank copies from its own source shards (steady)
+    in_place_local: int  # the same in an in-place reallocation
     messages: int  # messages this rank posts in a reallocation (raw: one per peer)
 
 
@@ -315,13 +333,17 @@ def bench_pair(
         stats: MemoryStats,
         into: dict[str, torch.Tensor] | None = None,
         pool: StoragePool | None = None,
+        source: dict[str, torch.Tensor] | None = local,
     ) -> dict[str, torch.Tensor] | None:
+        # A transient copy, as roles.transient_copy makes it: destination shards that are
+        # a source shard or a block of one are views of it.
         return reallocate(
             plan,
-            local,
+            source,
             rank,
             dtype=torch.float32,
             max_inflight_steps=args.inflight,
+            alias_local=True,
             into=into,
             stats=stats,
             pool=pool,
@@ -341,8 +363,20 @@ def bench_pair(
     # The plan's local copies, from the source shards into the warm destination tensors.
     copies = local_copies(plan, rank, local, warm)
     messages, received = prepared_messages(plan, rank, local, warm, dtype=torch.float32)
+    # "In place": another set of the same source shards, kept inside buffers shaped as
+    # their destination shards where they fit (roles.house), as the runtime keeps a
+    # trained role's with spec.placement.inPlaceResharding; filled around them each time.
+    housed = {n: t.clone() for n, t in local.items()} if local is not None else None
+    housings = house(housed, plan, rank) if housed is not None else {}
+    in_place_stats = MemoryStats()
+    first_in_place = run_realloc(in_place_stats, housings, pool, housed)
+    check(plan, rank, first_in_place)
+    if first_in_place is not None:
+        pool.give_unshared(first_in_place, housed)
+    del first_in_place
     times: dict[str, list[float]] = {
-        k: [] for k in ("realloc", "steady", "warm", "p2p", "bcast", "floor", "prebuilt")
+        k: []
+        for k in ("realloc", "steady", "warm", "p2p", "bcast", "floor", "prebuilt", "in_place")
     }
     cpu: dict[str, list[float]] = {"steady": [], "p2p": []}
     peaks = {"acct": 0, "rss": 0, "steady_rss": 0}
@@ -365,9 +399,17 @@ def bench_pair(
         if made[0] is not None:
             pool.give_unshared(made[0], local)
 
+    def in_place() -> None:
+        made: list[dict[str, torch.Tensor] | None] = []
+        run = partial(run_realloc, MemoryStats(), housings, pool, housed)
+        times["in_place"].append(timed(lambda: made.append(run())))
+        if made[0] is not None:
+            pool.give_unshared(made[0], housed)  # the buffers it shares with housed stay
+
     measurements: list[Callable[[], object]] = [
         cold,
         steady,
+        in_place,
         lambda: times["warm"].append(timed(partial(run_realloc, MemoryStats(), warm))),
         lambda: times["p2p"].append(timed(partial(raw_p2p, rank, mine), cpu["p2p"])),
         lambda: times["bcast"].append(timed(partial(raw_bcast, mine, groups))),
@@ -395,6 +437,7 @@ def bench_pair(
         statistics.median(times["bcast"]),
         statistics.median(times["floor"]),
         statistics.median(times["prebuilt"]),
+        statistics.median(times["in_place"]),
         dst_bytes,
         peaks["acct"],
         peaks["rss"],
@@ -402,7 +445,8 @@ def bench_pair(
         pool.held_bytes,
         statistics.median(cpu["steady"]),
         statistics.median(cpu["p2p"]),
-        sum(c.nbytes for c in plan.local if c.rank == rank),
+        sum(target.numel() * 4 for target, _ in copies),
+        in_place_stats.local_copy_bytes,
         sum(len(step) for step in plan.program(rank).steps),
     )
 
@@ -438,7 +482,8 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
         f"{'dst MB':>6} {'acct MB':>7} {'rss MB':>6} {'steady rss':>10} {'pool MB':>7} "
         f"{'local MB':>8} {'msgs':>4} {'cpu s p2p':>9} {'steady':>6} "
         f"{'floor s':>7} {'prebuilt s':>10} "
-        f"{'steady/floor':>12} {'steady/prebuilt':>15}"
+        f"{'steady/floor':>12} {'steady/prebuilt':>15} "
+        f"{'in place s':>10} {'GB/s':>5} {'ratio':>5} {'local MB':>8}"
     )
     print(header)
     for i in range(len(selected(args))):
@@ -460,7 +505,9 @@ def print_table(per_rank: list[list[PairResult]], args: argparse.Namespace) -> N
             f"{max(x.messages for x in rows):>4} "
             f"{sum(x.p2p_cpu for x in rows):>9.3f} {sum(x.steady_cpu for x in rows):>6.3f} "
             f"{r.floor_s:>7.3f} {r.prebuilt_s:>10.3f} {r.floor_s / r.steady_s:>12.2f} "
-            f"{r.prebuilt_s / r.steady_s:>15.2f}"
+            f"{r.prebuilt_s / r.steady_s:>15.2f} "
+            f"{r.in_place_s:>10.3f} {gb / r.in_place_s:>5.2f} {r.p2p_s / r.in_place_s:>5.2f} "
+            f"{max(x.in_place_local for x in rows) / 1e6:>8.0f}"
         )
 
 

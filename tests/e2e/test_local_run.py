@@ -208,6 +208,37 @@ def test_offloading_the_reference_model_between_calls_changes_no_result(
     assert_same_export(tmp_path / "offload", tmp_path / "reference")
 
 
+def test_in_place_resharding_changes_no_result_and_copies_nothing_locally(
+    job_file: Any, tmp_path: Path
+) -> None:
+    # The actor trains under tp2 and generates under dp2 on the same two slots: each rank's
+    # half of every split weight fits inside the whole it generates with.
+    placement = {
+        "strategy": "manual",
+        "calls": {
+            "actor_gen": {"mesh": "0:0-1", "dp": 2},
+            "ref_inf": {"mesh": "0:1"},
+            "reward_inf": {"mesh": "0:0"},
+            "actor_train": {"mesh": "0:0-1", "tp": 2},
+        },
+    }
+    grpo = {"name": "grpo", "grpo": {"groupSize": 2}}
+    runs = {}
+    for in_place in (False, True):
+        job = tiny_job("inplace", "grpo", algorithm=grpo, placement=placement)
+        job["spec"]["placement"]["inPlaceResharding"] = in_place
+        out = tmp_path / f"in-place-{in_place}"
+        result = rlhfctl_run(job_file(job), out)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[in_place] = OutputDir(out).read_metrics()
+    assert_same_export(tmp_path / "in-place-True", tmp_path / "in-place-False")
+    for copied in (runs[False], runs[True]):
+        assert len(copied) == 2 and all(r["reallocation_bytes"] > 0 for r in copied)
+    # Each rank keeps half of every split weight: copied every iteration, or never.
+    assert all(r["reallocation_local_bytes"] > 0 for r in runs[False])
+    assert [r["reallocation_local_bytes"] for r in runs[True]] == [0.0, 0.0]
+
+
 def test_checkpoint_without_commit_marker_is_ignored(job_file: Any, tmp_path: Path) -> None:
     path = job_file(tiny_job("resume"))
     out = tmp_path / "out"

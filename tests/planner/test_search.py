@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -291,3 +292,29 @@ def test_bound_is_below_every_plan():
     assert bound.seconds >= 0.7 * plan.iteration_seconds
     weights, kv = bench.decode_floor(job)
     assert 0 < weights + kv <= bound.stages[0][1]
+
+
+def test_in_place_resharding_keeps_the_generation_copy_resident():
+    """spec.placement.inPlaceResharding: the actor's generation copy stays on the devices it
+    shares with the actor's training layout, so every call there has it beside it."""
+    job = make_job("llama2-7b", gpus=8, gen=384, batch=128, backend="torch")
+    ev = _evaluator(job)
+    kept = Evaluator(dataclasses.replace(ev.w, in_place_resharding=True), ev.c)
+    left, right = Mesh(0, 4), Mesh(4, 4)
+    assign = {
+        "actor_gen": (left, Layout(4, 1, 1)),
+        "ref_inf": (left, Layout(2, 2, 1)),
+        "reward_inf": (right, Layout(2, 2, 1)),
+        "critic_inf": (right, Layout(2, 2, 1)),
+        "actor_train": (left, Layout(2, 2, 1, 2)),
+        "critic_train": (right, Layout(2, 2, 1, 2)),
+    }
+    made, resident = ev.evaluate(assign), kept.evaluate(assign)
+    assert made is not None and resident is not None
+    copy = made.costs["actor_gen"].weight_bytes
+    assert resident.memory["actor_gen"] == pytest.approx(made.memory["actor_gen"])
+    for name in ("ref_inf", "actor_train"):
+        assert resident.memory[name] == pytest.approx(made.memory[name] + copy)
+    for name in ("reward_inf", "critic_inf", "critic_train"):
+        assert resident.memory[name] == made.memory[name]
+    assert resident.iteration_seconds == made.iteration_seconds

@@ -6,10 +6,14 @@ it is the training layout: its shards are the parameters the optimizer owns
 under another layout (generation, inference) gets a *transient copy* made by
 reallocation before the call (``transient_copy``) and freed after it
 (``release_copy``); nothing is copied back, because transient copies are only
-read. Frozen roles (ref, reward) may be *offloaded* to host memory between
-calls and restored before the next one (``offload_tensors`` /
-``restore_tensors``); the tensors are emptied and refilled in place
-(``.data``), so modules built on them stay valid.
+read, and a destination shard that is a source shard, or a block of one, is a
+view of it rather than a copy. With ``house`` (the job's
+``placement.inPlaceResharding``) a trained role instead keeps one layout's copy
+for good, with its home shards living inside it: later copies into that layout
+receive what the rank lacks around them and copy nothing locally. Frozen roles
+(ref, reward) may be *offloaded* to host memory between calls and restored
+before the next one (``offload_tensors`` / ``restore_tensors``); the tensors are
+emptied and refilled in place (``.data``), so modules built on them stay valid.
 
 The worker runtime (``runtime/models.py``, ``runtime/offload.py``) calls these
 between the control plane's commands: a reallocation, the call, a release are
@@ -26,8 +30,9 @@ import torch
 import torch.distributed as dist
 
 from rlhf_worker.realloc.execute import MemoryStats, reallocate
-from rlhf_worker.realloc.plan import ReallocPlan
+from rlhf_worker.realloc.plan import ReallocPlan, housing_indices, region_shape
 from rlhf_worker.realloc.pool import StoragePool
+from rlhf_worker.storage import empty_shard
 
 
 def transient_copy(
@@ -40,15 +45,17 @@ def transient_copy(
     group: dist.ProcessGroup | None = None,
     pool: StoragePool | None = None,
     stats: MemoryStats | None = None,
+    into: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """This rank's shards under ``plan.dst``, made from the source shards ``home``.
 
     ``home`` is this rank's shards under ``plan.src`` (None outside it). A
-    destination shard identical to one this rank already holds is shared, not
-    copied: a transient copy is only read. The rest is received (or copied from
-    the part this rank holds). Ranks outside ``plan.dst`` get None. With a
-    ``pool`` (CPU only) new shards take their memory from it; give it back with
-    ``release_copy``.
+    destination shard identical to one this rank already holds, or a block of its
+    memory, is shared, not copied: a transient copy is only read. The rest is
+    received (or copied from the part this rank holds). Ranks outside
+    ``plan.dst`` get None. With a ``pool`` (CPU only) new shards take their
+    memory from it; give it back with ``release_copy``. ``into``: the buffers
+    ``house`` keeps home shards inside, filled around them in place.
     """
     if pool is not None and device.type != "cpu":
         raise ValueError("a storage pool is for CPU tensors; CUDA caches memory itself")
@@ -63,7 +70,42 @@ def transient_copy(
         alias_local=True,
         pool=pool,
         stats=stats,
+        into=into,
     )
+
+
+def house(
+    home: Mapping[str, torch.Tensor], plan: ReallocPlan, rank: int
+) -> dict[str, torch.Tensor]:
+    """Move home shards inside buffers shaped as their destination shards; return the buffers.
+
+    Where this rank's shard under ``plan.src`` is one block of memory inside its
+    shard under ``plan.dst`` (``housing_indices``: e.g. a tp2 half inside the tp1
+    whole), a buffer of the destination shard's shape is made, the home shard
+    copied into its block, and the home tensor made that block (``.data``: the
+    modules and optimizer state built on it stay valid). Given to
+    ``transient_copy`` as ``into``, the buffers make every later copy under the
+    plan in place: the home shards are already where the copy needs them, so
+    this rank copies nothing locally and receives only what it lacks.
+
+    The buffers hold the destination shards' memory for good (the home shards'
+    included): a role kept this way trades that memory for the local copies of
+    every later reallocation under the plan (HybridFlow keeps its training
+    shards inside its generation weights for the same reason). Release copies
+    made into them with ``release_copy``: memory shared with ``home`` is never
+    given to a pool.
+    """
+    housings: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, index in housing_indices(plan, rank).items():
+            shard = home[name]
+            region = plan.dst_shards[rank][name]
+            column_major = name in plan.column_major
+            housing = empty_shard(region_shape(region), shard.dtype, shard.device, column_major)
+            housing[index].copy_(shard)
+            shard.data = housing[index]
+            housings[name] = housing
+    return housings
 
 
 def release_copy(

@@ -226,6 +226,8 @@ class Placement(ApiModel):
     """Time budget of the search."""
     calls: dict[str, CallPlacement] = Field(default_factory=dict)
     """For strategy manual: the placement of every call of the algorithm, by call name."""
+    in_place_resharding: bool = False
+    """Keep each trained role's generation copy between iterations, with the role's training shards stored inside it where they fit (a tp2 half inside the tp1 whole; HybridFlow's zero-redundancy resharding): from the second iteration on, resharding for generation receives only what each device lacks and copies nothing locally, at the cost of holding the generation copy's memory all the time (the planner counts it). Off: copies are made before each call and freed after it, as in ReaL."""
 
 
 class Checkpoint(ApiModel):

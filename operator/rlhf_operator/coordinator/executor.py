@@ -131,9 +131,10 @@ class JobRunner:
                 extra["reallocation_seconds"] = (
                     extra.get("reallocation_seconds", 0.0) + outcome.seconds
                 )
-                extra["reallocation_bytes"] = extra.get("reallocation_bytes", 0.0) + sum(
-                    o.get("bytes_received", 0.0) for o in outcome.outputs.values()
-                )
+                for key, field in (("bytes", "bytes_received"), ("local_bytes", "bytes_copied")):
+                    extra[f"reallocation_{key}"] = extra.get(f"reallocation_{key}", 0.0) + sum(
+                        o.get(field, 0.0) for o in outcome.outputs.values()
+                    )
             elif isinstance(action, Restore | Offload):
                 extra["offload_seconds"] = extra.get("offload_seconds", 0.0) + outcome.seconds
         train = next(c.name for c in self.calls if c.kind == "train" and c.role == "actor")

@@ -18,7 +18,8 @@ Every line of metrics.jsonl holds at least:
     samples_per_second responses / seconds
     calls              {call name: {"seconds": measured, "estimated_seconds": the plan's}}
 
-and may hold more (per-call metrics, reallocation seconds and bytes). On resume,
+and may hold more (per-call metrics; reallocation seconds, bytes received and bytes
+copied within ranks: reallocation_seconds, _bytes, _local_bytes). On resume,
 lines past the restored checkpoint's iteration are dropped, so the file always
 describes one consistent run.
 """

@@ -198,6 +198,24 @@ class Evaluator:
                 and self.transfer(c.role, assign[home], assign[c.name]).total_bytes > 0
             )
 
+        # With in-place resharding a trained role's generation copy stays on the devices
+        # it shares with the role's home: there it is resident rather than made for the
+        # call. Counted beside the home weights, though on a device whose home shard
+        # fits inside it the two are one (where it does not, the runtime still makes
+        # and frees a copy for the call: this bound covers both).
+        housed = {
+            c.name: set(spans[c.name]) & set(spans[self.home_call[c.role]])
+            for c in calls
+            if w.in_place_resharding
+            and c.kind == "generate"
+            and w.roles[c.role].trainable
+            and needs_copy[c.name]
+        }
+
+        def housed_bytes(name: str, interval: int) -> float:
+            """A housed copy's weights on an interval: resident there, not the call's."""
+            return costs[name].weight_bytes if interval in housed.get(name, ()) else 0.0
+
         frozen = sorted(
             {c.role for c in calls if not w.roles[c.role].trainable and w.roles[c.role].arch},
             key=lambda r: -costs[self.home_call[r]].weight_bytes,
@@ -213,6 +231,9 @@ class Evaluator:
                 if need:
                     for i in spans[home]:
                         static[i] += need
+            for name, shared in housed.items():
+                for i in shared:
+                    static[i] += costs[name].weight_bytes
             active = [0.0] * n_iv
             call_active: dict[str, float] = {}
             for c in calls:
@@ -222,8 +243,7 @@ class Evaluator:
                     extra += cc.weight_bytes
                 call_active[c.name] = extra
                 for i in spans[c.name]:
-                    if extra > active[i]:
-                        active[i] = extra
+                    active[i] = max(active[i], extra - housed_bytes(c.name, i))
             if all(static[i] + active[i] <= usable for i in range(n_iv)):
                 break
             if len(offloaded) == len(frozen):
@@ -231,7 +251,10 @@ class Evaluator:
             offloaded.append(frozen[len(offloaded)])
 
         memory = {
-            c.name: max(static[i] + call_active[c.name] for i in spans[c.name]) for c in calls
+            c.name: max(
+                static[i] + call_active[c.name] - housed_bytes(c.name, i) for i in spans[c.name]
+            )
+            for c in calls
         }
 
         # --- list scheduling over `unroll` iterations ---

@@ -122,6 +122,8 @@ class Workload:
     ppo_epochs: int = 1
     minibatches: int = 1
     backend: str = "torch"
+    # spec.placement.inPlaceResharding: trained roles keep their generation copy.
+    in_place_resharding: bool = False
 
     @property
     def seq_len(self) -> int:
@@ -199,4 +201,5 @@ def workload_for(job: RLHFJob) -> Workload:
         ppo_epochs=spec.training.ppo_epochs,
         minibatches=spec.training.minibatches,
         backend=spec.rollout.backend,
+        in_place_resharding=spec.placement.in_place_resharding,
     )

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from rlhf_worker.realloc.plan import (
     ReallocPlan,
+    block_within,
     bytes_by_locality,
     bytes_by_pair,
     bytes_moved,
     bytes_received,
     bytes_sent,
     contains,
+    housing_indices,
     intersect,
     lacking_bytes,
     local_bytes,
@@ -323,6 +325,58 @@ def test_storage_span_is_where_torch_finds_the_region_in_memory(
         assert torch.equal(flat[span[0] : span[1]], piece.reshape(-1))
     else:
         assert span is None
+
+
+def test_a_block_within_is_contained_and_one_block_of_memory() -> None:
+    whole = ((0, 4), (0, 6))
+    assert block_within(((1, 3), (0, 6)), whole, column_major=False)  # whole rows
+    assert not block_within(((0, 4), (0, 3)), whole, column_major=False)  # half of each row
+    assert block_within(((0, 4), (3, 6)), whole, column_major=True)  # whole columns
+    assert not block_within(((1, 3), (0, 6)), whole, column_major=True)
+    assert block_within(whole, whole, column_major=True)
+    assert not block_within(((0, 4), (0, 7)), whole, column_major=False)  # not inside
+
+
+def test_tp2_halves_are_housed_in_their_tp1_wholes() -> None:
+    # tp2 -> dp2 on the same ranks: each rank's half of every split weight is one block
+    # of the whole (row-parallel weights along their columns, kept column-major).
+    plan = plan_reallocation(GQA, Layout((0, 1), tp=2), Layout((0, 1), dp=2), 1)
+    split = {p.name for p in GQA.params() if p.tp_dim is not None}
+    for rank in (0, 1):
+        housed = housing_indices(plan, rank)
+        assert set(housed) == split  # replicated weights are already whole: not housed
+        for name, index in housed.items():
+            src, dst = plan.src_shards[rank][name], plan.dst_shards[rank][name]
+            assert index == local_index(src, dst)
+        # Nothing in the other direction: the tp1 whole does not fit in a half.
+        assert rank_program(plan, rank).views == tuple(
+            (name, local_index(region, region))
+            for name, region in plan.dst_shards[rank].items()
+            if name not in split
+        )
+    # dp2 -> tp2 is the mirror: every half is a view of the whole the rank holds.
+    back = plan_reallocation(GQA, Layout((0, 1), dp=2), Layout((0, 1), tp=2), 1)
+    assert housing_indices(back, 1) == {}
+    views = dict(rank_program(back, 1).views)
+    assert set(views) == set(back.dst_shards[1])
+    for name, index in views.items():
+        assert index == local_index(back.dst_shards[1][name], back.src_shards[1][name])
+
+
+def test_only_shards_that_fit_are_housed_or_viewed() -> None:
+    # tp4 -> tp2dp2: rank 0 keeps quarter 0 inside its half 0 and rank 3 quarter 3 inside
+    # half 1; ranks 1 and 2 hold a quarter outside the half they get.
+    plan = plan_reallocation(GQA, Layout((0, 1, 2, 3), tp=4), Layout((0, 1, 2, 3), dp=2, tp=2), 1)
+    split = {p.name for p in GQA.params() if p.tp_dim is not None}
+    assert [set(housing_indices(plan, r)) == split for r in range(4)] == [True, False, False, True]
+    assert [housing_indices(plan, r) == {} for r in range(4)] == [False, True, True, False]
+    # A rank outside either layout has nothing housed; a pipeline stage boundary
+    # keeps other layers out.
+    assert housing_indices(plan, 7) == {}
+    staged = plan_reallocation(GQA, Layout((0, 1), pp=2), Layout((0, 1), pp=1, dp=2), 1)
+    assert housing_indices(staged, 0) == {}  # whole layers: nothing smaller than its target
+    views = {name for name, _ in rank_program(staged, 0).views}
+    assert views == set(staged.src_shards[0])  # stage 0's weights, as they are
 
 
 def test_layouts_that_cannot_shard_the_model_are_rejected() -> None:

@@ -27,7 +27,8 @@ Where the time goes on CPU (``benchmarks/realloc.py``): the transfer itself is
 CPU work (loopback TCP copies in gloo's threads), so everything else a rank does
 competes with it for the cores. Beyond a raw transfer of the same bytes, a
 reallocation does the plan's local copies (what a rank keeps, e.g. half of every
-weight for tp2 -> tp1: as many bytes as it receives), sends one message per
+weight for tp2 -> tp1: as many bytes as it receives; none where the destination
+is a view of the source, or the source was kept inside it, ``roles.house``), sends one message per
 weight slice instead of one per pair of ranks (gloo's TCP transport exchanges
 ready notifications for each message before its data), and runs this module's
 bookkeeping: about a millisecond of Python per rank (1.2 ms for a rank of
@@ -83,6 +84,7 @@ class MemoryStats:
     destination: int = 0  # bytes of destination tensors allocated (not aliased)
     messages: int = 0  # bytes of packing buffers allocated in total
     zero_copy_bytes: int = 0  # bytes sent or received without a packing copy
+    local_copy_bytes: int = 0  # bytes copied from this rank's own source shards
 
     def alloc(self, nbytes: int) -> None:
         self.current += nbytes
@@ -121,13 +123,17 @@ def reallocate(
     ``local_src`` is this rank's shards in the source layout (None if it is not in
     it); ``rank`` is its global rank, as the layouts name ranks. With
     ``alias_local`` a destination shard identical to a source shard is returned
-    as the same tensor instead of a copy (right for a transient copy that is
-    only read; never for one that will be trained independently). Up to
+    as the same tensor, and one that is a block of a source shard's memory (a
+    tensor-parallel slice of it) as a view of it, instead of a copy (right for a
+    transient copy that is only read; never for one that will be trained
+    independently). Up to
     ``max_inflight_steps`` steps are in flight (the messages sent straight from
     and into the tensors count as one) while their packing buffers stay under
     ``max_buffer_bytes`` (default two buckets). With ``into``
-    the destination shards are written into these existing tensors (e.g. the
-    weights of a rollout engine that keeps its own buffers) instead of new ones.
+    the destination shards it names are written into these existing tensors (e.g.
+    the weights of a rollout engine that keeps its own buffers, or the buffers a
+    source shard is kept inside, ``roles.house``) instead of new ones. A local
+    copy whose destination is the very memory of its source is skipped.
     With ``pool`` (CPU only, see ``pool.py``) new destination shards and packing
     buffers come from storages freed by earlier reallocations, and the packing
     buffers go back to it as their steps complete; without one, packing buffers
@@ -145,17 +151,21 @@ def reallocate(
     if element_bytes != plan.element_bytes:
         raise ValueError(f"plan counts {plan.element_bytes}-byte elements, tensors are {dtype}")
 
+    program = plan.program(rank)
     out: dict[str, torch.Tensor] | None = None
     if dst_regions is not None:
         out = {}
+        views = dict(program.views) if alias_local and local_src is not None else {}
         for name, region in dst_regions.items():
-            if into is not None:
+            if into is not None and name in into:
                 if tuple(into[name].shape) != region_shape(region) or not _dense(into[name]):
                     raise ValueError(f"{name}: cannot receive {region_shape(region)} into it")
                 out[name] = into[name]
                 continue
-            if alias_local and local_src is not None and src_regions.get(name) == region:
-                out[name] = local_src[name]
+            if name in views:
+                assert local_src is not None
+                source = local_src[name]
+                out[name] = source if src_regions[name] == region else source[views[name]]
                 continue
             alloc = pool.empty if pool is not None else None
             column_major = name in plan.column_major
@@ -163,7 +173,6 @@ def reallocate(
             stats.destination += out[name].numel() * element_bytes
             stats.alloc(out[name].numel() * element_bytes)
 
-    program = plan.program(rank)
     post = poster(group)
     buffer_limit = 2 * plan.bucket_bytes if max_buffer_bytes is None else max_buffer_bytes
     # Packing buffers of the same size recur (one per layer for each sliced
@@ -196,7 +205,7 @@ def reallocate(
                 _post_all(unposted, post)
                 if not local_done:
                     # The local copies overlap with the first steps in flight.
-                    _copy_local(program, local_src, out)
+                    _copy_local(program, local_src, out, stats)
                     local_done = True
                 done = inflight.popleft()
                 _finish(done, out, stats, buffers)
@@ -208,7 +217,7 @@ def reallocate(
             del flight, ops
         _post_all(unposted, post)
         if not local_done:
-            _copy_local(program, local_src, out)
+            _copy_local(program, local_src, out, stats)
         while inflight:
             _finish(inflight.popleft(), out, stats, buffers)
     return out
@@ -221,8 +230,8 @@ def local_copies(
     out: Mapping[str, torch.Tensor] | None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's local copies as (destination view, source view) pairs: the parts of its
-    destination shards it already holds in the source layout (shards shared as is, the
-    same tensor in ``out`` and ``local_src``, need none)."""
+    destination shards it already holds in the source layout, but elsewhere in memory
+    (a destination that is its source's memory, shared or kept in place, needs none)."""
     return _local_views(plan.program(rank), local_src, out)
 
 
@@ -258,20 +267,33 @@ def _local_views(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if out is None or local_src is None:
         return []
-    return [
+    pairs = [
         (out[name][dst_index], local_src[name][src_index])
         for name, dst_index, src_index in program.copies
-        if out[name] is not local_src[name]
     ]
+    return [(target, source) for target, source in pairs if not _same_memory(target, source)]
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two views are the same elements of the same memory (copying one into the
+    other would change nothing)."""
+    return (
+        a.device == b.device
+        and a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+    )
 
 
 def _copy_local(
     program: RankProgram,
     local_src: Mapping[str, torch.Tensor] | None,
     out: Mapping[str, torch.Tensor] | None,
+    stats: MemoryStats,
 ) -> None:
     for target, source in _local_views(program, local_src, out):
         target.copy_(source)
+        stats.local_copy_bytes += target.numel() * target.element_size()
 
 
 # One message as a rank posts it: (is a send, tensor, peer as a global rank, tag).

@@ -124,6 +124,10 @@ class RankProgram:
 
     steps: tuple[tuple[Transfer, ...], ...]  # only the plan's steps this rank takes part in
     copies: tuple[tuple[str, Index, Index], ...]  # (parameter, destination index, source index)
+    # Destination shards that are one block of memory inside this rank's source shard of
+    # the same parameter (or that shard whole), with their index in it: a transient copy
+    # that is only read can be that view of the source shard (``alias_local``).
+    views: tuple[tuple[str, Index], ...]
     # The same transfers split by how they travel, each in step order: straight from one
     # tensor into another (those with a span), and the packed ones, step by step.
     direct: tuple[Transfer, ...]
@@ -399,12 +403,40 @@ def storage_span(region: Region, base: Region, column_major: bool) -> tuple[int,
     return start, start + region_numel(region)
 
 
+def block_within(inner: Region, outer: Region, column_major: bool) -> bool:
+    """Whether a tensor holding ``inner`` can be a view of one holding ``outer`` that keeps
+    its storage order: ``inner`` lies inside ``outer`` as one block of its memory."""
+    return contains(outer, inner) and storage_span(inner, outer, column_major) is not None
+
+
+def housing_indices(plan: ReallocPlan, rank: int) -> dict[str, Index]:
+    """The parameters whose source shard on ``rank`` is one block of memory inside, and
+    smaller than, its destination shard, with the source shard's index in it.
+
+    Kept inside a buffer shaped as its destination shard (``roles.house``), such a
+    source shard is already in place when the plan runs into that buffer: the rank's
+    local copy of it is skipped, and only the bytes it lacks arrive around it
+    (HybridFlow's zero-redundancy resharding).
+    """
+    src_regions = plan.src_shards.get(rank, {})
+    dst_regions = plan.dst_shards.get(rank, {})
+    return {
+        name: local_index(src, dst_regions[name])
+        for name, src in src_regions.items()
+        if name in dst_regions
+        and src != dst_regions[name]
+        and block_within(src, dst_regions[name], name in plan.column_major)
+    }
+
+
 def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
     """One rank's messages, step by step, and its local copies, located in its own tensors.
 
-    A rank outside both layouts gets an empty program. Local copies of a region the
-    rank holds whole in both layouts are listed too: the executor skips them when
-    the destination shard is the source tensor itself (``alias_local``).
+    A rank outside both layouts gets an empty program. Local copies are listed even
+    where the executor need not make them: it skips every one whose destination is
+    the very memory of its source (a destination shard that is a view of the source
+    shard, ``alias_local``, or a source shard kept inside its destination shard,
+    ``housing_indices``).
     """
     src_regions = plan.src_shards.get(rank, {})
     dst_regions = plan.dst_shards.get(rank, {})
@@ -445,9 +477,15 @@ def rank_program(plan: ReallocPlan, rank: int) -> RankProgram:
         for copy in plan.local
         if copy.rank == rank
     )
+    views = tuple(
+        (name, local_index(region, src_regions[name]))
+        for name, region in dst_regions.items()
+        if name in src_regions
+        and block_within(region, src_regions[name], name in plan.column_major)
+    )
     direct = tuple(t for step in steps for t in step if t.span is not None)
     packed = tuple(part for step in steps if (part := tuple(t for t in step if t.span is None)))
-    return RankProgram(tuple(steps), copies, direct, packed)
+    return RankProgram(tuple(steps), copies, views, direct, packed)
 
 
 # --- byte accounting, for tests, the benchmark and the operator's cost model ---

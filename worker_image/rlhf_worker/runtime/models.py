@@ -22,9 +22,10 @@ from rlhf_worker.model.checkpoint import load_shards
 from rlhf_worker.model.config import ModelConfig
 from rlhf_worker.model.decoder import Decoder
 from rlhf_worker.parallel.groups import context_for
+from rlhf_worker.realloc.execute import MemoryStats
 from rlhf_worker.realloc.plan import bytes_received
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.roles import release_copy, transient_copy
+from rlhf_worker.roles import house, release_copy, transient_copy
 from rlhf_worker.runtime.state import RoleState, Runtime, model_dir_for, role_head
 from rlhf_worker.sharding import Layout
 from rlhf_worker.tiny import build_tiny_model, build_tokenizer
@@ -127,6 +128,9 @@ def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[st
     state = rt.roles[role]
     plan = state.plan(src, dst, rt.node_of, rt.element_bytes(role))
     home = state.on(src).local_state() if rt.rank in src.ranks else None
+    if home is not None and state.housing is None and houses(rt, role, src, dst):
+        state.housing = (dst, house(home, plan, rt.rank))
+    stats = MemoryStats()
     copy = transient_copy(
         plan,
         home,
@@ -134,10 +138,28 @@ def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[st
         dtype=rt.dtype(role),
         device=rt.device,
         pool=_copy_pool(rt),
+        stats=stats,
+        into=state.housing[1] if state.housing and state.housing[0] == dst else None,
     )
     if copy is not None:
         state.copies[dst] = Decoder(state.config, context_for(dst, rt.rank), copy)
-    return {"bytes_received": float(bytes_received(plan).get(rt.rank, 0))}
+    return {
+        "bytes_received": float(bytes_received(plan).get(rt.rank, 0)),
+        "bytes_copied": float(stats.local_copy_bytes),
+    }
+
+
+def houses(rt: Runtime, role: str, src: Layout, dst: Layout) -> bool:
+    """Whether a reallocation keeps the role's home shards inside its copy for good
+    (``spec.placement.inPlaceResharding``): from a trained role's home into the layout
+    of its generation call, the copy the planner counts as resident."""
+    if not rt.spec.placement.in_place_resharding:
+        return False
+    state = rt.roles[role]
+    if state.trainer is None or src != state.home:
+        return False
+    generation = [n for n, c in rt.calls.items() if c.role == role and c.kind == "generate"]
+    return any(rt.layouts[name] == dst for name in generation)
 
 
 def release_role(rt: Runtime, role: str, layout: Layout) -> None:
@@ -147,7 +169,8 @@ def release_role(rt: Runtime, role: str, layout: Layout) -> None:
         return
     copy = state.copies.pop(layout, None)
     if copy is not None:
-        # Shards shared with the home copy stay the home copy's memory.
+        # Shards shared with the home copy (views of it, or the buffers it is kept
+        # inside) stay the home copy's memory.
         home = state.model.local_state() if state.model is not None else None
         shards: dict[str, torch.Tensor] = dict(copy.local_state())
         release_copy(shards, home, _copy_pool(rt))

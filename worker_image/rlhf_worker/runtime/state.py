@@ -47,6 +47,9 @@ class RoleState:
     copies: dict[Layout, Decoder] = field(default_factory=dict)
     # The home shards while the role is offloaded to host memory (see offload.py).
     host: dict[str, torch.Tensor] | None = None
+    # In-place resharding (``models.houses``): the layout whose copy the home shards are
+    # kept inside, and that copy's buffers (by parameter), filled around them each time.
+    housing: tuple[Layout, dict[str, torch.Tensor]] | None = None
     # Reallocation plans by (source, destination): the same ones recur every iteration,
     # and planning a 7B model between 8 ranks takes ~50 ms on every rank.
     plans: dict[tuple[Layout, Layout], ReallocPlan] = field(default_factory=dict)
