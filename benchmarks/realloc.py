@@ -62,7 +62,7 @@ the warm tensors again at the end (the prebuilt runs refill them too).
 is set unless ``--no-thp``: fresh memory on 4 KiB pages faults at ~1 GB/s
 here, slower than the transfer. The machine has 2 cores for 4 processes and is
 shared: compare the columns of one run, not runs with each other. Sample output
-(2-core machine, busy: raw p2p at 3.2-4.2 GB/s in these runs, 4.0-6.2 in
+(2-core machine, busy: raw p2p at 3.2-4.4 GB/s in these runs, 4.0-6.2 in
 quieter ones):
 
     model: 99.5M params, 398 MB float32; bucket 32 MB, 32 steps in flight, 11 repeats (medians), THP_MEM_ALLOC_ENABLE=1
@@ -100,12 +100,12 @@ from raw to steady, in three parts:
    receives replaced by no-ops, a rank's whole part of tp4 -> tp2dp2 costs
    1.2 ms of Python (2.4 ms with the pool's allocation and return).
 
-Over three runs (11 repeats each; medians of the three in brackets) in place
-reached 0.91-0.96 of raw on tp2dp2 -> tp1dp4 (0.93), 0.85-0.90 on
-tp4 -> tp2dp2 (0.90), 0.82-0.87 on pp2tp2 -> tp4 (0.87), 0.77-0.83 on
-tp2@01 -> tp2@23 (0.82) and 0.90-1.02 on tp1@0 -> dp3@123 (0.98); steady
-0.72-0.76 (0.75), 0.77-0.81 (0.79), 0.84-0.89 (0.84), 0.78-0.83 (0.80) and
-0.84-1.00 (0.95). The last two pairs have no local copies (disjoint meshes), so
+Over four runs (11 repeats each; medians of the four in brackets) in place
+reached 0.91-0.96 of raw on tp2dp2 -> tp1dp4 (0.94), 0.85-0.90 on
+tp4 -> tp2dp2 (0.89), 0.82-0.87 on pp2tp2 -> tp4 (0.87), 0.77-0.87 on
+tp2@01 -> tp2@23 (0.83) and 0.90-1.03 on tp1@0 -> dp3@123 (1.00); steady
+0.69-0.76 (0.74), 0.73-0.81 (0.78), 0.84-0.93 (0.87), 0.78-0.86 (0.82) and
+0.84-1.01 (0.98). The last two pairs have no local copies (disjoint meshes), so
 in place and steady are the same reallocation there and differ by noise. On
 GPUs a local copy runs at memory bandwidth, several times the interconnect's,
 and NCCL needs no CPU per byte, so parts 1 and 2 shrink accordingly. Cold runs
