@@ -388,28 +388,30 @@ def bench_pair(
         peaks["rss"] = max(peaks["rss"], rss_peak() - before)
         peaks["acct"] = max(peaks["acct"], stats.peak)
 
-    def steady() -> None:
+    def pooled(
+        key: str,
+        into: dict[str, torch.Tensor] | None = None,
+        source: dict[str, torch.Tensor] | None = local,
+        cpu_times: list[float] | None = None,
+    ) -> None:
         # A transient copy as the runtime makes it, from the pool; given back after use
-        # (in the runtime after the call that used it), outside the timing.
-        before = rss_reset()
+        # (in the runtime after the call that used it), outside the timing. What it
+        # shares with its source (views, the buffers the source is kept in) stays.
         made: list[dict[str, torch.Tensor] | None] = []
-        run = partial(run_realloc, MemoryStats(), pool=pool)
-        times["steady"].append(timed(lambda: made.append(run()), cpu["steady"]))
-        peaks["steady_rss"] = max(peaks["steady_rss"], rss_peak() - before)
+        run = partial(run_realloc, MemoryStats(), into, pool, source)
+        times[key].append(timed(lambda: made.append(run()), cpu_times))
         if made[0] is not None:
-            pool.give_unshared(made[0], local)
+            pool.give_unshared(made[0], source)
 
-    def in_place() -> None:
-        made: list[dict[str, torch.Tensor] | None] = []
-        run = partial(run_realloc, MemoryStats(), housings, pool, housed)
-        times["in_place"].append(timed(lambda: made.append(run())))
-        if made[0] is not None:
-            pool.give_unshared(made[0], housed)  # the buffers it shares with housed stay
+    def steady() -> None:
+        before = rss_reset()
+        pooled("steady", cpu_times=cpu["steady"])
+        peaks["steady_rss"] = max(peaks["steady_rss"], rss_peak() - before)
 
     measurements: list[Callable[[], object]] = [
         cold,
         steady,
-        in_place,
+        partial(pooled, "in_place", housings, housed),
         lambda: times["warm"].append(timed(partial(run_realloc, MemoryStats(), warm))),
         lambda: times["p2p"].append(timed(partial(raw_p2p, rank, mine), cpu["p2p"])),
         lambda: times["bcast"].append(timed(partial(raw_bcast, mine, groups))),

@@ -75,7 +75,10 @@ def transient_copy(
 
 
 def house(
-    home: Mapping[str, torch.Tensor], plan: ReallocPlan, rank: int
+    home: Mapping[str, torch.Tensor],
+    plan: ReallocPlan,
+    rank: int,
+    stats: MemoryStats | None = None,
 ) -> dict[str, torch.Tensor]:
     """Move home shards inside buffers shaped as their destination shards; return the buffers.
 
@@ -93,7 +96,7 @@ def house(
     every later reallocation under the plan (HybridFlow keeps its training
     shards inside its generation weights for the same reason). Release copies
     made into them with ``release_copy``: memory shared with ``home`` is never
-    given to a pool.
+    given to a pool. The move in is a local copy, made once (counted in ``stats``).
     """
     housings: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -105,6 +108,8 @@ def house(
             housing[index].copy_(shard)
             shard.data = housing[index]
             housings[name] = housing
+            if stats is not None:
+                stats.local_copy_bytes += shard.numel() * shard.element_size()
     return housings
 
 

@@ -122,11 +122,10 @@ def reallocate(
 
     ``local_src`` is this rank's shards in the source layout (None if it is not in
     it); ``rank`` is its global rank, as the layouts name ranks. With
-    ``alias_local`` a destination shard identical to a source shard is returned
-    as the same tensor, and one that is a block of a source shard's memory (a
-    tensor-parallel slice of it) as a view of it, instead of a copy (right for a
-    transient copy that is only read; never for one that will be trained
-    independently). Up to
+    ``alias_local`` a destination shard that is a source shard, or a block of a
+    source shard's memory (a tensor-parallel slice of it), is returned as a view
+    of it instead of a copy (right for a transient copy that is only read; never
+    for one that will be trained independently). Up to
     ``max_inflight_steps`` steps are in flight (the messages sent straight from
     and into the tensors count as one) while their packing buffers stay under
     ``max_buffer_bytes`` (default two buckets). With ``into``
@@ -145,7 +144,6 @@ def reallocate(
         return None
     if in_src and local_src is None:
         raise ValueError(f"rank {rank} is in the source layout but was given no source shards")
-    src_regions = plan.src_shards.get(rank, {})
     stats = stats if stats is not None else MemoryStats()
     element_bytes = dtype.itemsize
     if element_bytes != plan.element_bytes:
@@ -164,8 +162,7 @@ def reallocate(
                 continue
             if name in views:
                 assert local_src is not None
-                source = local_src[name]
-                out[name] = source if src_regions[name] == region else source[views[name]]
+                out[name] = local_src[name][views[name]]
                 continue
             alloc = pool.empty if pool is not None else None
             column_major = name in plan.column_major

@@ -130,11 +130,7 @@ def reallocate_role(rt: Runtime, role: str, src: Layout, dst: Layout) -> dict[st
     home = state.on(src).local_state() if rt.rank in src.ranks else None
     stats = MemoryStats()
     if home is not None and state.housing is None and houses(rt, role, src, dst):
-        state.housing = (dst, house(home, plan, rt.rank))
-        # Moving the home shards in is this reallocation's local copy, made once.
-        stats.local_copy_bytes += sum(
-            home[name].numel() * home[name].element_size() for name in state.housing[1]
-        )
+        state.housing = (dst, house(home, plan, rt.rank, stats))
     copy = transient_copy(
         plan,
         home,
