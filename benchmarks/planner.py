@@ -30,7 +30,7 @@ from rlhf_operator.api.job import RLHFJob
 from rlhf_operator.planner import InfeasibleError, plan_job
 from rlhf_operator.planner.baselines import BASELINES
 from rlhf_operator.planner.cluster import Mesh
-from rlhf_operator.planner.estimator import layouts_for
+from rlhf_operator.planner.estimator import strategies_for
 from rlhf_operator.planner.planning import cluster_for
 from rlhf_operator.planner.simulate import Evaluator
 from rlhf_operator.planner.workload import Workload, workload_for
@@ -146,7 +146,7 @@ def iteration_bound(job: RLHFJob) -> Bound | None:
     for call in w.calls:
         best: dict[int, float] = {}
         for size, mesh in sizes.items():
-            for lay in layouts_for(w, call, cluster, mesh):
+            for lay in strategies_for(w, call, cluster, mesh):
                 cost = ev.cost(call, mesh, lay)
                 if cost.memory_bytes <= usable:
                     best[size] = min(best.get(size, cost.seconds), cost.seconds)

@@ -8,12 +8,12 @@ reallocate it to a destination layout. For each layout pair it prints:
 
 * MB moved (between ranks; local copies excluded) and, for four ways of
   reallocating, the median seconds of ``--repeats`` runs and the effective GB/s.
-  Each makes a transient copy as ``roles.transient_copy`` does: a destination
+  Each makes a transient copy as ``copies.transient_copy`` does: a destination
   shard that is a source shard, or a block of one, is a view of it.
   - "cold": new destination shards from ``torch.empty`` (a process's first
     transient copy, or any reallocation without a pool): fresh pages faulted in;
   - "steady": what the runtime does from its second iteration on
-    (``roles.transient_copy`` with the worker's ``COPY_POOL``, see
+    (``copies.transient_copy`` with the worker's ``COPY_POOL``, see
     ``runtime/models.py``): destination shards and packing buffers from a
     ``StoragePool`` into which the previous run's copy was given back after
     use, so no fresh memory is touched (giving the copy back, which the
@@ -22,7 +22,7 @@ reallocate it to a destination layout. For each layout pair it prints:
     rollout engine keeping its own weight buffers would;
   - "in place" (last columns): steady, with the source shards kept inside
     buffers shaped as their destination shards where they fit
-    (``roles.house``), as the runtime keeps a trained role's with
+    (``copies.house``), as the runtime keeps a trained role's with
     ``spec.placement.inPlaceResharding``: the kept part is not copied, the rest
     is received around it;
 * raw p2p: the same bytes per (sender, receiver) pair as one preallocated flat
@@ -91,7 +91,7 @@ from raw to steady, in three parts:
 2. One message per weight slice (floor -> prebuilt): a rank of tp4 -> tp2dp2
    posts 232 messages where raw posts 2-5; gloo exchanges ready notifications
    for each. No weight slice is packed: row-parallel weights are stored
-   column-major (``rlhf_worker/storage.py``), so a tensor-parallel slice of any
+   column-major (``rlhf_worker/model/storage.py``), so a tensor-parallel slice of any
    weight is one block of memory in both layouts and goes straight from one
    tensor into the other; only pieces under 128 KB (norms) are packed together.
 3. The executor's bookkeeping (prebuilt -> steady): steady runs at 0.91-1.03
@@ -131,6 +131,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from rlhf_operator.contract.sharding import Layout, Region, region_numel
+from rlhf_worker.model import tiny
+from rlhf_worker.model.storage import in_storage_order
+from rlhf_worker.model.tiny import tiny_shape
+from rlhf_worker.realloc.copies import house
 from rlhf_worker.realloc.execute import (
     MemoryStats,
     Message,
@@ -148,26 +153,16 @@ from rlhf_worker.realloc.plan import (
     plan_reallocation,
 )
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.roles import house
-from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
-from rlhf_worker.storage import in_storage_order
 
 WORLD = 4
-SMALL = ModelShape(
-    hidden_size=64,
-    intermediate_size=128,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=4,
-    head_dim=16,
-    vocab_size=128,
-)
-MODEL = ModelShape(
+# --small: the tests' small model; otherwise a 100M-parameter one (400 MB in float32).
+SMALL = tiny_shape(**tiny.SMALL)
+MODEL = tiny_shape(
     hidden_size=768,
     intermediate_size=2048,
-    num_layers=8,
-    num_heads=12,
-    num_kv_heads=4,
+    num_hidden_layers=8,
+    num_attention_heads=12,
+    num_key_value_heads=4,
     head_dim=64,
     vocab_size=32000,
 )
@@ -335,7 +330,7 @@ def bench_pair(
         pool: StoragePool | None = None,
         source: dict[str, torch.Tensor] | None = local,
     ) -> dict[str, torch.Tensor] | None:
-        # A transient copy, as roles.transient_copy makes it: destination shards that are
+        # A transient copy, as copies.transient_copy makes it: destination shards that are
         # a source shard or a block of one are views of it.
         return reallocate(
             plan,
@@ -364,7 +359,7 @@ def bench_pair(
     copies = local_copies(plan, rank, local, warm)
     messages, received = prepared_messages(plan, rank, local, warm, dtype=torch.float32)
     # "In place": another set of the same source shards, kept inside buffers shaped as
-    # their destination shards where they fit (roles.house), as the runtime keeps a
+    # their destination shards where they fit (copies.house), as the runtime keeps a
     # trained role's with spec.placement.inPlaceResharding; filled around them each time.
     housed = {n: t.clone() for n, t in local.items()} if local is not None else None
     housings = house(housed, plan, rank) if housed is not None else {}

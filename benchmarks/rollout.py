@@ -53,23 +53,13 @@ from pathlib import Path
 
 import torch
 
-ARCH = {  # ~10M parameters unless --small
-    "hidden_size": 256,
-    "intermediate_size": 1024,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "vocab_size": 4096,
-    "max_position_embeddings": 512,
-}
-SMALL = {**ARCH, "intermediate_size": 512, "num_hidden_layers": 2, "vocab_size": 512}
-
 
 def build(root: Path, small: bool) -> Path:
-    from rlhf_worker.tiny import build_tiny_model, build_tokenizer, tiny_hf_config
+    """The vLLM-sized tiny model the tests run (``--small``), or a ~10M-parameter one."""
+    from rlhf_worker.model.tiny import VLLM, build_tiny_model, build_tokenizer, tiny_hf_config
 
-    config = {**tiny_hf_config(), **(SMALL if small else ARCH)}
+    bigger = {"intermediate_size": 1024, "num_hidden_layers": 6, "vocab_size": 4096}
+    config = tiny_hf_config(**VLLM) if small else tiny_hf_config(**{**VLLM, **bigger})
     build_tiny_model(root, config, seed=0)
     build_tokenizer(root, vocab_size=int(config["vocab_size"]))
     return root
@@ -94,11 +84,11 @@ def main() -> None:
     # spinning OpenMP threads slow the torch generator several-fold (measured 10x).
     torch.set_num_threads(args.threads)
 
+    from rlhf_operator.contract.sharding import Layout
     from rlhf_worker.engine import GenerationConfig, generate
     from rlhf_worker.model import load_decoder
-    from rlhf_worker.rollout.engine import SamplingSpec, VllmEngine
+    from rlhf_worker.rollout.engine import VllmEngine
     from rlhf_worker.rollout.weights import buckets, named_tensors, total_bytes
-    from rlhf_worker.sharding import Layout
 
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
         root = build(Path(tmp), args.small)
@@ -106,8 +96,7 @@ def main() -> None:
         named = named_tensors(model.local_state())
         nbytes = total_bytes(named)
         params = sum(t.numel() for _, t in named)
-        vocab = (SMALL if args.small else ARCH)["vocab_size"]
-        prompts = prompts_for(args.prompts, int(vocab))
+        prompts = prompts_for(args.prompts, model.config.shape.vocab_size)
         steps = args.new_tokens
         print(
             f"model: {params / 1e6:.1f}M params, {nbytes / 1e6:.0f} MB float32; "
@@ -127,7 +116,7 @@ def main() -> None:
         engine = VllmEngine(root, max_model_len=32 + steps)
         print(f"vllm engine start {time.perf_counter() - start:.1f} s (not counted)")
         engine.update_weights(buckets(named))  # the same weights as the torch model, as in a job
-        spec = SamplingSpec(steps, True, 1.0, 1.0, None, 0, 0)
+        spec = GenerationConfig(steps, True, 1.0, 1.0, None, 0, 0)
         engine.generate(prompts[:2], spec, sample_ids=[0, 1])  # warm-up
         start = time.perf_counter()
         out = engine.generate(prompts, spec, sample_ids=range(len(prompts)))

@@ -1,44 +1,140 @@
-"""The two images stay apart: the operator never imports torch, the worker never kopf/kubernetes."""
+"""The two sides stay apart, and meet only in the contract.
+
+- The operator image never imports torch (or transformers, safetensors, vllm, numpy);
+  the worker never imports kopf or kubernetes.
+- The operator side (every module of ``rlhf_operator``) imports nothing from ``rlhf_worker``.
+- The worker imports from ``rlhf_operator`` only the contract layer: the API (``api``),
+  the torch-free shared types (``contract``) and the wire (``controlplane``); never the
+  planner, the coordinator, the Kubernetes code or the CLI.
+- The contract layer itself imports nothing else of ``rlhf_operator``, so the worker
+  cannot reach the rest of it through the contract either.
+
+Every import statement counts, lazy ones inside functions included, and relative
+imports are resolved to the modules they name. The checker is shown to catch each
+rule on a deliberately bad tree (``tests/boundary_fixture``).
+"""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"rlhf_operator": "operator/rlhf_operator", "rlhf_worker": "worker_image/rlhf_worker"}
+CONTRACT = ("rlhf_operator.api", "rlhf_operator.contract", "rlhf_operator.controlplane")
+FORBIDDEN = {
+    "rlhf_operator": {"torch", "transformers", "safetensors", "vllm", "numpy"},
+    "rlhf_worker": {"kopf", "kubernetes"},
+}
 
 
-def _imported_modules(package_dir: Path) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for path in package_dir.rglob("*.py"):
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = {node.module.split(".")[0]}
+def _within(module: str, packages: tuple[str, ...] | str) -> bool:
+    prefixes = (packages,) if isinstance(packages, str) else packages
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def module_name(path: Path, package_dir: Path, package: str) -> str:
+    parts = [package, *path.relative_to(package_dir).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, module: str) -> Iterator[tuple[int, str]]:
+    """(line, absolute module or module.attribute) of every import in a file."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
             else:
-                continue
-            for name in names:
-                found.setdefault(name, set()).add(str(path.relative_to(ROOT)))
-    return found
+                source = node.module or ""
+            for alias in node.names:
+                yield node.lineno, f"{source}.{alias.name}"
+
+
+def broken_rule(importer: str, imported: str) -> str | None:
+    """The rule an import breaks, or None."""
+    top = imported.split(".")[0]
+    side = importer.split(".")[0]
+    if top in FORBIDDEN.get(side, set()):
+        return f"the {side} package never imports {top}"
+    if side == "rlhf_operator" and top == "rlhf_worker":
+        return "the operator side imports nothing from rlhf_worker"
+    if side == "rlhf_worker" and top == "rlhf_operator" and not _within(imported, CONTRACT):
+        return "the worker imports only the contract layer (api, contract, controlplane)"
+    if _within(importer, CONTRACT) and top == "rlhf_operator" and not _within(imported, CONTRACT):
+        return "the contract layer imports nothing else of rlhf_operator"
+    return None
+
+
+def violations(tree: Path) -> list[str]:
+    """Every broken rule under a checkout (or a fixture laid out like one), one line each."""
+    out = []
+    for package, relative in PACKAGES.items():
+        package_dir = tree / relative
+        for path in sorted(package_dir.rglob("*.py")):
+            importer = module_name(path, package_dir, package)
+            for line, imported in imports_of(path, importer):
+                rule = broken_rule(importer, imported)
+                if rule is not None:
+                    where = path.relative_to(tree)
+                    out.append(f"{where}:{line}: {imported}: {rule}")
+    return out
+
+
+def test_the_checkout_keeps_every_rule() -> None:
+    assert violations(ROOT) == []
+
+
+def test_the_checker_catches_each_rule_on_a_bad_tree() -> None:
+    found = violations(ROOT / "tests" / "boundary_fixture")
+    assert found == [
+        "operator/rlhf_operator/contract/upward.py:7: "
+        "rlhf_operator.coordinator.schedule.iteration_steps: "
+        "the contract layer imports nothing else of rlhf_operator",
+        "operator/rlhf_operator/planner/leaky.py:8: rlhf_worker.sharding.Layout: "
+        "the operator side imports nothing from rlhf_worker",
+        "operator/rlhf_operator/planner/leaky.py:14: torch: "
+        "the rlhf_operator package never imports torch",
+        "worker_image/rlhf_worker/reaching.py:5: rlhf_operator.planner.plan.Plan: "
+        "the worker imports only the contract layer (api, contract, controlplane)",
+        "worker_image/rlhf_worker/reaching.py:10: rlhf_operator.coordinator: "
+        "the worker imports only the contract layer (api, contract, controlplane)",
+        "worker_image/rlhf_worker/reaching.py:16: kubernetes: "
+        "the rlhf_worker package never imports kubernetes",
+    ]
+
+
+def test_relative_imports_resolve_to_the_modules_they_name(tmp_path: Path) -> None:
+    init = tmp_path / "pkg" / "sub" / "__init__.py"
+    init.parent.mkdir(parents=True)
+    init.write_text("from . import a\nfrom ..b import c\n")
+    leaf = init.with_name("leaf.py")
+    leaf.write_text("from .a import x\nfrom ..b import c\n")
+    assert [m for _, m in imports_of(init, "pkg.sub")] == ["pkg.sub.a", "pkg.b.c"]
+    assert [m for _, m in imports_of(leaf, "pkg.sub.leaf")] == ["pkg.sub.a.x", "pkg.b.c"]
 
 
 @pytest.mark.parametrize(
-    ("package", "forbidden"),
-    [
-        ("operator/rlhf_operator", {"torch", "transformers", "safetensors", "vllm", "numpy"}),
-        ("worker_image/rlhf_worker", {"kopf", "kubernetes"}),
-    ],
+    "module", ["rlhf_operator.cli.main", "rlhf_operator.coordinator.local", "rlhf_operator.k8s.run"]
 )
-def test_package_never_imports(package: str, forbidden: set[str]) -> None:
-    imported = _imported_modules(ROOT / package)
-    offenders = {name: sorted(files) for name, files in imported.items() if name in forbidden}
-    assert offenders == {}
+def test_operator_modules_import_with_the_worker_and_torch_unavailable(module: str) -> None:
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'transformers', 'rlhf_worker'): sys.modules[name] = None\n"
+        f"import {module}\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_operator_cli_runs_with_torch_unavailable() -> None:

@@ -1,5 +1,5 @@
 """Helpers for the control-plane tests: a coordinator in the test process and
-workers as real subprocesses, started with exactly `worker_command`/`worker_env`."""
+workers as real subprocesses, started with exactly `worker_command` and `WorkerSettings.to_env`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_operator.contract.launch import WorkerSettings, worker_command
 from rlhf_operator.controlplane.tokens import new_token
-from rlhf_operator.coordinator.launch import WorkerLaunch, worker_command, worker_env
 from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
 from rlhf_operator.coordinator.state import Report
 
@@ -35,7 +35,7 @@ class LocalWorkers:
     """Worker subprocesses of one job; killed at the end if still running."""
 
     def __init__(self, coordinator_addr: str, job_id: str, token: str, world_size: int) -> None:
-        self.launch = WorkerLaunch(
+        self.launch = WorkerSettings(
             job_id=job_id,
             coordinator_addr=coordinator_addr,
             world_size=world_size,
@@ -54,7 +54,7 @@ class LocalWorkers:
             if rank in self.procs:  # a restart: reap the old process first
                 self.procs[rank].kill()
                 self.procs[rank].communicate(timeout=10)
-            env = {**os.environ, **worker_env(self.launch, rank, local_rank=rank)}
+            env = {**os.environ, **self.launch.for_rank(rank, local_rank=rank).to_env()}
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
             self.procs[rank] = subprocess.Popen(
                 worker_command(),

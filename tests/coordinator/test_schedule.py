@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from rlhf_operator.api.dataflow import calls_for
+from rlhf_operator.contract import plan as planned
+from rlhf_operator.contract.plan import CallPlan, Plan, call_layout, home_layouts
+from rlhf_operator.contract.sharding import Layout
 from rlhf_operator.coordinator.schedule import (
     EndIteration,
     MoveData,
@@ -12,13 +15,8 @@ from rlhf_operator.coordinator.schedule import (
     Restore,
     RunCall,
     Step,
-    call_layout,
-    home_layouts,
     iteration_steps,
 )
-from rlhf_operator.planner import plan as planned
-from rlhf_operator.planner.plan import CallPlan, Plan
-from rlhf_worker.sharding import Layout
 
 
 def _call(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rlhf_operator.controlplane import messages as m
+from rlhf_operator.controlplane.messages import Registration
 from rlhf_operator.coordinator.errors import CommandFailed, CommandTimeout, Rejected, WorkerLost
-from rlhf_operator.coordinator.state import Registration, WorkerState, WorkerTable
+from rlhf_operator.coordinator.state import WorkerState, WorkerTable
 
 
 class Clock:

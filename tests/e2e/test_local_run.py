@@ -16,11 +16,11 @@ import pytest
 from safetensors.torch import load_file
 
 from rlhf_operator.api.manifests import load_jobs
+from rlhf_operator.contract.checkpoints import latest_complete
+from rlhf_operator.contract.plan import Offload
 from rlhf_operator.coordinator.local import JobFailed, LocalRun
 from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir
 from rlhf_operator.planner import plan_job
-from rlhf_operator.planner.plan import Offload
-from rlhf_worker.checkpoint import latest_complete
 
 from .conftest import GRPO_TP2_GENERATION, tiny_job, write_job
 

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from rlhf_operator.api import validate_object
-from rlhf_operator.controlplane import environment as wenv
+from rlhf_operator.contract import launch
+from rlhf_operator.contract.launch import WorkerSettings
 from rlhf_operator.controlplane import exits
-from rlhf_operator.coordinator.launch import WorkerLaunch, worker_env
 from rlhf_operator.coordinator_env import WORKER_HOSTS, CoordinatorSettings
 from rlhf_operator.k8s import builders, names
 from rlhf_operator.k8s.config import OperatorConfig
@@ -42,22 +42,20 @@ def test_worker_pod_env_is_the_launch_contract_plus_nccl():
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "rlhf_worker"]
     env = env_of(container)
-    expected = worker_env(
-        WorkerLaunch(
-            job_id="ppo",
-            coordinator_addr="ppo-coordinator.ppo.team-a.svc:50051",
-            world_size=16,
-            master_addr="ppo-worker-0.ppo.team-a.svc",
-            master_port=29500,
-            device="cuda",
-            token_file="/var/run/secrets/rlhf/token",
-            socket_ifname="eth0",
-            log_level="INFO",
-        ),
-        11,
+    expected = WorkerSettings(
+        job_id="ppo",
+        coordinator_addr="ppo-coordinator.ppo.team-a.svc:50051",
+        world_size=16,
+        master_addr="ppo-worker-0.ppo.team-a.svc",
+        master_port=29500,
+        rank=11,
         local_rank=0,  # one visible GPU per pod
         node_rank=1,
-    )
+        device="cuda",
+        token_file="/var/run/secrets/rlhf/token",
+        socket_ifname="eth0",
+        log_level="INFO",
+    ).to_env()
     assert {k: env[k] for k in expected} == expected
     assert env["NCCL_SOCKET_IFNAME"] == "eth0" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
     assert pod["metadata"]["labels"][names.LABEL_ATTEMPT] == "2"
@@ -105,7 +103,7 @@ def test_local_mode_pods_use_cpu_and_no_gpu():
     assert [p["metadata"]["name"] for p in pods] == ["ppo-worker-0", "ppo-worker-1", "ppo-worker-2"]
     for rank, pod in enumerate(pods):
         env = env_of(pod["spec"]["containers"][0])
-        assert env[wenv.DEVICE] == "cpu" and env[wenv.LOCAL_RANK] == str(rank)
+        assert env[launch.DEVICE] == "cpu" and env[launch.LOCAL_RANK] == str(rank)
         assert "resources" not in pod["spec"]["containers"][0]
         assert "affinity" not in pod["spec"]
 

@@ -7,18 +7,18 @@ import dataclasses
 import pytest
 
 from rlhf_operator.api.models import PRESETS
+from rlhf_operator.contract.sharding import stage_layers
 from rlhf_operator.planner.cluster import Cluster, Mesh
 from rlhf_operator.planner.estimator import (
-    Layout,
+    Strategy,
     allreduce_seconds,
     call_cost,
     compare_measured,
     gemm_seconds,
-    layout_problem,
-    layouts_for,
+    strategies_for,
+    strategy_problem,
 )
 from rlhf_operator.planner.profiles import GenerationBackend, load_profile
-from rlhf_operator.planner.reallocation import stage_layers
 from rlhf_operator.planner.workload import RoleModel, workload_for
 
 from .planner_jobs import make_job
@@ -74,12 +74,12 @@ def test_training_memory_is_zero1_over_dp():
     w = workload_for(job)
     cluster = Cluster(1, 8, load_profile("H100"))
     n = w.roles["actor"].params
-    cost = call_cost(w, w.call("actor_train"), cluster, Mesh(0, 8), Layout(8, 1, 1, 1))
+    cost = call_cost(w, w.call("actor_train"), cluster, Mesh(0, 8), Strategy(8, 1, 1, 1))
     assert cost.weight_bytes == pytest.approx(2 * n)
     assert cost.state_bytes == pytest.approx(2 * n + 12 * n / 8)
-    tp = call_cost(w, w.call("actor_train"), cluster, Mesh(0, 8), Layout(2, 4, 1, 1))
+    tp = call_cost(w, w.call("actor_train"), cluster, Mesh(0, 8), Strategy(2, 4, 1, 1))
     assert tp.weight_bytes < cost.weight_bytes / 3.9
-    inf = call_cost(w, w.call("ref_inf"), cluster, Mesh(0, 8), Layout(8, 1, 1, 1))
+    inf = call_cost(w, w.call("ref_inf"), cluster, Mesh(0, 8), Strategy(8, 1, 1, 1))
     assert inf.state_bytes == 0
 
 
@@ -87,7 +87,7 @@ def test_kv_cache_counts_key_value_heads_not_query_heads():
     job = make_job("codellama-34b", gpus=8, batch=64, prompt=1024, gen=1024)
     w = workload_for(job)
     cluster = Cluster(1, 8, load_profile("H100"))
-    lay = Layout(1, 8, 1, 1)
+    lay = Strategy(1, 8, 1, 1)
     gqa = call_cost(w, w.call("actor_gen"), cluster, Mesh(0, 8), lay)
     # The same model with 64 key/value heads (multi-head attention).
     mha_arch = PRESETS["codellama-34b"].model_copy(update={"num_key_value_heads": 64})
@@ -115,7 +115,7 @@ def test_inference_time_hand_computed():
     flops = tokens * (L * (2 * role.layer_split_params + 4 * 8 * 32 * ctx) + 2 * 512 * h)
     act = 2 * (4 * h + (2 * 256 + 2 * 128) + 4 * i)
     elementwise = tokens * L * 2 * act / 1e18
-    cost = call_cost(w, w.call("ref_inf"), cluster, Mesh(0, 1), Layout(1, 1, 1, 1))
+    cost = call_cost(w, w.call("ref_inf"), cluster, Mesh(0, 1), Strategy(1, 1, 1, 1))
     assert cost.seconds == pytest.approx(flops / 1e12 + elementwise, rel=1e-6)
 
 
@@ -124,11 +124,11 @@ def test_pipeline_bubble():
     w = workload_for(job)
     cluster = Cluster(1, 2, simple_profile())
     call = w.call("ref_inf")
-    one = call_cost(w, call, cluster, Mesh(0, 2), Layout(1, 1, 2, 1)).seconds
-    four = call_cost(w, call, cluster, Mesh(0, 2), Layout(1, 1, 2, 4)).seconds
+    one = call_cost(w, call, cluster, Mesh(0, 2), Strategy(1, 1, 2, 1)).seconds
+    four = call_cost(w, call, cluster, Mesh(0, 2), Strategy(1, 1, 2, 4)).seconds
     # (m + pp - 1) slots of 1/m of the work: 2 slots of the whole vs 5 quarters
     assert four / one == pytest.approx(5 / 4 / 2, rel=1e-3)
-    assert stage_layers(10, 4) == [3, 3, 2, 2]
+    assert [len(stage_layers(10, 4, s)) for s in range(4)] == [3, 3, 2, 2]
 
 
 def test_gradient_sync_across_nodes_costs_more():
@@ -136,9 +136,9 @@ def test_gradient_sync_across_nodes_costs_more():
     w = workload_for(job)
     cluster = Cluster(2, 8, load_profile("H100"))
     call = w.call("actor_train")
-    across = call_cost(w, call, cluster, Mesh(0, 16), Layout(16, 1, 1, 1)).seconds
+    across = call_cost(w, call, cluster, Mesh(0, 16), Strategy(16, 1, 1, 1)).seconds
     cluster_one = Cluster(1, 16, load_profile("H100"))  # same devices, one big node
-    within = call_cost(w, call, cluster_one, Mesh(0, 16), Layout(16, 1, 1, 1)).seconds
+    within = call_cost(w, call, cluster_one, Mesh(0, 16), Strategy(16, 1, 1, 1)).seconds
     assert across > within
 
 
@@ -146,7 +146,7 @@ def test_vllm_generation_is_faster_than_torch():
     torch_w = workload_for(make_job("llama2-7b", backend="torch"))
     vllm_w = workload_for(make_job("llama2-7b", backend="vllm"))
     cluster = Cluster(1, 8, load_profile("H100"))
-    lay = Layout(4, 2, 1, 1)
+    lay = Strategy(4, 2, 1, 1)
     t = call_cost(torch_w, torch_w.call("actor_gen"), cluster, Mesh(0, 8), lay).seconds
     v = call_cost(vllm_w, vllm_w.call("actor_gen"), cluster, Mesh(0, 8), lay).seconds
     assert v < t
@@ -156,13 +156,13 @@ def test_layout_problems_are_named():
     w = workload_for(make_job("codellama-34b", gpus=16, batch=64))
     cluster = Cluster(2, 8, load_profile("H100"))
     gen = w.call("actor_gen")
-    assert "mesh size" in layout_problem(w, gen, cluster, Mesh(0, 16), Layout(4, 2, 1))
-    assert "devices of a node" in layout_problem(w, gen, cluster, Mesh(0, 16), Layout(1, 16, 1))
+    assert "mesh size" in strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(4, 2, 1))
+    assert "devices of a node" in strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(1, 16, 1))
     wide = Cluster(1, 16, load_profile("H100"))
-    assert "key/value heads" in layout_problem(w, gen, wide, Mesh(0, 16), Layout(1, 16, 1))
-    assert "split over dp" in layout_problem(w, gen, cluster, Mesh(0, 16), Layout(16, 1, 1, 8))
-    assert layout_problem(w, gen, cluster, Mesh(0, 16), Layout(2, 8, 1, 4)) is None
-    for lay in layouts_for(w, gen, cluster, Mesh(0, 16)):
+    assert "key/value heads" in strategy_problem(w, gen, wide, Mesh(0, 16), Strategy(1, 16, 1))
+    assert "split over dp" in strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(16, 1, 1, 8))
+    assert strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(2, 8, 1, 4)) is None
+    for lay in strategies_for(w, gen, cluster, Mesh(0, 16)):
         assert lay.dp * lay.tp * lay.pp == 16 and lay.tp <= 8
 
 
@@ -170,15 +170,15 @@ def test_vllm_generation_layouts_are_what_the_worker_can_launch():
     w = workload_for(make_job("llama2-7b", gpus=16, backend="vllm"))
     cluster = Cluster(2, 8, load_profile("H100"))
     gen, train = w.call("actor_gen"), w.call("actor_train")
-    assert "pp must be 1" in layout_problem(w, gen, cluster, Mesh(0, 16), Layout(4, 2, 2))
+    assert "pp must be 1" in strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(4, 2, 2))
     # tp>1: one engine per tp consecutive ranks of the job's whole world.
-    assert "all 16 devices" in layout_problem(w, gen, cluster, Mesh(0, 8), Layout(4, 2, 1))
-    assert layout_problem(w, gen, cluster, Mesh(0, 16), Layout(8, 2, 1)) is None
-    assert layout_problem(w, gen, cluster, Mesh(8, 8), Layout(8, 1, 1)) is None
+    assert "all 16 devices" in strategy_problem(w, gen, cluster, Mesh(0, 8), Strategy(4, 2, 1))
+    assert strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(8, 2, 1)) is None
+    assert strategy_problem(w, gen, cluster, Mesh(8, 8), Strategy(8, 1, 1)) is None
     # Only generation is restricted, and only with vLLM.
-    assert layout_problem(w, train, cluster, Mesh(0, 8), Layout(2, 2, 2)) is None
+    assert strategy_problem(w, train, cluster, Mesh(0, 8), Strategy(2, 2, 2)) is None
     torch_w = workload_for(make_job("llama2-7b", gpus=16, backend="torch"))
-    assert layout_problem(torch_w, gen, cluster, Mesh(0, 8), Layout(2, 2, 2)) is None
+    assert strategy_problem(torch_w, gen, cluster, Mesh(0, 8), Strategy(2, 2, 2)) is None
 
 
 def test_compare_measured():
@@ -189,7 +189,7 @@ def test_compare_measured():
 def test_call_overhead_is_added_once_per_call():
     job = make_job("tiny", gpus=1, per_node=1, batch=4, prompt=8, gen=8, minibatches=1)
     w = workload_for(job)
-    mesh, lay = Mesh(0, 1), Layout(1, 1, 1, 1)
+    mesh, lay = Mesh(0, 1), Strategy(1, 1, 1, 1)
     for name in ("actor_gen", "ref_inf", "actor_train"):
         base = call_cost(w, w.call(name), Cluster(1, 1, simple_profile()), mesh, lay).seconds
         more = Cluster(1, 1, simple_profile(call_overhead=0.01))
@@ -199,7 +199,7 @@ def test_call_overhead_is_added_once_per_call():
 def test_backward_factor_scales_the_backward():
     job = make_job("tiny", gpus=1, per_node=1, batch=4, prompt=8, gen=8, minibatches=1)
     w = workload_for(job)
-    mesh, lay = Mesh(0, 1), Layout(1, 1, 1, 1)
+    mesh, lay = Mesh(0, 1), Strategy(1, 1, 1, 1)
     cluster = Cluster(1, 1, simple_profile())
     fwd = call_cost(w, w.call("ref_inf"), cluster, mesh, lay).seconds  # same forward
     two = call_cost(w, w.call("actor_train"), cluster, mesh, lay).seconds
@@ -219,10 +219,10 @@ def test_decode_overheads_per_layer_and_per_sequence():
     mesh = Mesh(0, 1)
     torch_backend = GenerationBackend(1.0, 0.0, 0.0)
     prof = simple_profile(generation={"torch": torch_backend})
-    base = call_cost(w, w.call("actor_gen"), Cluster(1, 1, prof), mesh, Layout(1, 1, 1, 1))
+    base = call_cost(w, w.call("actor_gen"), Cluster(1, 1, prof), mesh, Strategy(1, 1, 1, 1))
     slow = simple_profile(generation={"torch": GenerationBackend(1.0, 1e-3, 1e-4)})
     for m in (1, 2):
-        lay = Layout(1, 1, 1, m)
+        lay = Strategy(1, 1, 1, m)
         got = call_cost(w, w.call("actor_gen"), Cluster(1, 1, slow), mesh, lay).seconds
         ref = call_cost(w, w.call("actor_gen"), Cluster(1, 1, prof), mesh, lay).seconds
         # 7 decode steps per micro-batch, m micro-batches of 4/m sequences, 4 layers:
@@ -237,7 +237,7 @@ def test_reward_function_cost_per_sample_and_rank():
     # The reward role as a function (no model): rows split evenly over the mesh.
     w = dataclasses.replace(w, roles={**w.roles, "reward": RoleModel("reward", None)})
     prof = simple_profile(call_overhead=0.002, function_seconds_per_sample=1e-3)
-    cost = call_cost(w, w.call("reward_inf"), Cluster(1, 2, prof), Mesh(0, 2), Layout(2, 1, 1))
+    cost = call_cost(w, w.call("reward_inf"), Cluster(1, 2, prof), Mesh(0, 2), Strategy(2, 1, 1))
     # 6 samples over 2 ranks: 3 each, plus the call's fixed overhead
     assert cost.seconds == pytest.approx(0.002 + 3e-3)
 
@@ -245,7 +245,7 @@ def test_reward_function_cost_per_sample_and_rank():
 def test_optimizer_step_overhead_once_per_optimizer_step():
     # 2 minibatches: two optimizer steps per iteration, each paying the fixed overhead.
     w = workload_for(make_job("tiny", gpus=1, per_node=1, batch=4, prompt=8, gen=8, minibatches=2))
-    mesh, lay, call = Mesh(0, 1), Layout(1, 1, 1, 1), w.call("actor_train")
+    mesh, lay, call = Mesh(0, 1), Strategy(1, 1, 1, 1), w.call("actor_train")
     base = call_cost(w, call, Cluster(1, 1, simple_profile()), mesh, lay).seconds
     more = Cluster(1, 1, simple_profile(optimizer_step_overhead=0.01))
     assert call_cost(w, call, more, mesh, lay).seconds == pytest.approx(base + 2 * 0.01)

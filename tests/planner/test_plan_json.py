@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import json
 
-from rlhf_operator.planner import Plan, plan_job
+from rlhf_operator.contract.plan import Plan
+from rlhf_operator.planner import plan_job
 
 from .planner_jobs import make_job
 

@@ -1,13 +1,14 @@
-"""Bytes a reallocation moves, under the worker's layout conventions."""
+"""Bytes a reallocation moves, under the contract's layout conventions."""
 
 from __future__ import annotations
 
 import pytest
 
 from rlhf_operator.api.models import PRESETS
+from rlhf_operator.contract.sharding import ModelShape
 from rlhf_operator.planner.cluster import Cluster, Mesh
 from rlhf_operator.planner.profiles import load_profile
-from rlhf_operator.planner.reallocation import LayoutKey, stage_ranges, transfer
+from rlhf_operator.planner.reallocation import mesh_layout, transfer
 from rlhf_operator.planner.workload import RoleModel
 
 ROLE = RoleModel("actor", PRESETS["tiny"], dtype_bytes=4)
@@ -21,14 +22,14 @@ def cluster(nodes=1, per_node=8):
 
 
 def test_same_layout_moves_nothing():
-    key = LayoutKey(Mesh(0, 4), 2, 2, 1)
+    key = mesh_layout(Mesh(0, 4), 2, 2, 1)
     assert transfer(ROLE, key, key, cluster()).total_bytes == 0
 
 
 def test_tp_merge_in_place():
     # tp=2 -> dp=2 on the same two devices: each rank keeps its half, fetches the other half
-    src = LayoutKey(Mesh(0, 2), 1, 2, 1)
-    dst = LayoutKey(Mesh(0, 2), 2, 1, 1)
+    src = mesh_layout(Mesh(0, 2), 1, 2, 1)
+    dst = mesh_layout(Mesh(0, 2), 2, 1, 1)
     got = transfer(ROLE, src, dst, cluster())
     assert got.total_bytes == pytest.approx(SPLIT, abs=2)
     assert got.max_inter_bytes == 0
@@ -37,14 +38,14 @@ def test_tp_merge_in_place():
 
 def test_tp_split_needs_nothing():
     # dp=2 tp=1 -> tp=2: every rank already holds the whole model
-    src = LayoutKey(Mesh(0, 2), 2, 1, 1)
-    dst = LayoutKey(Mesh(0, 2), 1, 2, 1)
+    src = mesh_layout(Mesh(0, 2), 2, 1, 1)
+    dst = mesh_layout(Mesh(0, 2), 1, 2, 1)
     assert transfer(ROLE, src, dst, cluster()).total_bytes == 0
 
 
 def test_to_another_node_everything_crosses():
-    src = LayoutKey(Mesh(0, 8), 1, 8, 1)
-    dst = LayoutKey(Mesh(8, 8), 2, 4, 1)
+    src = mesh_layout(Mesh(0, 8), 1, 8, 1)
+    dst = mesh_layout(Mesh(8, 8), 2, 4, 1)
     got = transfer(ROLE, src, dst, cluster(2, 8))
     # every destination rank needs its quarter of the split tensors and all replicated ones
     assert got.total_bytes == pytest.approx(8 * (SPLIT / 4 + REPL), abs=8)
@@ -54,14 +55,10 @@ def test_to_another_node_everything_crosses():
 
 def test_pipeline_to_data_parallel():
     # pp=2 -> dp=2 on the same two devices: each rank lacks exactly the other stage
-    src = LayoutKey(Mesh(0, 2), 1, 1, 2)
-    dst = LayoutKey(Mesh(0, 2), 2, 1, 1)
+    src = mesh_layout(Mesh(0, 2), 1, 1, 2)
+    dst = mesh_layout(Mesh(0, 2), 2, 1, 1)
     got = transfer(ROLE, src, dst, cluster())
     assert got.total_bytes == pytest.approx(ROLE.params * B, abs=2)
-
-
-def test_stage_ranges_balanced_earlier_take_remainder():
-    assert stage_ranges(10, 3) == [(0, 4), (4, 7), (7, 10)]
 
 
 # --- the same count as the worker's reallocation planner ------------------------
@@ -81,27 +78,22 @@ PAIRS = [
 @pytest.mark.parametrize("value_head", [False, True])
 @pytest.mark.parametrize("case", PAIRS)
 def test_matches_the_worker_planner(case, value_head):
-    sharding = pytest.importorskip("rlhf_worker.sharding")
     realloc = pytest.importorskip("rlhf_worker.realloc.plan")
     nodes, per_node, s, d = case
     arch = PRESETS["tiny"]
     role = RoleModel("critic" if value_head else "actor", arch, 4, value_head=value_head)
-    shape = sharding.ModelShape.from_hf_config(
-        arch.to_hf_config(), head="value" if value_head else "lm"
-    )
+    shape = role.shape  # the planner's counts and the workers' plan: one model shape
+    assert shape == ModelShape.from_architecture(arch, "value" if value_head else "lm")
 
-    def both(start, size, dp, tp, pp):
-        ours = LayoutKey(Mesh(start, size), dp, tp, pp)
-        theirs = sharding.Layout(tuple(range(start, start + size)), pp=pp, dp=dp, tp=tp)
-        return ours, theirs
-
-    src, wsrc = both(*s)
-    dst, wdst = both(*d)
+    # One layout type: the planner's estimate and the workers' plan take the same layouts.
+    src = mesh_layout(Mesh(s[0], s[1]), *s[2:])
+    dst = mesh_layout(Mesh(d[0], d[1]), *d[2:])
+    assert src.ranks == tuple(range(s[0], s[0] + s[1])) and (src.dp, src.tp, src.pp) == s[2:]
     got = transfer(role, src, dst, cluster(nodes, per_node))
-    lacking = realloc.lacking_bytes(shape, wsrc, wdst, element_bytes=4)
+    lacking = realloc.lacking_bytes(shape, src, dst, element_bytes=4)
     assert got.total_bytes == pytest.approx(sum(lacking.values()), abs=len(lacking))
     assert max(got.max_intra_bytes, got.max_inter_bytes) <= max(lacking.values()) + 1
-    plan = realloc.plan_reallocation(shape, wsrc, wdst, per_node, element_bytes=4)
+    plan = realloc.plan_reallocation(shape, src, dst, per_node, element_bytes=4)
     intra, inter = realloc.bytes_by_locality(plan)
     assert got.total_bytes == pytest.approx(intra + inter, abs=len(lacking))
     assert got.intra_bytes == pytest.approx(intra, abs=len(lacking))

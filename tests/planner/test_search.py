@@ -13,10 +13,11 @@ import pytest
 
 from rlhf_operator.api.checks import semantic_errors
 from rlhf_operator.api.job import RLHFJob
-from rlhf_operator.planner import InfeasibleError, Plan, cluster_for, plan_job
+from rlhf_operator.contract.plan import Plan
+from rlhf_operator.planner import InfeasibleError, cluster_for, plan_job
 from rlhf_operator.planner.baselines import BASELINES
 from rlhf_operator.planner.cluster import Cluster, Mesh
-from rlhf_operator.planner.estimator import Layout, layouts_for
+from rlhf_operator.planner.estimator import Strategy, strategies_for
 from rlhf_operator.planner.profiles import load_profile
 from rlhf_operator.planner.search import Candidates, search
 from rlhf_operator.planner.simulate import Assignment, Evaluator
@@ -191,7 +192,7 @@ def test_search_rejects_starts_that_do_not_fit():
     gen = ev.by_name["actor_gen"]
     # Every call on one device: 7B training does not fit there.
     one = Mesh(0, 1)
-    bad = {c.name: (one, Layout(1, 1, 1, 64)) for c in ev.calls}
+    bad = {c.name: (one, Strategy(1, 1, 1, 64)) for c in ev.calls}
     assert ev.evaluate(bad) is None
     with pytest.raises(ValueError, match="no starting plan fits"):
         search(ev, cands, [bad], max_steps=10)
@@ -206,7 +207,7 @@ def test_candidates_keep_lean_layouts():
     kept = cands.best_on(train, mesh)
     fits = [
         lay
-        for lay in layouts_for(ev.w, train, ev.c, mesh)
+        for lay in strategies_for(ev.w, train, ev.c, mesh)
         if ev.cost(train, mesh, lay).memory_bytes <= ev.c.profile.usable_memory
     ]
     leanest = min(fits, key=lambda lay: (ev.cost(train, mesh, lay).memory_bytes, lay))
@@ -235,15 +236,15 @@ def test_iterations_run_one_after_another():
     job = make_job("llama2-7b", gpus=8, gen=384, batch=128, backend="torch")
     ev = _evaluator(job)
     left, right = Mesh(0, 4), Mesh(4, 4)
-    train = Layout(2, 2, 1, 2)
+    train = Strategy(2, 2, 1, 2)
     assign = {
-        "actor_gen": (left, Layout(4, 1, 1)),
-        "ref_inf": (left, Layout(2, 2, 1)),
-        "reward_inf": (left, Layout(2, 2, 1)),
-        "critic_inf": (right, Layout(2, 2, 1)),
+        "actor_gen": (left, Strategy(4, 1, 1)),
+        "ref_inf": (left, Strategy(2, 2, 1)),
+        "reward_inf": (left, Strategy(2, 2, 1)),
+        "critic_inf": (right, Strategy(2, 2, 1)),
         "actor_train": (left, train),
         # Recomputation: critic training ends after actor training.
-        "critic_train": (right, Layout(2, 2, 1, 2, recompute=True)),
+        "critic_train": (right, Strategy(2, 2, 1, 2, recompute=True)),
     }
     got = ev.evaluate(assign)
     assert got is not None
@@ -302,12 +303,12 @@ def test_in_place_resharding_keeps_the_generation_copy_resident():
     kept = Evaluator(dataclasses.replace(ev.w, in_place_resharding=True), ev.c)
     left, right = Mesh(0, 4), Mesh(4, 4)
     assign = {
-        "actor_gen": (left, Layout(4, 1, 1)),
-        "ref_inf": (left, Layout(2, 2, 1)),
-        "reward_inf": (right, Layout(2, 2, 1)),
-        "critic_inf": (right, Layout(2, 2, 1)),
-        "actor_train": (left, Layout(2, 2, 1, 2)),
-        "critic_train": (right, Layout(2, 2, 1, 2)),
+        "actor_gen": (left, Strategy(4, 1, 1)),
+        "ref_inf": (left, Strategy(2, 2, 1)),
+        "reward_inf": (right, Strategy(2, 2, 1)),
+        "critic_inf": (right, Strategy(2, 2, 1)),
+        "actor_train": (left, Strategy(2, 2, 1, 2)),
+        "critic_train": (right, Strategy(2, 2, 1, 2)),
     }
     made, resident = ev.evaluate(assign), kept.evaluate(assign)
     assert made is not None and resident is not None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_worker.tiny import build_tiny_model, tiny_hf_config
+from rlhf_worker.model.tiny import build_tiny_model, tiny_hf_config
 
 TINY_SEED = 1234
 

@@ -12,14 +12,13 @@ from dataclasses import replace
 
 import pytest
 
+from rlhf_operator.contract.launch import WorkerSettings, worker_command
 from rlhf_operator.controlplane import exits
 from rlhf_operator.controlplane import messages as m
 from rlhf_operator.controlplane.v1 import control_pb2 as pb
-from rlhf_operator.coordinator.launch import WorkerLaunch, worker_command, worker_env
 from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
 from rlhf_worker import __main__ as entry
 from rlhf_worker.agent import (
-    AgentConfig,
     Invocation,
     WorkerContext,
     backoff_delays,
@@ -27,16 +26,9 @@ from rlhf_worker.agent import (
     dispatch,
     one_line,
 )
+from tests.contract.launches import LOCAL, worker_settings
 
-LAUNCH = WorkerLaunch(
-    job_id="job-x",
-    coordinator_addr="127.0.0.1:5005",
-    world_size=4,
-    master_addr="10.0.0.7",
-    master_port=29400,
-    token="s3cret",
-    connect_timeout_s=12.5,
-)
+LAUNCH = LOCAL
 
 
 def free_port() -> int:
@@ -45,60 +37,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# ---- the environment contract ----------------------------------------------------
-
-
-def test_what_launch_writes_the_worker_reads():
-    settings = entry.settings_from_env(worker_env(LAUNCH, rank=2, local_rank=1, node_rank=1))
-    cfg = settings.agent
-    assert (cfg.job_id, cfg.coordinator_addr, cfg.token) == ("job-x", "127.0.0.1:5005", "s3cret")
-    assert (cfg.rank, cfg.world_size, cfg.local_rank, cfg.node_rank) == (2, 4, 1, 1)
-    assert (cfg.master_addr, cfg.master_port, cfg.device) == ("10.0.0.7", 29400, "cpu")
-    assert cfg.connect_timeout_s == 12.5
-    assert settings.handler_modules == () and settings.log_level == "INFO"
-
-
-def test_token_from_a_mounted_secret_file(tmp_path):
-    path = tmp_path / "token"
-    path.write_text("from-the-secret\n")
-    launch = replace(LAUNCH, token=None, token_file=str(path))
-    assert entry.settings_from_env(worker_env(launch, rank=0)).agent.token == "from-the-secret"
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"RLHF_JOB_ID": ""}, "RLHF_JOB_ID is not set"),
-        ({"RANK": None}, "RANK is not set"),
-        ({"RANK": "two"}, "RANK='two' is not an integer"),
-        ({"RANK": "4"}, "RANK=4 is out of range for WORLD_SIZE=4"),
-        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
-        (
-            {"RLHF_COORDINATOR_ADDR": "coordinator"},
-            "RLHF_COORDINATOR_ADDR='coordinator' is not host:port",
-        ),
-        ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000 is not a TCP port"),
-        ({"MASTER_ADDR": None}, "MASTER_ADDR is not set"),
-        ({"RLHF_DEVICE": "tpu"}, "RLHF_DEVICE='tpu' must be one of cpu, cuda"),
-        ({"RLHF_CONNECT_TIMEOUT": "soon"}, "RLHF_CONNECT_TIMEOUT='soon' is not a number"),
-        ({"RLHF_TOKEN": None}, r"RLHF_TOKEN \(or RLHF_TOKEN_FILE\) is not set"),
-        ({"RLHF_TOKEN_FILE": "/x"}, "set only one of RLHF_TOKEN and RLHF_TOKEN_FILE"),
-        (
-            {"RLHF_TOKEN": None, "RLHF_TOKEN_FILE": "/no/such/file"},
-            "RLHF_TOKEN_FILE=/no/such/file: cannot read it",
-        ),
-        ({"RLHF_LOG_LEVEL": "loud"}, "RLHF_LOG_LEVEL='LOUD' must be one of"),
-    ],
-)
-def test_bad_environment_is_named(change, message):
-    environ = worker_env(LAUNCH, rank=0)
-    for key, value in change.items():
-        if value is None:
-            environ.pop(key, None)
-        else:
-            environ[key] = value
-    with pytest.raises(entry.ConfigError, match=message):
-        entry.settings_from_env(environ)
+# ---- the entry point (its environment contract: tests/contract/test_launch.py) --------
 
 
 def test_main_prints_one_line_and_exits_2_on_bad_environment(capsys, tmp_path):
@@ -121,9 +60,7 @@ def test_handler_modules_extend_the_builtin_table():
 # ---- dispatch --------------------------------------------------------------------
 
 
-CONFIG = AgentConfig(
-    job_id="job-x", coordinator_addr="127.0.0.1:1", token="t", rank=1, world_size=2
-)
+CONFIG = worker_settings(coordinator_addr="127.0.0.1:1", world_size=2, rank=1, token="t")
 
 
 def run(handlers, command, args=None):
@@ -214,8 +151,8 @@ def test_backoff_grows_to_its_cap():
 # ---- real worker processes -------------------------------------------------------
 
 
-def spawn(launch: WorkerLaunch, rank: int) -> subprocess.Popen[str]:
-    env = {**os.environ, **worker_env(launch, rank)}
+def spawn(launch: WorkerSettings, rank: int) -> subprocess.Popen[str]:
+    env = {**os.environ, **launch.for_rank(rank).to_env()}
     return subprocess.Popen(
         worker_command(), env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
@@ -272,7 +209,7 @@ def test_the_control_plane_imports_neither_torch_nor_kubernetes():
     # torch is imported by the handlers that need it; kopf/kubernetes never.
     code = (
         "import sys, rlhf_worker.__main__, rlhf_worker.agent, rlhf_operator.coordinator.server, "
-        "rlhf_operator.coordinator.launch; "
+        "rlhf_operator.contract.launch; "
         "print(sorted(m for m in ('torch', 'kopf', 'kubernetes') if m in sys.modules))"
     )
     done = subprocess.run(

@@ -1,6 +1,6 @@
 """The worker's side of the control plane: register, heartbeat, run commands.
 
-`run_agent(config, handlers)` connects to the coordinator (retrying with
+`run_agent(settings, handlers)` connects to the coordinator (retrying with
 exponential backoff until `connect_timeout_s`), registers with the job's
 token, heartbeats from a background thread, and runs the commands that arrive
 on its session stream one at a time, in order, on an executor thread. Each
@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 
 import rlhf_operator.controlplane.v1.control_pb2_grpc as pb_grpc
+from rlhf_operator.contract.launch import WorkerSettings
 from rlhf_operator.controlplane import exits
 from rlhf_operator.controlplane import messages as m
 from rlhf_operator.controlplane.v1 import control_pb2 as pb
@@ -61,27 +62,6 @@ _POLL_S = 0.2
 _MAX_ERROR_CHARS = 500
 
 
-@dataclass(frozen=True)
-class AgentConfig:
-    job_id: str
-    coordinator_addr: str
-    token: str = field(repr=False)  # never in logs or reprs
-    rank: int
-    world_size: int
-    local_rank: int = 0
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    device: str = "cpu"
-    connect_timeout_s: float = 300.0
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-
-    @property
-    def who(self) -> str:
-        return f"rank {self.rank} of job {self.job_id!r}"
-
-
 class AgentExit(Exception):
     """The worker must stop: `code` is its exit status, `message` says why in one line."""
 
@@ -95,9 +75,12 @@ class AgentExit(Exception):
 class WorkerContext:
     """What handlers share within one worker process."""
 
-    config: AgentConfig
+    config: WorkerSettings
+    """How this process was launched (its rank, device, rendezvous address...)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Per-process scratch space: engines keep their models, groups and buffers here."""
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
 
 
 @dataclass(frozen=True)
@@ -167,8 +150,8 @@ def shutdown(inv: Invocation) -> dict[str, Any]:
 
 
 def ping(inv: Invocation) -> dict[str, Any]:
-    cfg = inv.worker.config
-    return {"rank": cfg.rank, "host": cfg.host, "pid": cfg.pid}
+    worker = inv.worker
+    return {"rank": worker.config.rank, "host": worker.host, "pid": worker.pid}
 
 
 def builtin_handlers() -> dict[str, Handler]:
@@ -245,7 +228,7 @@ def _status(err: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
 class Agent:
     """One worker's connection to its coordinator."""
 
-    def __init__(self, config: AgentConfig, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, config: WorkerSettings, handlers: Mapping[str, Handler]) -> None:
         self.config = config
         self.handlers = dict(handlers)
         self.context = WorkerContext(config)
@@ -277,16 +260,8 @@ class Agent:
     def register(self) -> pb.RegisterReply:
         """Register, retrying with backoff while the coordinator is not reachable."""
         cfg = self.config
-        request = pb.RegisterRequest(
-            job_id=cfg.job_id,
-            rank=cfg.rank,
-            world_size=cfg.world_size,
-            local_rank=cfg.local_rank,
-            node_rank=cfg.node_rank,
-            host=cfg.host,
-            pid=cfg.pid,
-            device=cfg.device,
-            token=cfg.token,
+        request = m.registration_to_pb(
+            m.Registration.of(cfg, host=self.context.host, pid=self.context.pid)
         )
         deadline = time.monotonic() + cfg.connect_timeout_s
         jitter = random.Random(cfg.rank)  # spread the ranks' retries, reproducibly
@@ -418,6 +393,6 @@ class Agent:
         stream.cancel()  # wakes the main thread out of the stream
 
 
-def run_agent(config: AgentConfig, handlers: Mapping[str, Handler]) -> int:
+def run_agent(config: WorkerSettings, handlers: Mapping[str, Handler]) -> int:
     """Serve the coordinator until it shuts this worker down (0) or AgentExit."""
     return Agent(config, handlers).run()

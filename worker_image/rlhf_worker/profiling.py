@@ -8,7 +8,9 @@ close a layer gets to its GEMMs, and the per-layer overhead of a decode step),
 memory bandwidth (a large copy), host<->device copies, a tiny kernel's launch
 overhead, and an all-reduce between two processes (gloo on CPU, NCCL across
 two GPUs when there are two). It writes a YAML profile in the format of
-`rlhf_operator/planner/profiles/*.yaml`, with the raw figures under `measured`.
+`rlhf_operator/planner/profiles/*.yaml`, with the raw figures under `measured`
+(on CPU also the engine's own timings, `measured.engine`, from which `rlhfctl
+profile` then solves the profile's engine terms).
 
 What cannot be measured on one machine is taken from the nearest shipped
 assumption and said so in `measured.assumed`: the inter-node link (a CPU
@@ -204,13 +206,13 @@ def measure_engine(quick: bool) -> dict[str, Any]:
     - reward: a reward-function call's work for `n` rows: per row the response's tokens,
       decoding, `rewards:vowel_fraction` (as `runtime.calls._score_with_function`).
     """
-    from rlhf_worker.data import epoch_order
+    from rlhf_operator.contract.sharding import Layout
+    from rlhf_worker.data.prompts import epoch_order
     from rlhf_worker.engine import GenerationConfig, forward_logprobs, generate
     from rlhf_worker.engine.train import OptimizerConfig, Trainer
     from rlhf_worker.model import load_decoder
-    from rlhf_worker.reward_functions import load_reward_function, score
-    from rlhf_worker.sharding import Layout
-    from rlhf_worker.tiny import build_tiny
+    from rlhf_worker.model.tiny import build_tiny
+    from rlhf_worker.rewards.functions import load_reward_function, score
 
     # A decode step is the difference of two generations: many turns keep its noise down.
     repeat = 3 if quick else 11
@@ -414,7 +416,27 @@ def measure(device_name: str, name: str | None, slots: int, quick: bool) -> dict
         inter_bw, inter_lat = 4.5e10, 2.5e-5
         assumed.append("inter-node link (400 Gb/s per GPU)")
     overhead = max(step_overhead, KERNELS_PER_LAYER * launch)
-    data = {
+    measured: dict[str, Any] = {
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "torch": str(torch.__version__),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+        "dtype": str(dtype).replace("torch.", ""),
+        "gemm_hidden": gemm["hidden"],
+        "gemm_flops_by_rows": {int(k): float(v) for k, v in gemm["flops_by_rows"].items()},
+        "layer": {k: (float(v) if isinstance(v, int | float) else v) for k, v in layers.items()},
+        "assumed": assumed,
+    }
+    if device.type == "cpu":
+        # The worker's own engine (what local mode runs): the synthetic layer above misses
+        # the engine's Python decode loop, per-sequence sampling, its real backward/optimizer
+        # and a reward function's per-sample cost. `rlhfctl profile` solves the profile's
+        # engine terms from these figures (the planner's `calibrate`, on the operator side).
+        measured["engine"] = measure_engine(quick)
+        measured["load_average_after"] = list(os.getloadavg())
+    return {
         "name": label,
         "kind": device.type if device.type == "cpu" else "gpu",
         # Measured GEMM peak; the efficiency is what a whole decoder layer reaches of it.
@@ -439,40 +461,8 @@ def measure(device_name: str, name: str | None, slots: int, quick: bool) -> dict
                 "step_overhead_per_layer": overhead / (10 if device.type == "cuda" else 2),
             },
         },
-        "measured": {
-            "host": platform.node(),
-            "machine": platform.machine(),
-            "torch": str(torch.__version__),
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "load_average": list(os.getloadavg()),
-            "dtype": str(dtype).replace("torch.", ""),
-            "gemm_hidden": gemm["hidden"],
-            "gemm_flops_by_rows": {int(k): float(v) for k, v in gemm["flops_by_rows"].items()},
-            "layer": {
-                k: (float(v) if isinstance(v, int | float) else v) for k, v in layers.items()
-            },
-            "assumed": assumed,
-        },
+        "measured": measured,
     }
-    if device.type == "cpu":
-        data = _with_engine_terms(data, quick)
-    return data
-
-
-def _with_engine_terms(data: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """Solve the profile's engine terms from the worker's own engine (what local mode runs):
-    the synthetic layer above misses the engine's Python decode loop, per-sequence sampling,
-    its real backward/optimizer and a reward function's per-sample cost."""
-    from rlhf_operator.planner.calibrate import calibrate
-    from rlhf_operator.planner.profiles import profile_from_dict
-
-    engine = measure_engine(quick)
-    profile = calibrate(profile_from_dict(data, "measured"), engine)
-    out = profile.to_dict()
-    out["measured"]["engine"] = engine
-    out["measured"]["load_average_after"] = list(os.getloadavg())
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,11 @@ from typing import Literal
 
 CallKind = Literal["generate", "inference", "train"]
 
+# Data keys with one value per sample (not per token): small, so every rank of a
+# consumer gets all of them (group statistics and reward normalisation need the
+# whole batch). The coordinator's schedule and the workers' data moves both obey it.
+SEQUENCE_KEYS = frozenset({"rewards", "costs", "greedy_rewards"})
+
 
 @dataclass(frozen=True)
 class Call:

@@ -8,7 +8,8 @@ checkpoint on the volume matches what was planned.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -59,6 +60,20 @@ class ArchitectureConfig(ApiModel):
     @property
     def head_size(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf_config(cls, cfg: Mapping[str, Any]) -> ArchitectureConfig:
+        """The architecture a Hugging Face config.json dict describes; a field it leaves out
+        (or sets to null) takes this model's default, the same one a manifest gets.
+
+        Raises pydantic's ValidationError (a ValueError) naming the field that is wrong.
+        """
+        values = {name: cfg[name] for name in cls.model_fields if cfg.get(name) is not None}
+        if "rope_theta" not in values:  # transformers 5 may nest it under rope_parameters
+            nested = (cfg.get("rope_parameters") or {}).get("rope_theta")
+            if nested is not None:
+                values["rope_theta"] = nested
+        return cls.model_validate(values)
 
     def to_hf_config(self) -> dict[str, object]:
         """The dict a Hugging Face config.json holds for this architecture."""

@@ -7,7 +7,8 @@ import json
 import sys
 
 from ..api.manifests import load_jobs, one_line
-from ..planner import InfeasibleError, Plan, PlanError, plan_job
+from ..contract.plan import Plan
+from ..planner import InfeasibleError, PlanError, plan_job
 from ..planner.profiles import ProfileError
 
 GiB = 1024**3

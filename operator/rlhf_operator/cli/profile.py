@@ -2,7 +2,9 @@
 
 The measurement needs torch, so it runs in a subprocess
 (`python -m rlhf_worker.profiling`, the worker package): the operator package
-never imports torch.
+never imports torch. Its timings of the worker's own engine (`measured.engine`,
+on CPU) are then turned into the profile's engine terms here, by the planner's
+`calibrate`, so the estimator and its profile are solved by one side.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from ..planner.calibrate import calibrate
 from ..planner.profiles import ProfileError, read_profile
 
 
@@ -60,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"rlhfctl profile: the measurement failed (exit {done.returncode})", file=sys.stderr)
         return 1
     try:
-        read_profile(out)  # what the planner will read must load
+        profile = read_profile(out)  # what the planner will read must load
+        engine = profile.measured.get("engine")
+        if engine:
+            profile = calibrate(profile, engine)
+            header = out.read_text(encoding="utf-8").splitlines()[0]
+            text = yaml.safe_dump(profile.to_dict(), sort_keys=False)
+            out.write_text(f"{header}\n{text}", encoding="utf-8")
+            read_profile(out)
     except ProfileError as exc:
         print(f"rlhfctl profile: {exc}", file=sys.stderr)
         return 1

@@ -1,10 +1,12 @@
 """The control plane's commands and reports as plain dataclasses, and their wire form.
 
-Both sides speak these: the coordinator's plan executor builds commands, the
-worker's handlers receive them, and only this module touches the protobuf
-types. Each command has a handler name (the key of the worker's handler
-table): the command's `NAME`, or `Custom.name` for extension commands.
-Call-specific parameters travel next to the command as a JSON object (`args`).
+Both sides speak these: the coordinator's plan executor builds commands (one
+per schedule step), the worker's handlers receive them, and only this module
+touches the protobuf types. Every core step has its own typed command; `Custom`
+is the extension point (test handlers, later features), dispatched by name with
+its parameters as a JSON object (`Envelope.args`). Each command has a handler
+name (the key of the worker's handler table): the command's `NAME`, which is
+also the protobuf oneof field it travels in, or `Custom.name`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
+from ..api.job import RLHFJob
+from ..contract.launch import WorkerSettings
+from ..contract.plan import Plan
+from ..contract.sharding import Layout
 from .v1 import control_pb2 as pb
 
 
@@ -22,26 +30,63 @@ class MessageError(ValueError):
 
 
 @dataclass(frozen=True)
-class Layout:
-    """One role's parallel layout: `ranks` in (pp, dp, tp) order, len(ranks) == pp*dp*tp."""
+class Registration:
+    """What a worker says about itself when it registers (its launch settings' identity)."""
 
-    ranks: tuple[int, ...]
-    pp: int = 1
-    dp: int = 1
-    tp: int = 1
+    job_id: str
+    rank: int
+    world_size: int
+    local_rank: int
+    node_rank: int
+    host: str
+    pid: int
+    device: str
+    token: str = field(repr=False)  # never in logs or reprs
 
-    def __post_init__(self) -> None:
-        if min(self.pp, self.dp, self.tp) < 1:
-            raise MessageError(
-                f"layout degrees must be >= 1, got pp={self.pp} dp={self.dp} tp={self.tp}"
-            )
-        if len(self.ranks) != self.pp * self.dp * self.tp:
-            raise MessageError(
-                f"layout pp={self.pp} dp={self.dp} tp={self.tp} needs "
-                f"{self.pp * self.dp * self.tp} ranks, got {len(self.ranks)}"
-            )
-        if len(set(self.ranks)) != len(self.ranks):
-            raise MessageError(f"layout ranks repeat: {list(self.ranks)}")
+    @classmethod
+    def of(cls, settings: WorkerSettings, host: str, pid: int) -> Registration:
+        """The registration of the worker `settings` launched (its token already read)."""
+        if settings.token is None:
+            raise MessageError(f"{settings.who}: no token to register with")
+        return cls(
+            job_id=settings.job_id,
+            rank=settings.rank,
+            world_size=settings.world_size,
+            local_rank=settings.local_rank,
+            node_rank=settings.node_rank,
+            host=host,
+            pid=pid,
+            device=settings.device,
+            token=settings.token,
+        )
+
+
+def registration_to_pb(reg: Registration) -> pb.RegisterRequest:
+    return pb.RegisterRequest(
+        job_id=reg.job_id,
+        rank=reg.rank,
+        world_size=reg.world_size,
+        local_rank=reg.local_rank,
+        node_rank=reg.node_rank,
+        host=reg.host,
+        pid=reg.pid,
+        device=reg.device,
+        token=reg.token,
+    )
+
+
+def registration_from_pb(msg: pb.RegisterRequest) -> Registration:
+    return Registration(
+        job_id=msg.job_id,
+        rank=msg.rank,
+        world_size=msg.world_size,
+        local_rank=msg.local_rank,
+        node_rank=msg.node_rank,
+        host=msg.host,
+        pid=msg.pid,
+        device=msg.device,
+        token=msg.token,
+    )
 
 
 @dataclass(frozen=True)
@@ -50,6 +95,17 @@ class InitProcessGroup:
 
     NAME: ClassVar[str] = "init_process_group"
     timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """Take the job and its plan: build or find the models, create every layout's groups."""
+
+    NAME: ClassVar[str] = "prepare"
+    job: RLHFJob
+    plan: Plan
+    base_dir: str  # relative paths of the job (prompts, reward modules) resolve here
+    output_dir: str
 
 
 @dataclass(frozen=True)
@@ -81,6 +137,50 @@ class Reallocate:
     role: str
     src: Layout
     dst: Layout
+
+
+@dataclass(frozen=True)
+class MoveData:
+    """Redistribute one data key from the ranks of the call that made it to those of the call
+    that needs it (worker to worker over torch.distributed)."""
+
+    NAME: ClassVar[str] = "move_data"
+    key: str
+    src_call: str
+    dst_call: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """Drop a role's transient copy under `layout` after its last call of the iteration."""
+
+    NAME: ClassVar[str] = "release"
+    role: str
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class OffloadRole:
+    """Send a frozen role's home shards back to host memory after its last use."""
+
+    NAME: ClassVar[str] = "offload_role"
+    role: str
+
+
+@dataclass(frozen=True)
+class RestoreRole:
+    """Bring an offloaded role's home shards back onto their devices before its first use."""
+
+    NAME: ClassVar[str] = "restore_role"
+    role: str
+
+
+@dataclass(frozen=True)
+class EndIteration:
+    """Drop the iteration's data on every rank."""
+
+    NAME: ClassVar[str] = "end_iteration"
+    iteration: int
 
 
 @dataclass(frozen=True)
@@ -123,9 +223,15 @@ class Custom:
 
 Command = (
     InitProcessGroup
+    | Prepare
     | LoadRole
     | RunCall
     | Reallocate
+    | MoveData
+    | Release
+    | OffloadRole
+    | RestoreRole
+    | EndIteration
     | SaveCheckpoint
     | RestoreCheckpoint
     | Export
@@ -207,7 +313,22 @@ def _layout_to_pb(layout: Layout) -> pb.Layout:
 
 
 def _layout_from_pb(msg: pb.Layout) -> Layout:
-    return Layout(ranks=tuple(msg.ranks), pp=msg.pp, dp=msg.dp, tp=msg.tp)
+    try:
+        return Layout(ranks=tuple(msg.ranks), pp=msg.pp, dp=msg.dp, tp=msg.tp)
+    except ValueError as err:
+        raise MessageError(str(err)) from None
+
+
+def _prepare_from_pb(msg: pb.Prepare) -> Prepare:
+    try:
+        job = RLHFJob.model_validate(decode_json(msg.job, "prepare's job"))
+    except ValidationError as err:
+        raise MessageError(f"prepare's job is not a valid RLHFJob: {err.errors()[0]}") from None
+    try:
+        plan = Plan.from_dict(decode_json(msg.plan, "prepare's plan"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise MessageError(f"prepare's plan is not a plan: {err}") from None
+    return Prepare(job, plan, msg.base_dir, msg.output_dir)
 
 
 def command_to_pb(envelope: Envelope) -> pb.Command:
@@ -220,6 +341,15 @@ def command_to_pb(envelope: Envelope) -> pb.Command:
     c = envelope.command
     if isinstance(c, InitProcessGroup):
         msg.init_process_group.CopyFrom(pb.InitProcessGroup(timeout_seconds=c.timeout_s))
+    elif isinstance(c, Prepare):
+        msg.prepare.CopyFrom(
+            pb.Prepare(
+                job=encode_json(c.job.to_manifest(), "prepare's job"),
+                plan=encode_json(c.plan.to_dict(), "prepare's plan"),
+                base_dir=c.base_dir,
+                output_dir=c.output_dir,
+            )
+        )
     elif isinstance(c, LoadRole):
         msg.load_role.CopyFrom(
             pb.LoadRole(role=c.role, layout=_layout_to_pb(c.layout), model_source=c.model_source)
@@ -236,6 +366,16 @@ def command_to_pb(envelope: Envelope) -> pb.Command:
                 role=c.role, from_layout=_layout_to_pb(c.src), to_layout=_layout_to_pb(c.dst)
             )
         )
+    elif isinstance(c, MoveData):
+        msg.move_data.CopyFrom(pb.MoveData(key=c.key, src_call=c.src_call, dst_call=c.dst_call))
+    elif isinstance(c, Release):
+        msg.release.CopyFrom(pb.Release(role=c.role, layout=_layout_to_pb(c.layout)))
+    elif isinstance(c, OffloadRole):
+        msg.offload_role.CopyFrom(pb.OffloadRole(role=c.role))
+    elif isinstance(c, RestoreRole):
+        msg.restore_role.CopyFrom(pb.RestoreRole(role=c.role))
+    elif isinstance(c, EndIteration):
+        msg.end_iteration.CopyFrom(pb.EndIteration(iteration=c.iteration))
     elif isinstance(c, SaveCheckpoint):
         msg.save_checkpoint.CopyFrom(pb.SaveCheckpoint(path=c.path, iteration=c.iteration))
     elif isinstance(c, RestoreCheckpoint):
@@ -259,6 +399,8 @@ def command_from_pb(msg: pb.Command) -> Envelope:
     command: Command
     if kind == "init_process_group":
         command = InitProcessGroup(timeout_s=msg.init_process_group.timeout_seconds)
+    elif kind == "prepare":
+        command = _prepare_from_pb(msg.prepare)
     elif kind == "load_role":
         m = msg.load_role
         command = LoadRole(
@@ -274,6 +416,17 @@ def command_from_pb(msg: pb.Command) -> Envelope:
         command = Reallocate(
             role=a.role, src=_layout_from_pb(a.from_layout), dst=_layout_from_pb(a.to_layout)
         )
+    elif kind == "move_data":
+        d = msg.move_data
+        command = MoveData(key=d.key, src_call=d.src_call, dst_call=d.dst_call)
+    elif kind == "release":
+        command = Release(role=msg.release.role, layout=_layout_from_pb(msg.release.layout))
+    elif kind == "offload_role":
+        command = OffloadRole(role=msg.offload_role.role)
+    elif kind == "restore_role":
+        command = RestoreRole(role=msg.restore_role.role)
+    elif kind == "end_iteration":
+        command = EndIteration(iteration=msg.end_iteration.iteration)
     elif kind == "save_checkpoint":
         command = SaveCheckpoint(
             path=msg.save_checkpoint.path, iteration=msg.save_checkpoint.iteration

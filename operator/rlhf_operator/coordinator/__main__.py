@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_operator.api.manifests import load_jobs
+from rlhf_operator.contract.plan import Plan
 from rlhf_operator.controlplane import exits
 from rlhf_operator.coordinator.errors import ControlPlaneError, WorkerLost
 from rlhf_operator.coordinator.executor import JobRunner
@@ -31,7 +32,6 @@ from rlhf_operator.coordinator.job_metrics import JobMetrics
 from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir
 from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
 from rlhf_operator.coordinator_env import CoordinatorSettings
-from rlhf_operator.planner.plan import Plan
 
 log = logging.getLogger("rlhf_operator.coordinator")
 

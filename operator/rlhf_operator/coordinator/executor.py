@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlhf_operator.api.dataflow import Call, calls_for
 from rlhf_operator.api.job import RLHFJob
+from rlhf_operator.contract import checkpoints as ckpt
+from rlhf_operator.contract.plan import Plan, home_layouts
 from rlhf_operator.controlplane import messages as m
 from rlhf_operator.coordinator.outputs import CallTiming, IterationRecord, OutputDir
 from rlhf_operator.coordinator.schedule import (
@@ -34,22 +36,10 @@ from rlhf_operator.coordinator.schedule import (
     Restore,
     RunCall,
     Step,
-    home_layouts,
     iteration_steps,
 )
 from rlhf_operator.coordinator.server import Coordinator
 from rlhf_operator.coordinator.state import CommandResult
-from rlhf_operator.planner.plan import Plan
-from rlhf_worker import checkpoint as ckpt
-from rlhf_worker.sharding import Layout
-
-
-def _pb_layout(layout: Layout) -> m.Layout:
-    return m.Layout(ranks=tuple(layout.ranks), pp=layout.pp, dp=layout.dp, tp=layout.tp)
-
-
-def _layout_args(layout: Layout) -> dict[str, Any]:
-    return {"ranks": list(layout.ranks), "pp": layout.pp, "dp": layout.dp, "tp": layout.tp}
 
 
 @dataclass
@@ -86,18 +76,13 @@ class JobRunner:
         """Bring every worker to the start of the next iteration; returns its number."""
         self.coordinator.wait_for_workers(ready_timeout_s)
         self.coordinator.call(self.world, m.InitProcessGroup(timeout_s=600.0))
-        args = {
-            "job": self.job.to_manifest(),
-            "plan": self.plan.to_dict(),
-            "base_dir": str(self.base_dir),
-            "output_dir": str(self.output.root),
-        }
-        self.coordinator.call(self.world, m.Custom("prepare"), args)
+        prepare = m.Prepare(self.job, self.plan, str(self.base_dir), str(self.output.root))
+        self.coordinator.call(self.world, prepare)
         models = self.job.spec.models.present()
         for role, layout in home_layouts(self.plan, self.calls).items():
             if models[role].source is None:
                 continue  # a reward function: nothing to load
-            self.coordinator.call(self.world, m.LoadRole(role, _pb_layout(layout), ""))
+            self.coordinator.call(self.world, m.LoadRole(role, layout, ""))
         latest = ckpt.latest_complete(self.output.checkpoints)
         if latest is None:
             return 1
@@ -158,9 +143,8 @@ class JobRunner:
         while waiting or pending:
             for step in list(waiting):
                 if all(a in done for a in step.after):
-                    command, args = self._command(step, iteration)
                     pending[step.index] = self.coordinator.send(
-                        step.ranks, command, args, self.command_timeout_s
+                        step.ranks, self._command(step, iteration), None, self.command_timeout_s
                     )
                     waiting.remove(step)
             # Only the futures still running: a finished one (one rank of a step whose
@@ -185,24 +169,24 @@ class JobRunner:
                     del pending[index]
         return done
 
-    def _command(self, step: Step, iteration: int) -> tuple[m.Command, Mapping[str, Any] | None]:
+    def _command(self, step: Step, iteration: int) -> m.Command:
+        """The one command a schedule step is."""
         a = step.action
         if isinstance(a, Realloc):
-            return m.Reallocate(a.role, _pb_layout(a.src), _pb_layout(a.dst)), None
+            return m.Reallocate(a.role, a.src, a.dst)
         if isinstance(a, MoveData):
-            args = {"key": a.key, "src_call": a.src_call, "dst_call": a.dst_call}
-            return m.Custom("move_data"), args
+            return m.MoveData(a.key, a.src_call, a.dst_call)
         if isinstance(a, RunCall):
             call = next(c for c in self.calls if c.name == a.call)
-            return m.RunCall(a.call, iteration, tuple(call.inputs), tuple(call.outputs)), None
+            return m.RunCall(a.call, iteration, tuple(call.inputs), tuple(call.outputs))
         if isinstance(a, Release):
-            return m.Custom("release"), {"role": a.role, "layout": _layout_args(a.layout)}
+            return m.Release(a.role, a.layout)
         if isinstance(a, Restore):
-            return m.Custom("restore_role"), {"role": a.role}
+            return m.RestoreRole(a.role)
         if isinstance(a, Offload):
-            return m.Custom("offload_role"), {"role": a.role}
+            return m.OffloadRole(a.role)
         assert isinstance(a, EndIteration)
-        return m.Custom("end_iteration"), {"iteration": iteration}
+        return m.EndIteration(iteration)
 
     # --- the whole run ----------------------------------------------------------------------
 

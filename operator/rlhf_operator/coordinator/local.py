@@ -2,7 +2,7 @@
 
 The coordinator runs in this process; one worker process per slot is started
 with exactly the command and environment a worker pod gets
-(`launch.worker_command` / `launch.worker_env`), on CPU with gloo when there
+(`contract.launch`: `worker_command`, `WorkerSettings.to_env`), on CPU with gloo when there
 is no GPU. A worker that dies fails the iteration (the control plane notices
 its broken stream at once); all workers are then restarted and the job resumes
 from its newest complete checkpoint, up to `runPolicy.backoffLimit` times.
@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rlhf_operator.api.job import RLHFJob
+from rlhf_operator.contract import launch
+from rlhf_operator.contract.launch import WorkerSettings, worker_command
+from rlhf_operator.contract.plan import Plan
 from rlhf_operator.controlplane.tokens import new_token
 from rlhf_operator.coordinator.errors import CommandFailed, CommandTimeout, WorkerLost
 from rlhf_operator.coordinator.executor import JobRunner
 from rlhf_operator.coordinator.job_metrics import JobMetrics
-from rlhf_operator.coordinator.launch import WorkerLaunch, worker_command, worker_env
 from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir, format_progress
 from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
-from rlhf_operator.planner.plan import Plan
 
 
 class JobFailed(RuntimeError):
@@ -148,7 +149,7 @@ class LocalRun:
 
     def _start_workers(self, address: str, token: str) -> None:
         self._stop_workers()
-        launch = WorkerLaunch(
+        settings = WorkerSettings(
             job_id=self.job.metadata.name,
             coordinator_addr=address,
             world_size=self.world_size,
@@ -159,6 +160,8 @@ class LocalRun:
             connect_timeout_s=120.0,
             socket_ifname="lo",
             threads_per_worker=max(1, (os.cpu_count() or 1) // self.world_size),
+            # The console's log level reaches the workers, as a variable of its own would.
+            log_level=(os.environ.get(launch.LOG_LEVEL, "").strip() or "INFO").upper(),
         )
         self.output.logs.mkdir(parents=True, exist_ok=True)
         for rank in range(self.world_size):
@@ -168,7 +171,7 @@ class LocalRun:
                 # made by reallocation) fill about 4x faster than on 4 KiB pages.
                 "THP_MEM_ALLOC_ENABLE": "1",
                 **self.extra_env,
-                **worker_env(launch, rank, local_rank=rank),
+                **settings.for_rank(rank, local_rank=rank).to_env(),
             }
             log = (self.output.logs / f"worker-{rank}.log").open("ab")
             # Own session: a Ctrl-C in the terminal reaches the coordinator only,

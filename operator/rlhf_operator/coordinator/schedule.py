@@ -34,14 +34,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlhf_operator.api.dataflow import Call
-from rlhf_operator.planner.plan import CallPlan, Plan
-from rlhf_worker.sharding import Layout
-
-# Data keys with one value per sample (not per token): small, so every rank of
-# a consumer gets all of them (group statistics and reward normalisation need
-# the whole batch).
-SEQUENCE_KEYS = frozenset({"rewards", "costs", "greedy_rewards"})
+from rlhf_operator.api.dataflow import SEQUENCE_KEYS, Call
+from rlhf_operator.contract.plan import Plan, call_layout, home_layouts
+from rlhf_operator.contract.sharding import Layout
 
 
 @dataclass(frozen=True)
@@ -109,24 +104,6 @@ class Step:
         if isinstance(a, RunCall | Release | Restore | Offload):
             return tuple(sorted(a.layout.ranks))
         return a.ranks
-
-
-def call_layout(call: CallPlan, devices_per_node: int) -> Layout:
-    """A call's layout in global ranks (rank = node * devices_per_node + device)."""
-    ranks = tuple(node * devices_per_node + device for node, device in call.mesh)
-    return Layout(ranks=ranks, pp=call.pp, dp=call.dp, tp=call.tp)
-
-
-def home_layouts(plan: Plan, calls: Sequence[Call]) -> dict[str, Layout]:
-    """Where each role's parameters live between calls: its train call's layout, else its first call's."""
-    homes: dict[str, Layout] = {}
-    by_name = {c.name: c for c in plan.calls}
-    for call in calls:
-        if call.kind == "train":
-            homes[call.role] = call_layout(by_name[call.name], plan.gpus_per_node)
-    for call in calls:
-        homes.setdefault(call.role, call_layout(by_name[call.name], plan.gpus_per_node))
-    return homes
 
 
 def iteration_steps(plan: Plan, calls: Sequence[Call]) -> list[Step]:

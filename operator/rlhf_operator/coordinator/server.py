@@ -1,7 +1,7 @@
 """The coordinator's control-plane server and the API the plan executor drives workers with.
 
     with Coordinator(CoordinatorConfig(job_id, token, world_size=4)) as coord:
-        # spawn workers with launch.worker_command/worker_env and coord.address
+        # spawn workers: contract.launch's worker_command, WorkerSettings(...).to_env()
         coord.wait_for_workers(timeout_s=120)
         coord.call(range(4), InitProcessGroup(), timeout_s=300)
         futures = coord.send([0, 1], RunCall("actor_gen", iteration=3), args={...})

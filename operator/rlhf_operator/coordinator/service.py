@@ -16,7 +16,7 @@ from ..controlplane import messages as m
 from ..controlplane.v1 import control_pb2 as pb
 from ..controlplane.v1 import control_pb2_grpc as pb_grpc
 from .errors import Rejected
-from .state import Registration, Report, WorkerTable
+from .state import Report, WorkerTable
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,8 @@ class ControlService(pb_grpc.ControlServicer):
     def Register(
         self, request: pb.RegisterRequest, context: grpc.ServicerContext
     ) -> pb.RegisterReply:
-        reg = Registration(
-            job_id=request.job_id,
-            rank=request.rank,
-            world_size=request.world_size,
-            local_rank=request.local_rank,
-            node_rank=request.node_rank,
-            host=request.host,
-            pid=request.pid,
-            device=request.device,
-            token=request.token,
-        )
         try:
-            session_id = self._table.register(reg)
+            session_id = self._table.register(m.registration_from_pb(request))
         except Rejected as err:
             log.warning("registration refused: %s", err.message)
             _abort(context, err)

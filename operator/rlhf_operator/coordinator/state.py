@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..controlplane import messages as m
+from ..controlplane.messages import Registration
 from ..controlplane.tokens import tokens_match
 from .errors import CommandFailed, CommandTimeout, Rejected, WorkerLost
 
@@ -35,21 +36,6 @@ class WorkerState(enum.Enum):
     CONNECTED = "connected"  # ready for commands
     LOST = "lost"  # missed heartbeats, broken stream or replaced
     EXITED = "exited"  # closed its stream after a shutdown command
-
-
-@dataclass(frozen=True)
-class Registration:
-    """What a worker says about itself when it registers."""
-
-    job_id: str
-    rank: int
-    world_size: int
-    local_rank: int
-    node_rank: int
-    host: str
-    pid: int
-    device: str
-    token: str = field(repr=False)  # never in logs or reprs
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Nothing here talks to the API server, so every manifest is unit-tested as
 data. The handlers only decide which of these to create or delete.
 
 Worker pods: one pod per rank, each with `nvidia.com/gpu: 1` (or one CPU slot
-in local mode) running exactly `worker_command()` with `worker_env()` — the
-launch contract local mode uses, one process per pod. Why per rank and not
+in local mode) running exactly `worker_command()` with `WorkerSettings.to_env()`
+(`contract.launch`) — the launch contract local mode uses, one process per pod. Why per rank and not
 one pod per node running gpusPerNode processes: a failed rank is one failed
 pod (its exit code and logs are its own, `kubectl logs job-worker-5`), no
 process supervisor is needed inside the container, and the contract stays
@@ -27,9 +27,9 @@ import yaml
 
 from ..api import API_VERSION, KIND, PLURAL, RLHFJob
 from ..api.job import GROUP
-from ..controlplane import environment as wenv
+from ..contract import launch
+from ..contract.launch import WorkerSettings, worker_command
 from ..controlplane import exits
-from ..coordinator.launch import WorkerLaunch, worker_command, worker_env
 from ..coordinator_env import (
     CONFIG_DIR,
     DEFAULT_CONTROL_PORT,
@@ -357,7 +357,7 @@ def build_coordinator_pod(
     env = {
         **settings.to_env(),
         WORKER_HOSTS: ",".join(worker_hosts(ref, topology.world_size)),
-        wenv.LOG_LEVEL: config.log_level,
+        launch.LOG_LEVEL: config.log_level,
         "PYTHONUNBUFFERED": "1",
     }
     pod = _base_pod(
@@ -430,7 +430,7 @@ def build_worker_pod(
 ) -> dict[str, Any]:
     name = names.worker_name(ref.name, rank)
     node_rank = rank // topology.per_node
-    launch = WorkerLaunch(
+    settings = WorkerSettings(
         job_id=ref.name,
         coordinator_addr=coordinator_address(ref),
         world_size=topology.world_size,
@@ -442,7 +442,7 @@ def build_worker_pod(
         log_level=config.log_level,
     )
     local_rank = 0 if topology.gpu else rank % topology.per_node
-    env = worker_env(launch, rank, local_rank=local_rank, node_rank=node_rank)
+    env = settings.for_rank(rank, local_rank=local_rank, node_rank=node_rank).to_env()
     if topology.gpu:
         env.update(
             {

@@ -12,7 +12,7 @@ import copy
 import datetime
 from typing import Any
 
-from ..planner import Plan
+from ..contract.plan import Plan
 
 TERMINAL = ("Succeeded", "Failed")
 OPERATOR_FIELDS = (

@@ -22,21 +22,21 @@ from collections.abc import Callable
 
 from ..api.dataflow import Call
 from .cluster import Mesh
-from .estimator import Layout, layout_problem, layouts_for
+from .estimator import Strategy, strategies_for, strategy_problem
 from .simulate import Assignment, Evaluator
 
 # An option: placements for the unit's calls, its time, its per-device footprint.
-OptionT = tuple[dict[str, tuple[Mesh, Layout]], float, float]
+OptionT = tuple[dict[str, tuple[Mesh, Strategy]], float, float]
 
 
 def _best_m(
     ev: Evaluator, call: Call, mesh: Mesh, dp: int, tp: int, pp: int, recompute: bool
-) -> tuple[Layout, float, float] | None:
+) -> tuple[Strategy, float, float] | None:
     best = None
     m = 1
     while m <= 64:
-        lay = Layout(dp, tp, pp, m, recompute and call.kind == "train")
-        if layout_problem(ev.w, call, ev.c, mesh, lay) is None:
+        lay = Strategy(dp, tp, pp, m, recompute and call.kind == "train")
+        if strategy_problem(ev.w, call, ev.c, mesh, lay) is None:
             cost = ev.cost(call, mesh, lay)
             if best is None or cost.seconds < best[1]:
                 best = (lay, cost.seconds, cost.memory_bytes)
@@ -47,7 +47,7 @@ def _best_m(
 def _splits(ev: Evaluator, calls: list[Call], mesh: Mesh) -> list[tuple[int, int, int, bool]]:
     out = set()
     for c in calls:
-        for lay in layouts_for(ev.w, c, ev.c, mesh):
+        for lay in strategies_for(ev.w, c, ev.c, mesh):
             out.add((lay.dp, lay.tp, lay.pp, lay.recompute))
     return sorted(out)
 
@@ -58,7 +58,7 @@ def _role_options(ev: Evaluator, calls: list[Call], mesh: Mesh) -> list[OptionT]
     for dp, tp, pp, rc in _splits(ev, calls, mesh):
         if rc and not any(c.kind == "train" for c in calls):
             continue
-        placed: dict[str, tuple[Mesh, Layout]] = {}
+        placed: dict[str, tuple[Mesh, Strategy]] = {}
         total = 0.0
         footprint = 0.0
         for c in calls:
@@ -116,7 +116,7 @@ def colocated(ev: Evaluator) -> Assignment | None:
         assign = dict(opt[0])
         for c in ev.calls:
             if c.name not in assign:
-                assign[c.name] = (mesh, Layout(mesh.size, 1, 1, 1))
+                assign[c.name] = (mesh, Strategy(mesh.size, 1, 1, 1))
         if ev.evaluate(assign) is not None:
             return assign
     return None

@@ -29,14 +29,14 @@ from typing import Any
 
 from ..api.dataflow import Call
 from ..api.models import PRESETS
-from .estimator import Layout, _call_cost
+from .estimator import Strategy, _call_cost
 from .profiles import GenerationBackend, Profile
 from .workload import RoleModel, Workload
 
 GEN = Call("actor_gen", "actor", "generate", ("prompts",), ("responses",))
 INF = Call("ref_inf", "actor", "inference", ("responses",), ("ref_logprobs",))
 TRAIN = Call("actor_train", "actor", "train", ("responses",), ("actor",))
-SINGLE = Layout(1, 1, 1, 1)
+SINGLE = Strategy(1, 1, 1, 1)
 
 
 def tiny_workload(rows: int, prompt: int, new_tokens: int) -> Workload:

@@ -1,4 +1,4 @@
-"""Runtime and memory estimates of one call on one mesh with one layout.
+"""Runtime and memory estimates of one call on one mesh with one parallel strategy.
 
 Time (seconds) of a call per iteration, from the device profile:
 
@@ -45,16 +45,20 @@ import math
 from dataclasses import dataclass
 
 from ..api.dataflow import Call
+from ..contract.sharding import stage_layers
 from .cluster import Cluster, Mesh
 from .profiles import Profile
-from .reallocation import stage_layers
 from .workload import Workload
 
 KERNELS_PER_LAYER = 12
 
 
 @dataclass(frozen=True, order=True)
-class Layout:
+class Strategy:
+    """How a call runs on its mesh (ReaL's parallel strategy): the (dp, tp, pp) degrees, the
+    micro-batches and activation recomputation. On a mesh's devices the degrees make the
+    call's `contract.sharding.Layout` (`reallocation.mesh_layout`)."""
+
     dp: int
     tp: int
     pp: int
@@ -89,27 +93,21 @@ def gemm_seconds(flops: float, rows: float, profile: Profile) -> float:
     return flops / (profile.peak_flops * eff)
 
 
-def layout_problem(
-    workload: Workload, call: Call, cluster: Cluster, mesh: Mesh, layout: Layout
+def strategy_problem(
+    workload: Workload, call: Call, cluster: Cluster, mesh: Mesh, strategy: Strategy
 ) -> str | None:
-    """Why a layout cannot run this call on this mesh, or None when it can."""
+    """Why a strategy cannot run this call on this mesh, or None when it can."""
     role = workload.roles[call.role]
-    dp, tp, pp, m = layout.dp, layout.tp, layout.pp, layout.micro_batches
+    dp, tp, pp, m = strategy.dp, strategy.tp, strategy.pp, strategy.micro_batches
     if dp * tp * pp != mesh.size:
         return f"dp*tp*pp = {dp * tp * pp} is not the mesh size {mesh.size}"
-    if role.arch is None:
+    if role.shape is None:
         return None if tp == pp == 1 else "a reward function runs data-parallel only"
-    a = role.arch
     if cluster.per_node % tp:
         return f"tp {tp} must divide the {cluster.per_node} devices of a node"
-    if a.num_attention_heads % tp or a.kv_heads % tp:
-        return f"tp {tp} must divide the attention heads ({a.num_attention_heads}) and key/value heads ({a.kv_heads})"
-    if a.vocab_size % tp:
-        return f"tp {tp} must divide the vocabulary ({a.vocab_size})"
-    if a.intermediate_size % tp:
-        return f"tp {tp} must divide the intermediate size ({a.intermediate_size})"
-    if pp > a.num_hidden_layers:
-        return f"pp {pp} exceeds the {a.num_hidden_layers} layers"
+    sharding = role.shape.layout_problems(pp=pp, tp=tp)  # what the workers can shard
+    if sharding:
+        return sharding[0]
     if call.kind == "generate" and workload.backend == "vllm":
         # One vLLM engine per dp replica, no pipeline stages; a tensor-parallel engine
         # is launched inside the job's torch.distributed world, which vLLM cuts into
@@ -121,19 +119,21 @@ def layout_problem(
     batch = workload.batch(call)
     if batch % (dp * m):
         return f"{batch} sequences do not split over dp {dp} x micro-batches {m}"
-    if layout.recompute and call.kind != "train":
+    if strategy.recompute and call.kind != "train":
         return "recomputation applies to training only"
     return None
 
 
 def call_cost(
-    workload: Workload, call: Call, cluster: Cluster, mesh: Mesh, layout: Layout
+    workload: Workload, call: Call, cluster: Cluster, mesh: Mesh, strategy: Strategy
 ) -> CallCost:
-    """Time and peak memory of `call` on `mesh` with `layout` (assumed valid)."""
+    """Time and peak memory of `call` on `mesh` with `strategy` (assumed valid)."""
     multi = cluster.nodes_of(mesh) > 1
-    multi_layout = multi and layout.dp * layout.tp > cluster.per_node
-    stage_cross = multi and layout.dp * layout.tp >= cluster.per_node
-    return _call_cost(workload, call, cluster.profile, mesh.size, multi_layout, stage_cross, layout)
+    multi_layout = multi and strategy.dp * strategy.tp > cluster.per_node
+    stage_cross = multi and strategy.dp * strategy.tp >= cluster.per_node
+    return _call_cost(
+        workload, call, cluster.profile, mesh.size, multi_layout, stage_cross, strategy
+    )
 
 
 def _call_cost(
@@ -143,26 +143,26 @@ def _call_cost(
     size: int,
     dp_inter: bool,
     pp_inter: bool,
-    layout: Layout,
+    strategy: Strategy,
 ) -> CallCost:
     role = workload.roles[call.role]
-    if role.arch is None:
+    if role.shape is None:
         # Rows split evenly over the mesh; a rank scores its share (ceil: the slowest rank).
         n = math.ceil(workload.samples * workload.passes(call) / size)
         return CallCost(prof.call_overhead + n * prof.function_seconds_per_sample, 0.0, 0.0, 0.0)
-    a = role.arch
-    dp, tp, pp, m = layout.dp, layout.tp, layout.pp, layout.micro_batches
+    a = role.shape
+    dp, tp, pp, m = strategy.dp, strategy.tp, strategy.pp, strategy.micro_batches
     b = role.dtype_bytes
     h = a.hidden_size
-    q = a.num_attention_heads * a.head_size
-    kv = a.kv_heads * a.head_size
+    q = a.num_heads * a.head_dim
+    kv = a.num_kv_heads * a.head_dim
     intra_bw, intra_lat = prof.intra_node_bandwidth, prof.intra_node_latency
     inter_bw, inter_lat = prof.inter_node_bandwidth, prof.inter_node_latency
     dp_bw, dp_lat = (inter_bw, inter_lat) if dp_inter else (intra_bw, intra_lat)
     pp_bw, pp_lat = (inter_bw, inter_lat) if pp_inter else (intra_bw, intra_lat)
 
-    stages = stage_layers(role.layers, pp)
-    ls = stages[0]  # the largest stage
+    ls = len(stage_layers(a.num_layers, pp, 0))  # the largest stage
+    last_stage = len(stage_layers(a.num_layers, pp, pp - 1))
     # Parameters (elements) on one device of the largest stage, embedding and head included.
     layer_elems = role.layer_split_params / tp + role.layer_replicated_params
     first_extra = role.embedding_params / tp
@@ -170,14 +170,14 @@ def _call_cost(
     if pp == 1:
         rank_elems = ls * layer_elems + first_extra + last_extra
     else:
-        rank_elems = max(ls * layer_elems + first_extra, stages[-1] * layer_elems + last_extra)
+        rank_elems = max(ls * layer_elems + first_extra, last_stage * layer_elems + last_extra)
     weight_bytes = rank_elems * b
 
     batch = workload.batch(call)
     seqs = batch / (dp * m)  # sequences per micro-batch
     seq = workload.seq_len
     layer_flops_tok = 2 * role.layer_split_params / tp
-    attn_flops_tok_ctx = 4 * a.num_attention_heads * a.head_size / tp
+    attn_flops_tok_ctx = 4 * a.num_heads * a.head_dim / tp
     head_flops_tok = 2 * (role.head_split_params / tp if not role.value_head else h)
     kernel = prof.kernel_overhead * KERNELS_PER_LAYER * ls
 
@@ -210,7 +210,7 @@ def _call_cost(
         tokens = seqs * seq
         fwd = forward_stage(tokens, seq / 2)
         bwd = prof.backward_factor * (fwd - kernel) + kernel
-        slot = fwd + bwd + (fwd if layout.recompute else 0.0) + 2 * p2p(tokens)
+        slot = fwd + bwd + (fwd if strategy.recompute else 0.0) + 2 * p2p(tokens)
         grads = rank_elems * b
         sync = allreduce_seconds(grads, dp, dp_bw, dp_lat)
         optim = 32 * rank_elems / dp / (prof.memory_bandwidth * prof.bandwidth_efficiency)
@@ -219,7 +219,7 @@ def _call_cost(
         seconds = steps * ((m + pp - 1) * slot + sync + optim)
         state_bytes = rank_elems * b + 12 * rank_elems / dp
         in_flight = min(m, pp)
-        if layout.recompute:
+        if strategy.recompute:
             acts = tokens * (in_flight * ls * b * h + act_tok_layer)
         else:
             acts = tokens * in_flight * ls * act_tok_layer
@@ -256,13 +256,13 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def layouts_for(
+def strategies_for(
     workload: Workload, call: Call, cluster: Cluster, mesh: Mesh, max_micro: int = 64
-) -> list[Layout]:
-    """Every valid layout of `call` on `mesh` (micro-batches: powers of two up to `max_micro`)."""
+) -> list[Strategy]:
+    """Every valid strategy of `call` on `mesh` (micro-batches: powers of two up to `max_micro`)."""
     role = workload.roles[call.role]
-    if role.arch is None:
-        return [Layout(mesh.size, 1, 1, 1)]
+    if role.shape is None:
+        return [Strategy(mesh.size, 1, 1, 1)]
     out = []
     batch = workload.batch(call)
     for tp in divisors(mesh.size):
@@ -275,8 +275,8 @@ def layouts_for(
             m = 1
             while m <= max_micro and batch % (dp * m) == 0:
                 for rc in (False, True) if call.kind == "train" else (False,):
-                    lay = Layout(dp, tp, pp, m, rc)
-                    if layout_problem(workload, call, cluster, mesh, lay) is None:
+                    lay = Strategy(dp, tp, pp, m, rc)
+                    if strategy_problem(workload, call, cluster, mesh, lay) is None:
                         out.append(lay)
                 m *= 2
     return out

@@ -7,10 +7,10 @@ import time
 
 from ..api.checks import mesh_devices
 from ..api.job import RLHFJob
+from ..contract.plan import CallPlan, Offload, Plan, Reallocation
 from .baselines import BASELINES
 from .cluster import Cluster, Mesh
-from .estimator import Layout, layout_problem
-from .plan import CallPlan, Offload, Plan, Reallocation
+from .estimator import Strategy, strategy_problem
 from .profiles import load_profile
 from .search import Candidates, search
 from .simulate import Assignment, Evaluation, Evaluator
@@ -112,8 +112,8 @@ def manual_assignment(job: RLHFJob, w: Workload, cluster: Cluster) -> Assignment
         mesh = cluster.from_pairs(devices)
         if mesh is None:
             raise PlanError(f"spec.placement.calls.{c.name}.mesh: {cp.mesh!r} is not a mesh")
-        lay = Layout(cp.dp, cp.tp, cp.pp, cp.micro_batches)
-        problem = layout_problem(w, c, cluster, mesh, lay)
+        lay = Strategy(cp.dp, cp.tp, cp.pp, cp.micro_batches)
+        problem = strategy_problem(w, c, cluster, mesh, lay)
         if problem:
             raise PlanError(f"spec.placement.calls.{c.name}: {problem}")
         assign[c.name] = (mesh, lay)
@@ -224,7 +224,7 @@ def _fastest_everywhere(ev: Evaluator, cands: Candidates) -> Assignment | None:
     when that plan fits."""
     assign: Assignment = {}
     for c in ev.calls:
-        best: tuple[float, Mesh, Layout] | None = None
+        best: tuple[float, Mesh, Strategy] | None = None
         for key in cands.mesh_classes[c.name]:
             mesh = cands.classes[key][0]
             lay = cands.layouts[(c.name, key)][0]

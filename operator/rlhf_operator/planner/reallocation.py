@@ -1,17 +1,12 @@
-"""Bytes a parameter reallocation moves, under the worker's layout conventions.
+"""Bytes a parameter reallocation moves, under the contract's layout conventions.
 
-Conventions (shared with `rlhf_worker.sharding`; do not change one without the
-other):
-
-- A mesh's global ranks are in order, node-major then device. Inside a layout
-  ranks are arranged pp-major, then dp, then tp innermost:
-  rank(p, d, t) = mesh[(p * dp + d) * tp + t].
-- Tensor parallelism splits q/k/v (and their biases), gate/up and the
-  embedding and vocabulary head along dim 0, and o_proj/down_proj along dim 1,
-  into tp contiguous equal slices. Norms (and a value head) are replicated.
-- Pipeline stages take consecutive decoder layers, balanced, earlier stages
-  taking the remainder; the embedding is on the first stage, the final norm
-  and head on the last.
+The conventions are those of `contract.sharding`, which the workers shard by:
+ranks of a layout are `Layout.rank(p, d, t)` of the mesh's devices, pipeline
+stages hold `stage_layers`, and tensor parallelism splits each split tensor into
+tp contiguous equal slices (norms and a value head replicated). This module
+counts with the model's per-layer totals (`ModelShape.counts`) rather than
+tensor by tensor, fast enough for the search's inner loop; the tests check it
+against the workers' exact reallocation plans.
 
 A destination rank needs, for every tensor of its stage, its tp slice. What it
 already holds (when it is also in the source layout) it keeps; the rest comes
@@ -27,27 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..contract.sharding import Layout, stage_layers
 from .cluster import Cluster, Mesh
 from .workload import RoleModel
 
 
-def stage_layers(layers: int, pp: int) -> list[int]:
-    """Decoder layers per pipeline stage: balanced, earlier stages take the remainder."""
-    base, extra = divmod(layers, pp)
-    return [base + (1 if s < extra else 0) for s in range(pp)]
-
-
-def stage_ranges(layers: int, pp: int) -> list[tuple[int, int]]:
-    """[first, last) decoder layer of each stage."""
-    out, first = [], 0
-    for n in stage_layers(layers, pp):
-        out.append((first, first + n))
-        first += n
-    return out
-
-
 @dataclass(frozen=True)
-class Transfer:
+class TransferCost:
     total_bytes: int  # summed over destination ranks
     intra_bytes: int  # the part of total_bytes sent from a rank on the destination's node
     max_intra_bytes: int  # the destination rank with most intra-node bytes
@@ -58,32 +39,30 @@ class Transfer:
 def _virtual_stage_bounds(layers: int, pp: int) -> list[tuple[int, int]]:
     """[first, last) virtual layer of each stage (embedding with stage 0, head with the last)."""
     out = []
-    for s, (a, z) in enumerate(stage_ranges(layers, pp)):
-        first = 0 if s == 0 else a + 1
-        last = layers + 2 if s == pp - 1 else z + 1
+    for s in range(pp):
+        layers_of = stage_layers(layers, pp, s)
+        first = 0 if s == 0 else layers_of.start + 1
+        last = layers + 2 if s == pp - 1 else layers_of.stop + 1
         out.append((first, last))
     return out
 
 
-@dataclass(frozen=True)
-class LayoutKey:
-    mesh: Mesh
-    dp: int
-    tp: int
-    pp: int
+def mesh_layout(mesh: Mesh, dp: int, tp: int, pp: int) -> Layout:
+    """A (dp, tp, pp) strategy on a mesh, as the layout its calls run under (global devices)."""
+    return Layout(tuple(range(mesh.start, mesh.stop)), pp=pp, dp=dp, tp=tp)
 
 
-def _rank_positions(layout: LayoutKey) -> dict[int, tuple[int, int]]:
+def _rank_positions(layout: Layout) -> dict[int, tuple[int, int]]:
     """Global device -> (stage, tp index) of a layout."""
     out = {}
     for p in range(layout.pp):
         for d in range(layout.dp):
             for t in range(layout.tp):
-                out[layout.mesh.start + (p * layout.dp + d) * layout.tp + t] = (p, t)
+                out[layout.rank(p, d, t)] = (p, t)
     return out
 
 
-def transfer(role: RoleModel, src: LayoutKey, dst: LayoutKey, cluster: Cluster) -> Transfer:
+def transfer(role: RoleModel, src: Layout, dst: Layout, cluster: Cluster) -> TransferCost:
     """Bytes and time to move `role`'s parameters from layout `src` to layout `dst`."""
     return _transfer(role, src, dst, cluster.per_node, cluster.profile.intra_node_bandwidth,
                      cluster.profile.inter_node_bandwidth, cluster.profile.intra_node_latency,
@@ -92,16 +71,16 @@ def transfer(role: RoleModel, src: LayoutKey, dst: LayoutKey, cluster: Cluster) 
 
 def _transfer(
     role: RoleModel,
-    src: LayoutKey,
-    dst: LayoutKey,
+    src: Layout,
+    dst: Layout,
     per_node: int,
     intra_bw: float,
     inter_bw: float,
     intra_lat: float,
     inter_lat: float,
-) -> Transfer:
+) -> TransferCost:
     if role.arch is None:
-        return Transfer(0, 0, 0, 0, 0.0)
+        return TransferCost(0, 0, 0, 0, 0.0)
     L = role.layers
     # Tensor slices as bitmasks over `units` equal parts of each split tensor.
     units = max(src.tp, dst.tp)
@@ -148,7 +127,7 @@ def _transfer(
         ]
         for d in range(dst.dp):
             for t in range(dst.tp):
-                dev = dst.mesh.start + (p * dst.dp + d) * dst.tp + t
+                dev = dst.rank(p, d, t)
                 own = src_pos.get(dev)
                 node = dev // per_node
                 here = local.get(node, no_local)
@@ -184,4 +163,6 @@ def _transfer(
     if total > 0:
         seconds = max_intra / intra_bw + max_inter / inter_bw
         seconds += intra_lat * (src.pp + dst.pp) + (inter_lat if max_inter else 0.0)
-    return Transfer(round(total), round(total_intra), round(max_intra), round(max_inter), seconds)
+    return TransferCost(
+        round(total), round(total_intra), round(max_intra), round(max_inter), seconds
+    )

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ..api.dataflow import Call
 from .cluster import Mesh
-from .estimator import Layout, layout_problem, layouts_for
+from .estimator import Strategy, strategies_for, strategy_problem
 from .simulate import Assignment, Evaluation, Evaluator
 
 ClassKey = tuple[int, bool]  # mesh size, spans nodes
@@ -50,14 +50,14 @@ class Candidates:
         for mesh in cluster.meshes():
             classes.setdefault(self.class_of(mesh), []).append(mesh)
         self.classes = classes
-        self.layouts: dict[tuple[str, ClassKey], list[Layout]] = {}
+        self.layouts: dict[tuple[str, ClassKey], list[Strategy]] = {}
         self.mesh_classes: dict[str, list[ClassKey]] = {}
         for call in ev.calls:
             keys = []
             for key, meshes in classes.items():
                 mesh = meshes[0]
                 scored = []
-                for lay in layouts_for(ev.w, call, cluster, mesh):
+                for lay in strategies_for(ev.w, call, cluster, mesh):
                     cost = ev.cost(call, mesh, lay)
                     if cost.memory_bytes <= usable:
                         scored.append((cost.seconds, cost.memory_bytes, lay))
@@ -79,7 +79,7 @@ class Candidates:
     def feasible_anywhere(self, call: str) -> bool:
         return bool(self.mesh_classes[call])
 
-    def best_on(self, call: Call, mesh: Mesh) -> list[Layout]:
+    def best_on(self, call: Call, mesh: Mesh) -> list[Strategy]:
         """Good layouts of `call` on `mesh` (fastest first)."""
         return self.layouts.get((call.name, self.class_of(mesh)), [])
 
@@ -105,7 +105,7 @@ class Candidates:
         return out
 
 
-def _pick(rng: random.Random, items: list[Layout]) -> Layout:
+def _pick(rng: random.Random, items: list[Strategy]) -> Strategy:
     # Geometric bias towards the fastest layouts.
     i = 0
     while i < len(items) - 1 and rng.random() < 0.45:
@@ -191,13 +191,13 @@ def _move_role(
     return True
 
 
-def _same_split(ev: Evaluator, call: Call, mesh: Mesh, lay: Layout) -> Layout | None:
+def _same_split(ev: Evaluator, call: Call, mesh: Mesh, lay: Strategy) -> Strategy | None:
     """A layout of `call` with the same dp/tp/pp as `lay` (micro-batches adapted), if valid."""
     best = None
     m = 1
     while m <= 64:
-        cand = Layout(lay.dp, lay.tp, lay.pp, m, lay.recompute and call.kind == "train")
-        if layout_problem(ev.w, call, ev.c, mesh, cand) is None:
+        cand = Strategy(lay.dp, lay.tp, lay.pp, m, lay.recompute and call.kind == "train")
+        if strategy_problem(ev.w, call, ev.c, mesh, cand) is None:
             secs = ev.cost(call, mesh, cand).seconds
             if best is None or secs < best[0]:
                 best = (secs, cand)

@@ -30,13 +30,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..api.dataflow import Call
+from ..contract.sharding import Layout
 from .cluster import Cluster, Mesh
-from .estimator import CallCost, Layout, call_cost, offload_seconds
-from .reallocation import LayoutKey, Transfer, transfer
+from .estimator import CallCost, Strategy, call_cost, offload_seconds
+from .reallocation import TransferCost, mesh_layout, transfer
 from .workload import Workload
 
-Placement = tuple[Mesh, Layout]
+Placement = tuple[Mesh, Strategy]
 Assignment = dict[str, Placement]
+# Where a role's parameters sit under a placement: its mesh and (dp, tp, pp); micro-batches
+# and recomputation do not change which rank holds what.
+Sharding = tuple[Mesh, int, int, int]
 
 
 @dataclass
@@ -44,7 +48,7 @@ class Evaluation:
     iteration_seconds: float
     costs: dict[str, CallCost]
     memory: dict[str, float]  # per call: peak bytes on a device of its mesh during the call
-    reallocations: list[tuple[str, str, str, Transfer]] = field(default_factory=list)
+    reallocations: list[tuple[str, str, str, TransferCost]] = field(default_factory=list)
     offloads: list[tuple[str, str, float, float]] = field(
         default_factory=list
     )  # role, call, bytes, s
@@ -54,9 +58,9 @@ class Evaluation:
     timeline: list[tuple[str, float, float]] = field(default_factory=list)
 
 
-def _key(p: Placement) -> LayoutKey:
+def _key(p: Placement) -> Sharding:
     mesh, lay = p
-    return LayoutKey(mesh, lay.dp, lay.tp, lay.pp)
+    return mesh, lay.dp, lay.tp, lay.pp
 
 
 class Evaluator:
@@ -72,9 +76,9 @@ class Evaluator:
         self.overlap_iterations = overlap_iterations
         self.unroll = max(2, unroll) if overlap_iterations else 1
         self._costs: dict[tuple[object, ...], CallCost] = {}
-        self._transfers: dict[tuple[str, LayoutKey, LayoutKey], Transfer] = {}
-        self._raw_costs: dict[tuple[str, Mesh, Layout], CallCost] = {}
-        self._raw_transfers: dict[tuple[object, ...], Transfer] = {}
+        self._transfers: dict[tuple[str, Layout, Layout], TransferCost] = {}
+        self._raw_costs: dict[tuple[str, Mesh, Strategy], CallCost] = {}
+        self._raw_transfers: dict[tuple[object, ...], TransferCost] = {}
         self.calls = workload.calls
         self.by_name = {c.name: c for c in self.calls}
         self.home_call: dict[str, str] = {}
@@ -88,7 +92,7 @@ class Evaluator:
         self._seconds: dict[tuple[Placement, ...], float | None] = {}
 
     # --- cached pieces ---------------------------------------------------------
-    def cost(self, call: Call, mesh: Mesh, layout: Layout) -> CallCost:
+    def cost(self, call: Call, mesh: Mesh, layout: Strategy) -> CallCost:
         raw = (call.name, mesh, layout)
         hit = self._raw_costs.get(raw)
         if hit is not None:
@@ -97,7 +101,7 @@ class Evaluator:
         self._raw_costs[raw] = hit
         return hit
 
-    def _cost(self, call: Call, mesh: Mesh, layout: Layout) -> CallCost:
+    def _cost(self, call: Call, mesh: Mesh, layout: Strategy) -> CallCost:
         multi = self.c.nodes_of(mesh) > 1
         key = (
             call.name,
@@ -112,7 +116,7 @@ class Evaluator:
             self._costs[key] = got
         return got
 
-    def transfer(self, role: str, src: Placement, dst: Placement) -> Transfer:
+    def transfer(self, role: str, src: Placement, dst: Placement) -> TransferCost:
         raw = (
             role,
             src[0],
@@ -130,34 +134,26 @@ class Evaluator:
             self._raw_transfers[raw] = hit
         return hit
 
-    def _transfer(self, role: str, src: Placement, dst: Placement) -> Transfer:
-        a, b = _key(src), _key(dst)
+    def _transfer(self, role: str, src: Placement, dst: Placement) -> TransferCost:
+        a, b = src[0], dst[0]
         # Only the relative position matters: shift both by whole nodes.
-        shift = min(a.mesh.start, b.mesh.start) // self.c.per_node * self.c.per_node
+        shift = min(a.start, b.start) // self.c.per_node * self.c.per_node
         if shift:
-            a = LayoutKey(Mesh(a.mesh.start - shift, a.mesh.size), a.dp, a.tp, a.pp)
-            b = LayoutKey(Mesh(b.mesh.start - shift, b.mesh.size), b.dp, b.tp, b.pp)
-        if not a.mesh.overlaps(b.mesh):
+            a, b = Mesh(a.start - shift, a.size), Mesh(b.start - shift, b.size)
+        if not a.overlaps(b):
             # Disjoint meshes: only which one comes first and whether they share a node matter.
-            gap = (
-                b.mesh.start - a.mesh.stop
-                if a.mesh.start < b.mesh.start
-                else a.mesh.start - b.mesh.stop
-            )
+            gap = b.start - a.stop if a.start < b.start else a.start - b.stop
             if gap >= self.c.per_node:
                 nodes = gap // self.c.per_node
-                if a.mesh.start > b.mesh.start:
-                    a = LayoutKey(
-                        Mesh(a.mesh.start - nodes * self.c.per_node, a.mesh.size), a.dp, a.tp, a.pp
-                    )
+                if a.start > b.start:
+                    a = Mesh(a.start - nodes * self.c.per_node, a.size)
                 else:
-                    b = LayoutKey(
-                        Mesh(b.mesh.start - nodes * self.c.per_node, b.mesh.size), b.dp, b.tp, b.pp
-                    )
-        key = (role, a, b)
+                    b = Mesh(b.start - nodes * self.c.per_node, b.size)
+        (_, s), (_, d) = src, dst
+        key = (role, mesh_layout(a, s.dp, s.tp, s.pp), mesh_layout(b, d.dp, d.tp, d.pp))
         got = self._transfers.get(key)
         if got is None:
-            got = transfer(self.w.roles[role], a, b, self.c)
+            got = transfer(self.w.roles[role], key[1], key[2], self.c)
             self._transfers[key] = got
         return got
 
@@ -262,7 +258,7 @@ class Evaluator:
         train_of = {c.role: c.name for c in calls if c.kind == "train"}
         ends: list[dict[str, float]] = []
         iteration_end: list[float] = []
-        reallocs: list[tuple[str, str, str, Transfer]] = []
+        reallocs: list[tuple[str, str, str, TransferCost]] = []
         offloads: list[tuple[str, str, float, float]] = []
         tasks: list[tuple[str, float, float]] = []
         for k in range(self.unroll):

@@ -9,60 +9,63 @@ for full-length sequences, an upper bound of what runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..api.dataflow import Call, calls_for, dependencies
+from ..api.dataflow import TRAINED_ROLES, Call, calls_for, dependencies
 from ..api.job import RLHFJob
 from ..api.models import ArchitectureConfig, ModelSpec
+from ..contract.sharding import HeadKind, ModelShape, ParamCounts, role_head, role_values
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-VALUE_HEAD_ROLES = ("critic", "reward", "cost")
 
 
 @dataclass(frozen=True)
 class RoleModel:
-    """One role's model, as the planner sees it."""
+    """One role's model, as the planner sees it: its shape (the workers' own parameter
+    list, `contract.sharding.ModelShape`) counted per layer and stage."""
 
     name: str
     arch: ArchitectureConfig | None  # None: a reward function (no model)
     dtype_bytes: int = 2
     trainable: bool = False
     value_head: bool = False  # critic/reward/cost: a scalar head instead of the vocabulary head
+    num_values: int = 1  # outputs of the value head (2: Safe-RLHF's critic)
+    shape: ModelShape | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = None
+        if self.arch is not None:
+            head: HeadKind = "value" if self.value_head else "lm"
+            shape = ModelShape.from_architecture(self.arch, head, self.num_values)
+        object.__setattr__(self, "shape", shape)
 
     @property
     def is_function(self) -> bool:
         return self.arch is None
 
-    def _a(self) -> ArchitectureConfig:
-        assert self.arch is not None
-        return self.arch
+    def _counts(self) -> ParamCounts:
+        assert self.shape is not None
+        return self.shape.counts
 
     # --- parameters (elements), split as the worker splits them -------------
     @property
     def layers(self) -> int:
-        return self._a().num_hidden_layers if self.arch else 0
+        return self.shape.num_layers if self.shape else 0
 
     @property
     def layer_split_params(self) -> int:
-        """Per decoder layer: q/k/v/o and gate/up/down, split by tensor parallelism."""
-        a = self._a()
-        q = a.num_attention_heads * a.head_size
-        kv = a.kv_heads * a.head_size
-        params = a.hidden_size * (q + 2 * kv) + q * a.hidden_size
-        params += 3 * a.hidden_size * a.intermediate_size
-        if a.model_type == "qwen2":
-            params += q + 2 * kv  # q/k/v biases, split with their rows
-        return params
+        """Per decoder layer: q/k/v/o and gate/up/down (and Qwen2's q/k/v biases), split by
+        tensor parallelism."""
+        return self._counts().layer_split
 
     @property
     def layer_replicated_params(self) -> int:
         """Per decoder layer: the two RMSNorm weights (replicated across tp)."""
-        return 2 * self._a().hidden_size
+        return self._counts().layer_replicated
 
     @property
     def embedding_params(self) -> int:
-        a = self._a()
-        return a.vocab_size * a.hidden_size
+        return self._counts().first_split
 
     @property
     def head_split_params(self) -> int:
@@ -71,13 +74,12 @@ class RoleModel:
         With tied embeddings the last stage holds a copy of the embedding; it is
         counted as the head (exact for pp > 1, one copy too many at pp = 1).
         """
-        return 0 if self.value_head else self.embedding_params
+        return self._counts().last_split
 
     @property
     def head_replicated_params(self) -> int:
-        """Final norm, plus the scalar value head (`score.weight`, 1 x hidden) for value models."""
-        h = self._a().hidden_size
-        return h + (h if self.value_head else 0)
+        """Final norm, plus the value head (`score.weight`, values x hidden) for value models."""
+        return self._counts().last_replicated
 
     @property
     def params(self) -> int:
@@ -97,13 +99,13 @@ class RoleModel:
     # --- FLOPs ----------------------------------------------------------------
     def forward_flops(self, tokens: float, context: float) -> float:
         """FLOPs of a forward pass over `tokens` new tokens that each attend to `context` tokens on average."""
-        if self.arch is None:
+        if self.shape is None:
             return 0.0
-        a = self._a()
+        a = self.shape
         matmul = self.layers * self.layer_split_params + self.head_split_params
         if self.value_head:
-            matmul += a.hidden_size
-        attention = 4 * self.layers * a.num_attention_heads * a.head_size * context
+            matmul += a.num_values * a.hidden_size
+        attention = 4 * self.layers * a.num_heads * a.head_dim * context
         return tokens * (2 * matmul + attention)
 
 
@@ -169,16 +171,20 @@ class Workload:
 
 def role_models(job: RLHFJob) -> dict[str, RoleModel]:
     spec = job.spec
-    from ..api.dataflow import TRAINED_ROLES
-
-    trained = TRAINED_ROLES[spec.algorithm.name]
+    algorithm = spec.algorithm.name
+    trained = TRAINED_ROLES[algorithm]
     out: dict[str, RoleModel] = {}
     for name, model in spec.models.present().items():
         arch = model.architecture.resolve() if model.architecture is not None else None
         dtype = DTYPE_BYTES[model.dtype]
         if isinstance(model, ModelSpec) or arch is not None:
             out[name] = RoleModel(
-                name, arch, dtype, name in trained, value_head=name in VALUE_HEAD_ROLES
+                name,
+                arch,
+                dtype,
+                name in trained,
+                value_head=role_head(name) == "value",
+                num_values=role_values(name, algorithm),
             )
         else:
             out[name] = RoleModel(name, None, dtype, False)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhf_operator.contract.sharding import Layout, rank_shards
 from rlhf_worker.engine import (
     GenerationConfig,
     OptimizerConfig,
@@ -27,10 +28,9 @@ from rlhf_worker.engine import (
     generate,
 )
 from rlhf_worker.model import Decoder, load_shards
+from rlhf_worker.model.tiny import build_tiny_model, tiny_hf_config
 from rlhf_worker.parallel.data import dp_slice
 from rlhf_worker.parallel.groups import context_for, groups_for, single_process_context
-from rlhf_worker.sharding import Layout, rank_shards
-from rlhf_worker.tiny import build_tiny_model, tiny_hf_config
 from tests.worker.distributed import run_distributed
 
 WORLD = 8

@@ -20,11 +20,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.model import load_shards
+from rlhf_worker.realloc.copies import offload_tensors, restore_tensors
 from rlhf_worker.realloc.execute import reallocate
 from rlhf_worker.realloc.plan import plan_reallocation
-from rlhf_worker.roles import offload_tensors, restore_tensors
-from rlhf_worker.sharding import Layout
 from tests.worker.distributed import free_port
 from tests.worker.engine.test_layouts import TOL, check_layout, compute_reference, too_far
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.engine import split_batch
 from rlhf_worker.parallel import dp_slice, layout_group_ranks
-from rlhf_worker.sharding import Layout
 
 
 def test_group_plan_is_fixed_and_complete() -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.engine import GenerationConfig, generate
 from rlhf_worker.engine.adamw import AdamWState, adamw_step
 from rlhf_worker.engine.generate import left_pad, sample, sequence_generators
 from rlhf_worker.model import Decoder, load_decoder
-from rlhf_worker.sharding import Layout
 
 PROMPTS = [[1, 30, 31, 32], [1, 40], [1, 50, 51, 52, 53, 54, 55]]
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from rlhf_operator.contract.sharding import Layout, ModelShape, rank_shards, region_numel
 from rlhf_worker.model import CheckpointError, load_shards, save_pretrained
 from rlhf_worker.model import checkpoint as checkpoint_module
-from rlhf_worker.sharding import Layout, ModelShape, rank_shards, region_numel
-from rlhf_worker.tiny import build_tiny_model, init_full_state, tiny_hf_config
+from rlhf_worker.model.tiny import build_tiny_model, init_full_state, tiny_hf_config
 
 SINGLE = Layout(ranks=(0,))
 

@@ -10,8 +10,8 @@ import torch
 
 from rlhf_worker.engine import OptimizerConfig, Trainer, forward_logprobs, forward_values
 from rlhf_worker.model import Decoder, load_shards
+from rlhf_worker.model.tiny import build_tiny_model, tiny_hf_config
 from rlhf_worker.parallel.groups import single_process_context
-from rlhf_worker.tiny import build_tiny_model, tiny_hf_config
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_worker.tiny import build_tiny, init_full_state, tiny_hf_config
+from rlhf_worker.model.tiny import build_tiny, init_full_state, tiny_hf_config
 
 
 def test_same_seed_same_weights() -> None:

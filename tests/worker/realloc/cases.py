@@ -5,27 +5,21 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from rlhf_worker.sharding import Layout, ModelShape, Region
+from rlhf_operator.contract.sharding import Layout, ModelShape, Region
+from rlhf_worker.model.tiny import SMALL, tiny_shape
 
-GQA = ModelShape(
-    hidden_size=32,
-    intermediate_size=48,
-    num_layers=3,
-    num_heads=8,
-    num_kv_heads=4,
-    head_dim=4,
-    vocab_size=40,
-)
-# tp 2, 3, 4 and 6 all shard it, so tp sizes that do not divide each other meet.
-ODD_TP = ModelShape(
+GQA = tiny_shape(**SMALL)
+# tp 2, 3, 4 and 6 all shard it, so tp sizes that do not divide each other meet; Qwen2's
+# q/k/v biases are split with their rows.
+ODD_TP = tiny_shape(
+    model_type="qwen2",
     hidden_size=24,
     intermediate_size=36,
-    num_layers=4,
-    num_heads=12,
-    num_kv_heads=12,
+    num_hidden_layers=4,
+    num_attention_heads=12,
+    num_key_value_heads=12,
     head_dim=2,
     vocab_size=36,
-    qkv_bias=True,
 )
 MODELS = {
     "gqa": GQA,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.realloc.plan import bytes_received, bytes_sent, plan_reallocation
-from rlhf_worker.sharding import Layout
 from tests.worker.distributed import run_distributed
 from tests.worker.realloc.cases import MODELS, random_pairs, reference_weights, slices
 
@@ -19,10 +19,10 @@ PAIRS = 60
 def _check_pairs(rank: int, world: int, seed: int, count: int) -> dict[str, int]:
     import torch
 
+    from rlhf_worker.model.storage import in_storage_order
+    from rlhf_worker.realloc.copies import house
     from rlhf_worker.realloc.execute import MemoryStats, local_copies, reallocate
     from rlhf_worker.realloc.pool import StoragePool
-    from rlhf_worker.roles import house
-    from rlhf_worker.storage import in_storage_order
 
     rng = random.Random(seed + 1)
     # One pool across pairs: destinations reuse the (stale) memory of earlier ones.
@@ -190,7 +190,7 @@ def test_steady_state_reallocations_reuse_the_pool_and_stay_exact() -> None:
 
 def _source_shards(plan: Any, rank: int, full: dict[str, Any]) -> dict[str, Any] | None:
     """This rank's source shards in the worker's memory order (None outside the source)."""
-    from rlhf_worker.storage import in_storage_order
+    from rlhf_worker.model.storage import in_storage_order
 
     if rank not in plan.src.ranks:
         return None

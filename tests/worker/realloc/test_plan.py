@@ -9,6 +9,7 @@ import sys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlhf_operator.contract.sharding import Layout, ModelShape, Region, region_numel
 from rlhf_worker.realloc.plan import (
     ReallocPlan,
     block_within,
@@ -27,7 +28,6 @@ from rlhf_worker.realloc.plan import (
     rank_program,
     storage_span,
 )
-from rlhf_worker.sharding import Layout, ModelShape, Region, region_numel
 from tests.worker.realloc.cases import GQA, MODELS
 
 
@@ -310,7 +310,7 @@ def test_storage_span_is_where_torch_finds_the_region_in_memory(
 ) -> None:
     import torch
 
-    from rlhf_worker.storage import empty_shard, flat_view, wire_view
+    from rlhf_worker.model.storage import empty_shard, flat_view, wire_view
 
     region, base, column_major = case
     shape = tuple(b - a for a, b in base)
@@ -390,7 +390,7 @@ def test_plan_module_imports_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import rlhf_worker.realloc.plan as p\n"
-        "from rlhf_worker.sharding import Layout, ModelShape\n"
+        "from rlhf_operator.contract.sharding import Layout, ModelShape\n"
         "m = ModelShape(32, 48, 2, 8, 4, 4, 40)\n"
         "print(p.bytes_moved(p.plan_reallocation(m, Layout((0,)), Layout((1,)), 1)))\n"
     )

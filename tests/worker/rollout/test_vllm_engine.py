@@ -19,24 +19,14 @@ if not vllm_available():
         allow_module_level=True,
     )
 
+from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.engine import GenerationConfig, OptimizerConfig, Trainer, generate
 from rlhf_worker.model import Decoder, load_decoder
-from rlhf_worker.rollout.engine import SamplingSpec, VllmEngine
+from rlhf_worker.model.tiny import VLLM, build_tiny_model, build_tokenizer, tiny_hf_config
+from rlhf_worker.rollout.engine import VllmEngine
 from rlhf_worker.rollout.weights import buckets, gathered_buckets, named_tensors
-from rlhf_worker.sharding import Layout
-from rlhf_worker.tiny import build_tiny_model, build_tokenizer, tiny_hf_config
 from tests.worker.distributed import run_distributed
 
-# vLLM's CPU attention wants head_dim >= 64; tp=2 splits 4 heads and 2 key/value heads.
-ARCH = dict(
-    hidden_size=256,
-    intermediate_size=512,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=64,
-    max_position_embeddings=256,
-)
 PROMPTS = [[1, 30, 31, 32], [1, 40], [1, 50, 51, 52, 53, 54, 55], [1, 7, 8]]
 STEPS = 10
 
@@ -44,7 +34,7 @@ STEPS = 10
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("vllm-tiny")
-    config = {**tiny_hf_config(), **ARCH}
+    config = tiny_hf_config(**VLLM)
     build_tiny_model(root, config, seed=7)
     build_tokenizer(root, vocab_size=int(config["vocab_size"]))
     return root
@@ -71,7 +61,7 @@ def greedy_torch(model: Decoder, eos: int | None = None) -> torch.Tensor:
 
 
 def greedy_vllm(engine: VllmEngine, eos: int | None = None) -> torch.Tensor:
-    spec = SamplingSpec(STEPS, True, 1.0, 1.0, eos, 0, 0)
+    spec = GenerationConfig(STEPS, True, 1.0, 1.0, eos, 0, 0)
     return engine.generate(PROMPTS, spec, sample_ids=range(len(PROMPTS))).tokens
 
 
@@ -84,7 +74,7 @@ def test_greedy_equals_torch_generator_for_the_same_weights(
     assert torch.equal(greedy_vllm(engine), greedy_torch(model))
     # With an EOS: vLLM stops at it, includes it, and pads after (the torch convention).
     eos = int(greedy_torch(model)[1, 3])
-    spec = SamplingSpec(STEPS, True, 1.0, 1.0, eos, 0, 0)
+    spec = GenerationConfig(STEPS, True, 1.0, 1.0, eos, 0, 0)
     out = engine.generate(PROMPTS, spec, sample_ids=range(len(PROMPTS)))
     ref = generate(model, PROMPTS, GenerationConfig(STEPS, eos_token_id=eos))
     assert torch.equal(out.lengths, ref.lengths)

@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.model import load_decoder
+from rlhf_worker.model.tiny import build_tiny_model, tiny_hf_config
 from rlhf_worker.rollout.weights import (
     buckets,
     check_layout,
@@ -16,8 +18,6 @@ from rlhf_worker.rollout.weights import (
     named_tensors,
     total_bytes,
 )
-from rlhf_worker.sharding import Layout
-from rlhf_worker.tiny import build_tiny_model, tiny_hf_config
 from tests.worker.distributed import run_distributed
 
 

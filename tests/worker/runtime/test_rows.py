@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
+from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.runtime.rows import plan_rows, rank_segments, replica_segments
-from rlhf_worker.sharding import Layout
 
 
 def test_replicas_of_a_train_call_hold_their_block_of_every_minibatch() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.model.config import ModelConfig
+from rlhf_worker.model.tiny import tiny_hf_config
 from rlhf_worker.runtime.state import RoleState
-from rlhf_worker.sharding import Layout
-from rlhf_worker.tiny import tiny_hf_config
 
 
 def role(home: Layout) -> RoleState:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from rlhf_operator.api.models import ArchitectureConfig
+from rlhf_operator.contract.sharding import HeadKind, Layout, ModelShape, Region, rank_shards
 from rlhf_worker.model.config import ModelConfig, architecture_mismatch
-from rlhf_worker.sharding import HeadKind, Layout, ModelShape, Region, rank_shards
-from rlhf_worker.storage import in_storage_order
+from rlhf_worker.model.storage import in_storage_order
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -49,6 +50,19 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
             f"{path}: model_type {cfg.get('model_type')!r} is not supported (llama, qwen2)"
         )
     return cfg
+
+
+def read_architecture(model_dir: str | Path) -> ArchitectureConfig:
+    """The architecture a model directory's config.json describes."""
+    cfg = read_config(model_dir)
+    try:
+        return ArchitectureConfig.from_hf_config(cfg)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CheckpointError(
+            f"{Path(model_dir) / 'config.json'}: {where}: {first['msg']}"
+        ) from None
 
 
 def tensor_files(model_dir: str | Path) -> dict[str, Path]:
@@ -87,14 +101,13 @@ def load_shards(
     A ``value`` head missing from the checkpoint (a critic started from a causal
     LM) is initialised deterministically.
     """
-    cfg = read_config(model_dir)
+    arch = read_architecture(model_dir)
     if expected is not None:
-        problem = architecture_mismatch(cfg, expected)
+        problem = architecture_mismatch(arch, ArchitectureConfig.from_hf_config(expected))
         if problem:
             raise CheckpointError(f"{Path(model_dir) / 'config.json'}: {problem}")
-    config = ModelConfig.from_hf(cfg, head=head)
-    if num_values != config.shape.num_values:  # e.g. Safe-RLHF's critic: reward and cost values
-        config = replace(config, shape=replace(config.shape, num_values=num_values))
+    # num_values: e.g. Safe-RLHF's critic predicts reward and cost values.
+    config = ModelConfig.of(arch, head, num_values)
     files = tensor_files(model_dir)
     specs = {p.name: p for p in config.shape.params()}
     regions = rank_shards(config.shape, layout, rank)

@@ -1,4 +1,10 @@
-"""The decoder's configuration, read from a Hugging Face config.json dict."""
+"""The decoder's configuration: an architecture (the API's `ArchitectureConfig`) and its shape.
+
+A config.json is read through `ArchitectureConfig.from_hf_config`, so a checkpoint's
+config, a manifest's architecture and the planner see the same fields with the same
+defaults; the shape (`contract.sharding.ModelShape`) says which parameters exist and
+how they are split.
+"""
 
 from __future__ import annotations
 
@@ -6,73 +12,63 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_worker.sharding import HeadKind, ModelShape
+from rlhf_operator.api.models import ArchitectureConfig
+from rlhf_operator.contract.sharding import HeadKind, ModelShape
 
-# The config.json fields that fix the architecture, and their defaults when absent.
-ARCHITECTURE_FIELDS: dict[str, Any] = {
-    "model_type": "llama",
-    "hidden_size": None,
-    "intermediate_size": None,
-    "num_hidden_layers": None,
-    "num_attention_heads": None,
-    "num_key_value_heads": None,
-    "head_dim": None,
-    "vocab_size": None,
-    "rope_theta": 10000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-}
+# The fields that fix the architecture: a checkpoint must agree with the plan on each.
+# (Not max_position_embeddings: a checkpoint may support longer sequences than planned.)
+COMPARED_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "rope_theta",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything the decoder's math needs: the shape plus RoPE and norm constants."""
 
+    arch: ArchitectureConfig
     shape: ModelShape
-    model_type: str = "llama"
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 4096
 
     @classmethod
-    def from_hf(cls, cfg: Mapping[str, Any], head: HeadKind = "lm") -> ModelConfig:
-        rope_theta = cfg.get("rope_theta")
-        if rope_theta is None:  # transformers 5 may nest it under rope_parameters
-            rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-        return cls(
-            shape=ModelShape.from_hf_config(cfg, head=head),
-            model_type=str(cfg.get("model_type", "llama")),
-            rope_theta=float(rope_theta),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-        )
+    def of(
+        cls, arch: ArchitectureConfig, head: HeadKind = "lm", num_values: int = 1
+    ) -> ModelConfig:
+        return cls(arch, ModelShape.from_architecture(arch, head, num_values))
+
+    @classmethod
+    def from_hf(
+        cls, cfg: Mapping[str, Any], head: HeadKind = "lm", num_values: int = 1
+    ) -> ModelConfig:
+        """From a config.json dict (pydantic's ValidationError names a bad field)."""
+        return cls.of(ArchitectureConfig.from_hf_config(cfg), head, num_values)
+
+    @property
+    def rope_theta(self) -> float:
+        return self.arch.rope_theta
+
+    @property
+    def rms_norm_eps(self) -> float:
+        return self.arch.rms_norm_eps
 
 
-def normalized_architecture(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The architecture fields of a config.json dict, defaults filled in, for comparison."""
-    out = {name: cfg.get(name, default) for name, default in ARCHITECTURE_FIELDS.items()}
-    if out["num_key_value_heads"] is None:
-        out["num_key_value_heads"] = out["num_attention_heads"]
-    if out["head_dim"] is None and out["hidden_size"] and out["num_attention_heads"]:
-        out["head_dim"] = out["hidden_size"] // out["num_attention_heads"]
-    if "rope_theta" not in cfg and "rope_parameters" in cfg:
-        out["rope_theta"] = (cfg["rope_parameters"] or {}).get("rope_theta", 10000.0)
-    return out
-
-
-def architecture_mismatch(actual: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+def architecture_mismatch(actual: ArchitectureConfig, expected: ArchitectureConfig) -> str | None:
     """The first architecture field where a checkpoint differs from what was planned, as text."""
-    a, e = normalized_architecture(actual), normalized_architecture(expected)
-    for name in ARCHITECTURE_FIELDS:
-        if name not in expected and name not in ("num_key_value_heads", "head_dim"):
-            continue  # the plan did not say; the checkpoint decides
+    a, e = actual.to_hf_config(), expected.to_hf_config()
+    for name in COMPARED_FIELDS:
         left, right = a[name], e[name]
         if isinstance(left, float) or isinstance(right, float):
-            same = (
-                left is not None
-                and right is not None
-                and abs(float(left) - float(right)) <= (1e-9 * max(1.0, abs(float(right))))
-            )
+            assert isinstance(left, int | float) and isinstance(right, int | float)
+            same = abs(float(left) - float(right)) <= 1e-9 * max(1.0, abs(float(right)))
         else:
             same = left == right
         if not same:

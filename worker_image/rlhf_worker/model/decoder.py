@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlhf_operator.contract.sharding import rank_shards, stage_layers
 from rlhf_worker.model.config import ModelConfig
 from rlhf_worker.parallel.groups import ParallelContext
 from rlhf_worker.parallel.tensor import copy_to_tp, reduce_from_tp, vocab_parallel_embedding
-from rlhf_worker.sharding import rank_shards, stage_layers
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from rlhf_operator.contract.sharding import HeadKind, Layout
 from rlhf_worker.model.checkpoint import load_shards
 from rlhf_worker.model.decoder import Decoder
 from rlhf_worker.parallel.groups import context_for
-from rlhf_worker.sharding import HeadKind, Layout
 
 
 def load_decoder(

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from rlhf_operator.contract.sharding import ModelShape
 from rlhf_worker.parallel.groups import Group, ParallelContext
-from rlhf_worker.sharding import ModelShape
 
 
 def dp_slice(total: int, dp: int, d: int) -> slice:

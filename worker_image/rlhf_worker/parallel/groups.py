@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from rlhf_worker.sharding import Layout
+from rlhf_operator.contract.sharding import Layout
 
 Group = Any  # a torch ProcessGroup; None means "no communication needed"
 

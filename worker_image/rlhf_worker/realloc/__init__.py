@@ -1,5 +1,8 @@
-"""Parameter reallocation between a role's parallel layouts.
+"""Parameter reallocation between a role's parallel layouts, and the copies it makes.
 
-``plan`` is pure and torch-free (the operator's cost model imports it);
-``execute`` moves the bytes with torch.distributed and is imported explicitly.
+- ``plan``: which slice of which parameter goes from which rank to which (pure, torch-free);
+- ``execute``: moves the bytes with torch.distributed, as one rank's program of a plan;
+- ``pool``: reused memory for transient copies on CPU;
+- ``copies``: a role's residency on one rank: the home copy, transient copies made by
+  reallocation, in-place resharding (``house``) and host offload.
 """

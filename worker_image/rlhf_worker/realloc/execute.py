@@ -6,7 +6,7 @@ posts its messages in an order both ends of every message agree on (``_steps``):
 * first, all together, every bucket that goes straight from one tensor into
   another: a single piece that is one block of memory at both ends (a
   tensor-parallel slice of any weight, since row-parallel weights are stored
-  column-major and travel transposed: see ``storage.py``). The message is a
+  column-major and travel transposed: see ``model/storage.py``). The message is a
   slice of the tensor's flat view at the span the plan worked out
   (``Transfer.span``): no packing copy, no memory beyond the tensors, and almost
   no work per message;
@@ -28,7 +28,7 @@ CPU work (loopback TCP copies in gloo's threads), so everything else a rank does
 competes with it for the cores. Beyond a raw transfer of the same bytes, a
 reallocation does the plan's local copies (what a rank keeps, e.g. half of every
 weight for tp2 -> tp1: as many bytes as it receives; none where the destination
-is a view of the source, or the source was kept inside it, ``roles.house``), sends one message per
+is a view of the source, or the source was kept inside it, ``copies.house``), sends one message per
 weight slice instead of one per pair of ranks (gloo's TCP transport exchanges
 ready notifications for each message before its data), and runs this module's
 bookkeeping: about a millisecond of Python per rank (1.2 ms for a rank of
@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from rlhf_worker.model.storage import empty_shard, flat_view, wire_view
 from rlhf_worker.realloc.plan import (
     DEFAULT_BUCKET_BYTES,
     RankProgram,
@@ -65,7 +66,6 @@ from rlhf_worker.realloc.plan import (
     region_shape,
 )
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.storage import empty_shard, flat_view, wire_view
 
 # Packing buffers of reallocations on CPU that are given no pool, kept for the next
 # steps and the next reallocations: at most four default buckets stay held idle.
@@ -131,7 +131,7 @@ def reallocate(
     ``max_buffer_bytes`` (default two buckets). With ``into``
     the destination shards it names are written into these existing tensors (e.g.
     the weights of a rollout engine that keeps its own buffers, or the buffers a
-    source shard is kept inside, ``roles.house``) instead of new ones. A local
+    source shard is kept inside, ``copies.house``) instead of new ones. A local
     copy whose destination is the very memory of its source is skipped.
     With ``pool`` (CPU only, see ``pool.py``) new destination shards and packing
     buffers come from storages freed by earlier reallocations, and the packing

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from rlhf_worker.sharding import (
+from rlhf_operator.contract.sharding import (
     Layout,
     ModelShape,
     Region,
@@ -413,7 +413,7 @@ def housing_indices(plan: ReallocPlan, rank: int) -> dict[str, Index]:
     """The parameters whose source shard on ``rank`` is one block of memory inside, and
     smaller than, its destination shard, with the source shard's index in it.
 
-    Kept inside a buffer shaped as its destination shard (``roles.house``), such a
+    Kept inside a buffer shaped as its destination shard (``copies.house``), such a
     source shard is already in place when the plan runs into that buffer: the rank's
     local copy of it is skipped, and only the bytes it lacks arrive around it
     (HybridFlow's zero-redundancy resharding).

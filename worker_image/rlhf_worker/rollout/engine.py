@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlhf_worker.engine import GenerationOutput
+from rlhf_worker.engine import GenerationConfig, GenerationOutput
 from rlhf_worker.rollout.extension import QUALNAME
 from rlhf_worker.rollout.weights import total_bytes
 
@@ -47,17 +47,6 @@ def vllm_available() -> bool:
     except Exception:  # an import that fails for any reason means: no vLLM here
         return False
     return True
-
-
-@dataclass(frozen=True)
-class SamplingSpec:
-    max_new_tokens: int
-    greedy: bool
-    temperature: float
-    top_p: float
-    eos_token_id: int | None
-    pad_token_id: int
-    seed: int
 
 
 @dataclass(frozen=True)
@@ -144,7 +133,7 @@ class VllmEngine:
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
-        spec: SamplingSpec,
+        spec: GenerationConfig,
         sample_ids: Sequence[int],
     ) -> GenerationOutput:
         """Responses right-padded to ``max_new_tokens``, their log-probabilities, lengths.

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from rlhf_operator.contract.sharding import Layout, ModelShape
 from rlhf_worker.parallel import ParallelContext
-from rlhf_worker.sharding import Layout, ModelShape
 
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
 

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from rlhf_worker import algorithms
-from rlhf_worker.engine import GenerationConfig, forward_logprobs, forward_values, generate
-from rlhf_worker.engine.generate import left_pad
-from rlhf_worker.reward_functions import load_reward_function, score
-from rlhf_worker.runtime.rows import rank_segments, replica_segments
+from rlhf_worker.engine import forward_logprobs, forward_values
+from rlhf_worker.rewards.functions import load_reward_function, score
+from rlhf_worker.runtime.generate import run_generation
+from rlhf_worker.runtime.rows import replica_segments
 from rlhf_worker.runtime.state import LocalData, Runtime
 
 
@@ -30,73 +30,10 @@ def run_call(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
     if rt.rank not in rt.layouts[name].ranks:
         return {}
     if call.kind == "generate":
-        if rt.spec.rollout.backend == "vllm":
-            # Imported here: the vLLM backend (and vLLM) loads only in jobs that ask for it.
-            from rlhf_worker.rollout.backend import generate_with_vllm
-
-            return generate_with_vllm(rt, name, iteration, greedy=call.greedy)
-        return _generate(rt, name, iteration, greedy=call.greedy)
+        return run_generation(rt, name, iteration)
     if call.kind == "inference":
         return _infer(rt, name, iteration)
     return _train(rt, name, iteration)
-
-
-# --- generation -------------------------------------------------------------------
-
-
-def _generate(rt: Runtime, name: str, iteration: int, greedy: bool) -> dict[str, float]:
-    call, layout = rt.calls[name], rt.layouts[name]
-    model = rt.roles[call.role].on(layout)
-    per_prompt = 1 if greedy else rt.samples_per_prompt
-    rows = int(rt.spec.data.batch_size) * per_prompt
-    segments = rank_segments(layout, rt.rank, rows)
-    prompts = rt.iteration_prompts(iteration)
-    rollout = rt.spec.rollout
-    config = GenerationConfig(
-        max_new_tokens=rt.response_width,
-        greedy=greedy or rollout.temperature == 0,
-        temperature=rollout.temperature or 1.0,
-        top_p=rollout.top_p,
-        eos_token_id=rt.tokenizer.eos_token_id,
-        pad_token_id=rt.tokenizer.pad_token_id,
-        seed=int(rt.spec.training.seed),
-    )
-    ids: list[Tensor] = []
-    masks: list[Tensor] = []
-    logprobs: list[Tensor] = []
-    row_ids = [r for start, stop in segments for r in range(start, stop)]
-    micro = max(1, rt.plan.call(name).micro_batches)
-    for chunk in _chunks(row_ids, micro):
-        chunk_prompts = [prompts[r // per_prompt].ids for r in chunk]
-        # Each sample has its own sampling stream: the same tokens whatever the layout.
-        out = generate(
-            model, chunk_prompts, config, sample_ids=[iteration * rows + r for r in chunk]
-        )
-        prompt_ids, prompt_mask = left_pad(chunk_prompts, config.pad_token_id, rt.prompt_width)
-        steps = torch.arange(rt.response_width).unsqueeze(0)
-        response_mask = (steps < out.lengths.unsqueeze(1)).long()
-        ids.append(torch.cat([prompt_ids, out.tokens], dim=1))
-        masks.append(torch.cat([prompt_mask, response_mask], dim=1))
-        logprobs.append(out.logprobs)
-    key = call.outputs[0]
-    rt.data[(key, name)] = LocalData(
-        segments, {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
-    )
-    if len(call.outputs) > 1:
-        rt.data[(call.outputs[1], name)] = LocalData(segments, {"value": torch.cat(logprobs)})
-    attention = torch.cat(masks)
-    lengths = attention[:, rt.prompt_width :].sum(dim=1).float()
-    metrics = {"response_length_mean": float(lengths.mean())}
-    p_index, _, t_index = layout.coords(rt.rank)
-    if p_index == 0 and t_index == 0:  # one rank per replica counts its rows, for the totals
-        metrics["tokens"] = float(attention.sum())
-        metrics["samples"] = float(len(row_ids))
-    return metrics
-
-
-def _chunks(items: list[int], parts: int) -> list[list[int]]:
-    size = max(1, -(-len(items) // parts))
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # --- inference: reference log-probabilities, values, reward/cost scores ------------

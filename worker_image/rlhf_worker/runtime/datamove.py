@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from rlhf_operator.coordinator.schedule import SEQUENCE_KEYS
+from rlhf_operator.api.dataflow import SEQUENCE_KEYS
 from rlhf_worker.runtime.rows import plan_rows, rank_segments
 from rlhf_worker.runtime.state import LocalData, Runtime
 

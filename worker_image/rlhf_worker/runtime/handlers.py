@@ -1,4 +1,4 @@
-"""The main job's command handlers: thin wrappers from commands to the runtime.
+"""The main job's command handlers: thin wrappers from typed commands to the runtime.
 
 The agent dispatches each command by name to one of these; `python -m
 rlhf_worker` includes this table. Each handler returns a small JSON object
@@ -8,18 +8,16 @@ rlhf_worker` includes this table. Each handler returns a small JSON object
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from rlhf_operator.api.job import RLHFJob
+from rlhf_operator.contract.plan import call_layout, home_layouts
 from rlhf_operator.controlplane import messages as m
-from rlhf_operator.coordinator.schedule import call_layout, home_layouts
-from rlhf_operator.planner.plan import Plan
 from rlhf_worker.agent import Handler, Invocation
 from rlhf_worker.runtime import calls, datamove, models, offload, persist
 from rlhf_worker.runtime.state import Runtime, create_layout_groups, job_calls, seed_everything
-from rlhf_worker.sharding import Layout
 
 RUNTIME_KEY = "runtime"
+C = TypeVar("C")
 
 
 def _runtime(inv: Invocation) -> Runtime:
@@ -29,10 +27,11 @@ def _runtime(inv: Invocation) -> Runtime:
     return rt
 
 
-def _layout(msg: m.Layout | dict[str, Any]) -> Layout:
-    if isinstance(msg, dict):
-        return Layout(tuple(msg["ranks"]), msg.get("pp", 1), msg.get("dp", 1), msg.get("tp", 1))
-    return Layout(tuple(msg.ranks), msg.pp, msg.dp, msg.tp)
+def _command(inv: Invocation, kind: type[C]) -> C:
+    """The invocation's command, which the handler table guarantees is of `kind`."""
+    if not isinstance(inv.command, kind):
+        raise TypeError(f"expected a {kind.__name__} command, got {type(inv.command).__name__}")
+    return inv.command
 
 
 def prepare(inv: Invocation) -> dict[str, Any]:
@@ -40,11 +39,10 @@ def prepare(inv: Invocation) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
-    from rlhf_worker.data import load_prompts, load_tokenizer
+    from rlhf_worker.data.prompts import load_prompts, load_tokenizer
 
-    args = inv.args
-    job = RLHFJob.model_validate(args["job"])
-    plan = Plan.from_dict(args["plan"])
+    cmd = _command(inv, m.Prepare)
+    job, plan = cmd.job, cmd.plan
     # The worker's own launch environment says which device it has (RLHF_DEVICE).
     cfg = inv.worker.config
     device = torch.device("cuda", cfg.local_rank) if cfg.device == "cuda" else torch.device("cpu")
@@ -57,8 +55,8 @@ def prepare(inv: Invocation) -> dict[str, Any]:
         device=device,
         job=job,
         plan=plan,
-        base_dir=Path(args["base_dir"]),
-        output_dir=Path(args["output_dir"]),
+        base_dir=Path(cmd.base_dir),
+        output_dir=Path(cmd.output_dir),
         calls={c.name: c for c in job_call_list},
         layouts=layouts,
         homes=homes,
@@ -74,91 +72,87 @@ def prepare(inv: Invocation) -> dict[str, Any]:
 
 
 def load_role(inv: Invocation) -> dict[str, Any]:
-    cmd = inv.command
-    assert isinstance(cmd, m.LoadRole)
-    rt = _runtime(inv)
-    models.load_role(rt, cmd.role, _layout(cmd.layout))
+    cmd, rt = _command(inv, m.LoadRole), _runtime(inv)
+    models.load_role(rt, cmd.role, cmd.layout)
     if cmd.role in offload.offloaded_roles(rt):  # kept in host memory between its calls
         offload.offload_role(rt, cmd.role)
     return {}
 
 
 def reallocate(inv: Invocation) -> dict[str, Any]:
-    cmd = inv.command
-    assert isinstance(cmd, m.Reallocate)
-    return models.reallocate_role(_runtime(inv), cmd.role, _layout(cmd.src), _layout(cmd.dst))
+    cmd = _command(inv, m.Reallocate)
+    return models.reallocate_role(_runtime(inv), cmd.role, cmd.src, cmd.dst)
 
 
 def release(inv: Invocation) -> dict[str, Any]:
-    models.release_role(_runtime(inv), inv.args["role"], _layout(inv.args["layout"]))
+    cmd = _command(inv, m.Release)
+    models.release_role(_runtime(inv), cmd.role, cmd.layout)
     return {}
 
 
 def offload_role(inv: Invocation) -> dict[str, Any]:
-    return offload.offload_role(_runtime(inv), inv.args["role"])
+    return offload.offload_role(_runtime(inv), _command(inv, m.OffloadRole).role)
 
 
 def restore_role(inv: Invocation) -> dict[str, Any]:
-    return offload.restore_role(_runtime(inv), inv.args["role"])
+    return offload.restore_role(_runtime(inv), _command(inv, m.RestoreRole).role)
 
 
 def move_data(inv: Invocation) -> dict[str, Any]:
-    a = inv.args
-    received = datamove.move_data(_runtime(inv), a["key"], a["src_call"], a["dst_call"])
+    cmd = _command(inv, m.MoveData)
+    received = datamove.move_data(_runtime(inv), cmd.key, cmd.src_call, cmd.dst_call)
     return {"bytes_received": received}
 
 
 def run_call(inv: Invocation) -> dict[str, Any]:
-    cmd = inv.command
-    assert isinstance(cmd, m.RunCall)
+    cmd = _command(inv, m.RunCall)
     return calls.run_call(_runtime(inv), cmd.name, int(cmd.iteration))
 
 
 def end_iteration(inv: Invocation) -> dict[str, Any]:
+    _command(inv, m.EndIteration)
     _runtime(inv).data.clear()
     return {}
 
 
 def save_checkpoint(inv: Invocation) -> dict[str, Any]:
-    cmd = inv.command
-    assert isinstance(cmd, m.SaveCheckpoint)
+    cmd = _command(inv, m.SaveCheckpoint)
     return {"files": persist.save(_runtime(inv), Path(cmd.path), int(cmd.iteration))}
 
 
 def restore_checkpoint(inv: Invocation) -> dict[str, Any]:
-    cmd = inv.command
-    assert isinstance(cmd, m.RestoreCheckpoint)
+    cmd = _command(inv, m.RestoreCheckpoint)
     persist.restore(_runtime(inv), Path(cmd.path), int(cmd.iteration))
     return {}
 
 
 def export(inv: Invocation) -> dict[str, Any]:
-    cmd = inv.command
-    assert isinstance(cmd, m.Export)
+    cmd = _command(inv, m.Export)
     return {"written": persist.export(_runtime(inv), cmd.role, Path(cmd.path))}
 
 
 def shutdown(inv: Invocation) -> dict[str, Any]:
     """Close any vLLM engines (and their worker processes) before the agent's own shutdown."""
     from rlhf_worker.agent import shutdown as leave_process_group
-    from rlhf_worker.rollout.backend import shutdown_engines
+    from rlhf_worker.runtime.generate import shutdown_engines
 
     shutdown_engines()
     return leave_process_group(inv)
 
 
+# Keyed by each command's NAME (which the coordinator's command says), so the two cannot drift.
 HANDLERS: dict[str, Handler] = {
-    "shutdown": shutdown,
-    "prepare": prepare,
-    "load_role": load_role,
-    "reallocate": reallocate,
-    "release": release,
-    "offload_role": offload_role,
-    "restore_role": restore_role,
-    "move_data": move_data,
-    "run_call": run_call,
-    "end_iteration": end_iteration,
-    "save_checkpoint": save_checkpoint,
-    "restore_checkpoint": restore_checkpoint,
-    "export": export,
+    m.Shutdown.NAME: shutdown,
+    m.Prepare.NAME: prepare,
+    m.LoadRole.NAME: load_role,
+    m.Reallocate.NAME: reallocate,
+    m.Release.NAME: release,
+    m.OffloadRole.NAME: offload_role,
+    m.RestoreRole.NAME: restore_role,
+    m.MoveData.NAME: move_data,
+    m.RunCall.NAME: run_call,
+    m.EndIteration.NAME: end_iteration,
+    m.SaveCheckpoint.NAME: save_checkpoint,
+    m.RestoreCheckpoint.NAME: restore_checkpoint,
+    m.Export.NAME: export,
 }

@@ -11,24 +11,23 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from rlhf_operator.contract.sharding import Layout, role_head, role_values
 from rlhf_worker.engine import OptimizerConfig, Trainer
 from rlhf_worker.engine.forward import Output
 from rlhf_worker.model.checkpoint import load_shards
 from rlhf_worker.model.config import ModelConfig
 from rlhf_worker.model.decoder import Decoder
+from rlhf_worker.model.tiny import build_tiny_model, build_tokenizer
 from rlhf_worker.parallel.groups import context_for
+from rlhf_worker.realloc.copies import house, release_copy, transient_copy
 from rlhf_worker.realloc.execute import MemoryStats
 from rlhf_worker.realloc.plan import bytes_received
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.roles import house, release_copy, transient_copy
-from rlhf_worker.runtime.state import RoleState, Runtime, model_dir_for, role_head
-from rlhf_worker.sharding import Layout
-from rlhf_worker.tiny import build_tiny_model, build_tokenizer
+from rlhf_worker.runtime.state import RoleState, Runtime, model_dir_for
 
 
 def ensure_model_dirs(rt: Runtime) -> None:
@@ -59,12 +58,12 @@ def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
     """Load a role's shards for this rank under its home layout (the checkpoint on the volume)."""
     model = rt.spec.models.present()[role]
     assert model.architecture is not None
-    expected = model.architecture.resolve().to_hf_config()
-    head = role_head(role)
+    arch = model.architecture.resolve()
+    expected = arch.to_hf_config()
+    head, values = role_head(role), role_values(role, rt.spec.algorithm.name)
     state = rt.roles.get(role)
     if rt.rank not in layout.ranks:
-        config = with_values(ModelConfig.from_hf(expected, head=head), num_values(rt, role))
-        state = state or RoleState(role, head, config, expected, layout)
+        state = state or RoleState(role, head, ModelConfig.of(arch, head, values), expected, layout)
         rt.roles[role] = state
         return state
     config, shards = load_shards(
@@ -74,7 +73,7 @@ def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
         head=head,
         expected=expected,
         dtype=rt.dtype(role),
-        num_values=num_values(rt, role),
+        num_values=values,
     )
     shards = {k: v.to(rt.device) for k, v in shards.items()}
     decoder = Decoder(config, context_for(layout, rt.rank), shards)
@@ -83,11 +82,6 @@ def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
         state.trainer = Trainer(decoder, optimizer_config(rt, role), output=output_of(role))
     rt.roles[role] = state
     return state
-
-
-def num_values(rt: Runtime, role: str) -> int:
-    """Outputs of a role's value head: Safe-RLHF's critic predicts reward and cost values."""
-    return 2 if role == "critic" and rt.spec.algorithm.name == "safe-rlhf" else 1
 
 
 def trained_roles(rt: Runtime) -> set[str]:
@@ -174,8 +168,3 @@ def release_role(rt: Runtime, role: str, layout: Layout) -> None:
         home = state.model.local_state() if state.model is not None else None
         shards: dict[str, torch.Tensor] = dict(copy.local_state())
         release_copy(shards, home, _copy_pool(rt))
-
-
-def with_values(config: ModelConfig, num_values: int) -> ModelConfig:
-    """A value-head config with `num_values` outputs (Safe-RLHF's critic has two)."""
-    return replace(config, shape=replace(config.shape, num_values=num_values))

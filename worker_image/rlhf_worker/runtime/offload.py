@@ -5,13 +5,13 @@ optimizer owns the parameters) is moved to host memory right after it is
 loaded; each iteration the coordinator restores it onto its home devices
 before its first use and offloads it again after its last (see the
 coordinator's schedule). The parameters are emptied and refilled in place
-(``rlhf_worker.roles.offload_tensors``), so the modules built on them stay
+(``rlhf_worker.realloc.copies.offload_tensors``), so the modules built on them stay
 valid and nothing else has to know.
 """
 
 from __future__ import annotations
 
-from rlhf_worker.roles import offload_tensors, restore_tensors
+from rlhf_worker.realloc.copies import offload_tensors, restore_tensors
 from rlhf_worker.runtime.state import Runtime
 
 

@@ -4,7 +4,7 @@ A rank saves what it owns: for every trained role whose home layout includes
 it, its parameter shards and optimizer state (frozen roles never change: a
 restart reads them again from their model directories); the algorithm
 states of its train calls; its RNG states. The coordinator merges every rank's
-manifest and writes the commit marker (`rlhf_worker.checkpoint.commit`), so a
+manifest and writes the commit marker (`contract.checkpoints.commit`), so a
 checkpoint is complete only once every rank's files are safely on disk.
 """
 
@@ -16,20 +16,20 @@ from typing import Any
 
 import torch
 
-from rlhf_worker.checkpoint import (
+from rlhf_operator.contract.checkpoints import checkpoint_dir
+from rlhf_operator.contract.sharding import Layout
+from rlhf_worker.model.checkpoint import save_pretrained
+from rlhf_worker.realloc.execute import reallocate
+from rlhf_worker.realloc.plan import plan_reallocation
+from rlhf_worker.runtime.rank_files import (
     capture_rng,
-    checkpoint_dir,
     join_tensors,
     read_rank_files,
     restore_rng,
     split_tensors,
     write_rank_files,
 )
-from rlhf_worker.model.checkpoint import save_pretrained
-from rlhf_worker.realloc.execute import reallocate
-from rlhf_worker.realloc.plan import plan_reallocation
 from rlhf_worker.runtime.state import Runtime
-from rlhf_worker.sharding import Layout
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhf_worker.sharding import Layout
+from rlhf_operator.contract.sharding import Layout
 
 Segment = tuple[int, int]  # rows [start, stop)
 
@@ -44,7 +44,9 @@ def rank_segments(
 
 
 @dataclass(frozen=True)
-class Transfer:
+class RowTransfer:
+    """Rows of one data key sent from one rank to another (or copied, when both are one)."""
+
     src: int
     dst: int
     rows: Segment  # global rows
@@ -59,7 +61,7 @@ def plan_rows(
     src_chunks: int = 1,
     dst_chunks: int = 1,
     dst_replicated: bool = False,
-) -> list[Transfer]:
+) -> list[RowTransfer]:
     """Who sends which rows to whom. A transfer with src == dst is a local copy."""
     holders: list[tuple[Segment, list[int]]] = []
     for d in range(src.dp):
@@ -67,7 +69,7 @@ def plan_rows(
         for segment in replica_segments(rows, src.dp, d, src_chunks):
             holders.append((segment, ranks))
     sent = dict.fromkeys(src.ranks, 0)
-    transfers: list[Transfer] = []
+    transfers: list[RowTransfer] = []
     for rank in dst.ranks:
         offset = 0
         for start, stop in rank_segments(dst, rank, rows, dst_chunks, dst_replicated):
@@ -77,7 +79,7 @@ def plan_rows(
                     continue
                 sender = _sender(rank, ranks, node_of, sent)
                 sent[sender] += hi - lo
-                transfers.append(Transfer(sender, rank, (lo, hi), offset + lo - start))
+                transfers.append(RowTransfer(sender, rank, (lo, hi), offset + lo - start))
             offset += stop - start
     return transfers
 

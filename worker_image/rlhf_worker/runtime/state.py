@@ -21,14 +21,14 @@ import torch
 from rlhf_operator.api.dataflow import Call, calls_for
 from rlhf_operator.api.job import RLHFJob
 from rlhf_operator.api.models import ModelSpec, RewardModelSpec
-from rlhf_operator.planner.plan import Plan
-from rlhf_worker.data import Prompt, epoch_order
+from rlhf_operator.contract.plan import Plan
+from rlhf_operator.contract.sharding import HeadKind, Layout, role_head
+from rlhf_worker.data.prompts import Prompt, epoch_order
 from rlhf_worker.engine import Trainer
 from rlhf_worker.model.config import ModelConfig
 from rlhf_worker.model.decoder import Decoder
 from rlhf_worker.parallel.groups import groups_for
 from rlhf_worker.realloc.plan import ReallocPlan, plan_reallocation
-from rlhf_worker.sharding import HeadKind, Layout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -185,10 +185,6 @@ class Runtime:
         return out
 
 
-def role_head(role: str) -> HeadKind:
-    return "lm" if role in ("actor", "ref") else "value"
-
-
 def model_dir_for(
     output_dir: Path, base_dir: Path, role: str, model: ModelSpec | RewardModelSpec
 ) -> Path:
@@ -212,17 +208,6 @@ def create_layout_groups(layouts: list[Layout]) -> None:
     """Create every layout's process groups, in the given order, on every rank (collective)."""
     for layout in layouts:
         groups_for(layout)
-
-
-def distinct_layouts(
-    calls: list[Call], layouts: dict[str, Layout], extra: list[Layout]
-) -> list[Layout]:
-    """The plan's layouts in a fixed order (every rank must create groups in the same order)."""
-    out: list[Layout] = []
-    for layout in [layouts[c.name] for c in calls] + extra:
-        if layout not in out:
-            out.append(layout)
-    return out
 
 
 def job_calls(job: RLHFJob) -> list[Call]:

@@ -70,6 +70,18 @@ class InitProcessGroup(_message.Message):
     timeout_seconds: float
     def __init__(self, timeout_seconds: _Optional[float] = ...) -> None: ...
 
+class Prepare(_message.Message):
+    __slots__ = ("job", "plan", "base_dir", "output_dir")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIR_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    job: bytes
+    plan: bytes
+    base_dir: str
+    output_dir: str
+    def __init__(self, job: _Optional[bytes] = ..., plan: _Optional[bytes] = ..., base_dir: _Optional[str] = ..., output_dir: _Optional[str] = ...) -> None: ...
+
 class LoadRole(_message.Message):
     __slots__ = ("role", "layout", "model_source")
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +113,42 @@ class Reallocate(_message.Message):
     from_layout: Layout
     to_layout: Layout
     def __init__(self, role: _Optional[str] = ..., from_layout: _Optional[_Union[Layout, _Mapping]] = ..., to_layout: _Optional[_Union[Layout, _Mapping]] = ...) -> None: ...
+
+class MoveData(_message.Message):
+    __slots__ = ("key", "src_call", "dst_call")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SRC_CALL_FIELD_NUMBER: _ClassVar[int]
+    DST_CALL_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    src_call: str
+    dst_call: str
+    def __init__(self, key: _Optional[str] = ..., src_call: _Optional[str] = ..., dst_call: _Optional[str] = ...) -> None: ...
+
+class Release(_message.Message):
+    __slots__ = ("role", "layout")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    layout: Layout
+    def __init__(self, role: _Optional[str] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ...) -> None: ...
+
+class OffloadRole(_message.Message):
+    __slots__ = ("role",)
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    def __init__(self, role: _Optional[str] = ...) -> None: ...
+
+class RestoreRole(_message.Message):
+    __slots__ = ("role",)
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    def __init__(self, role: _Optional[str] = ...) -> None: ...
+
+class EndIteration(_message.Message):
+    __slots__ = ("iteration",)
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    def __init__(self, iteration: _Optional[int] = ...) -> None: ...
 
 class SaveCheckpoint(_message.Message):
     __slots__ = ("path", "iteration")
@@ -139,7 +187,7 @@ class Custom(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("command_id", "deadline_seconds", "args", "init_process_group", "load_role", "run_call", "reallocate", "save_checkpoint", "restore_checkpoint", "export", "shutdown", "custom")
+    __slots__ = ("command_id", "deadline_seconds", "args", "init_process_group", "load_role", "run_call", "reallocate", "save_checkpoint", "restore_checkpoint", "export", "shutdown", "custom", "prepare", "move_data", "release", "offload_role", "restore_role", "end_iteration")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +200,12 @@ class Command(_message.Message):
     EXPORT_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
+    MOVE_DATA_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_ROLE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_ROLE_FIELD_NUMBER: _ClassVar[int]
+    END_ITERATION_FIELD_NUMBER: _ClassVar[int]
     command_id: int
     deadline_seconds: float
     args: bytes
@@ -164,7 +218,13 @@ class Command(_message.Message):
     export: Export
     shutdown: Shutdown
     custom: Custom
-    def __init__(self, command_id: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., args: _Optional[bytes] = ..., init_process_group: _Optional[_Union[InitProcessGroup, _Mapping]] = ..., load_role: _Optional[_Union[LoadRole, _Mapping]] = ..., run_call: _Optional[_Union[RunCall, _Mapping]] = ..., reallocate: _Optional[_Union[Reallocate, _Mapping]] = ..., save_checkpoint: _Optional[_Union[SaveCheckpoint, _Mapping]] = ..., restore_checkpoint: _Optional[_Union[RestoreCheckpoint, _Mapping]] = ..., export: _Optional[_Union[Export, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., custom: _Optional[_Union[Custom, _Mapping]] = ...) -> None: ...
+    prepare: Prepare
+    move_data: MoveData
+    release: Release
+    offload_role: OffloadRole
+    restore_role: RestoreRole
+    end_iteration: EndIteration
+    def __init__(self, command_id: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., args: _Optional[bytes] = ..., init_process_group: _Optional[_Union[InitProcessGroup, _Mapping]] = ..., load_role: _Optional[_Union[LoadRole, _Mapping]] = ..., run_call: _Optional[_Union[RunCall, _Mapping]] = ..., reallocate: _Optional[_Union[Reallocate, _Mapping]] = ..., save_checkpoint: _Optional[_Union[SaveCheckpoint, _Mapping]] = ..., restore_checkpoint: _Optional[_Union[RestoreCheckpoint, _Mapping]] = ..., export: _Optional[_Union[Export, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., custom: _Optional[_Union[Custom, _Mapping]] = ..., prepare: _Optional[_Union[Prepare, _Mapping]] = ..., move_data: _Optional[_Union[MoveData, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., offload_role: _Optional[_Union[OffloadRole, _Mapping]] = ..., restore_role: _Optional[_Union[RestoreRole, _Mapping]] = ..., end_iteration: _Optional[_Union[EndIteration, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("job_id", "rank", "session_id")

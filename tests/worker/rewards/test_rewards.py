@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlhf_worker import rewards
-from rlhf_worker.reward_functions import (
+from rlhf_worker.rewards.functions import (
     RewardFunctionError,
     as_reward,
     function_name,
@@ -152,7 +152,7 @@ def test_as_reward_accepts_numbers_of_every_kind() -> None:
 
 
 def test_function_name() -> None:
-    assert function_name(rewards.digit_fraction) == "rlhf_worker.rewards:digit_fraction"
+    assert function_name(rewards.digit_fraction) == "rlhf_worker.rewards.rules:digit_fraction"
 
 
 # ---------------------------------------------------------------- built-in rewards

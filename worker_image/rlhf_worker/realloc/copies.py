@@ -29,10 +29,10 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
+from rlhf_worker.model.storage import empty_shard
 from rlhf_worker.realloc.execute import MemoryStats, reallocate
 from rlhf_worker.realloc.plan import ReallocPlan, housing_indices, region_shape
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.storage import empty_shard
 
 
 def transient_copy(

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
+from rlhf_operator.contract.sharding import Layout, ModelShape
 from rlhf_worker.model import load_shards
+from rlhf_worker.model.storage import empty_shard, in_storage_order, wire_view
+from rlhf_worker.model.tiny import tiny_hf_config
+from rlhf_worker.realloc.copies import offload_tensors, restore_tensors
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.roles import offload_tensors, restore_tensors
-from rlhf_worker.sharding import Layout, ModelShape
-from rlhf_worker.storage import empty_shard, in_storage_order, wire_view
-from rlhf_worker.tiny import tiny_hf_config
 
 
 def is_column_major(t: torch.Tensor) -> bool:

@@ -10,7 +10,7 @@ random-initialised model can visibly learn them within minutes on a CPU:
 - ``length_target``: closeness to ``TARGET_LENGTH`` characters.
 
 All return a float in [0, 1]. Any ``module:function`` with this signature can be
-used the same way (see ``rlhf_worker.reward_functions``).
+used the same way (see ``rlhf_worker.rewards.functions``).
 """
 
 from __future__ import annotations

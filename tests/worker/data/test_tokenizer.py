@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_worker.tiny import build_tokenizer
-from rlhf_worker.tokenizer import FastTokenizer, load
+from rlhf_worker.data.tokenizer import FastTokenizer, load
+from rlhf_worker.model.tiny import build_tokenizer
 
 
 def test_same_ids_special_tokens_and_decoding_as_transformers(tmp_path: Path) -> None:

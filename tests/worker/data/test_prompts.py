@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlhf_operator.api.spec import Data, PromptSource
-from rlhf_worker.data import (
+from rlhf_worker.data.prompts import (
     DataError,
     Prompt,
     PromptStream,

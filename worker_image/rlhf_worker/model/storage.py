@@ -1,7 +1,7 @@
 """How a shard is laid out in memory: row-major, or column-major for row-parallel weights.
 
-The convention is fixed in ``sharding.py`` (``ParamSpec.column_major``); this module
-is the torch side of it. Loading a checkpoint (``in_storage_order``) and
+The convention is fixed in the contract (``contract.sharding.ParamSpec.column_major``);
+this module is the torch side of it. Loading a checkpoint (``in_storage_order``) and
 reallocation (``empty_shard``) make shards in their order, and a shard keeps it
 for its whole life: the trainer's gradients and optimizer states follow the
 parameter's strides (torch's gradient layout contract and ``zeros_like``), and

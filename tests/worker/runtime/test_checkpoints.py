@@ -1,4 +1,8 @@
-"""Training checkpoints: atomic files, commit marker, finding the newest complete one, retention."""
+"""Training checkpoints: atomic files, commit marker, finding the newest complete one, retention.
+
+The directory, manifest and commit are the contract's (`contract.checkpoints`, torch-free);
+the rank files are the worker's (`runtime.rank_files`): these tests run both together.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ import numpy
 import pytest
 import torch
 
-from rlhf_worker import checkpoint as ckpt
-from rlhf_worker.checkpoint import CheckpointError
+from rlhf_operator.contract import checkpoints as ckpt
+from rlhf_operator.contract.checkpoints import CheckpointError
+from rlhf_worker.runtime import rank_files
 
 
 def sample_tensors(seed: int) -> dict[str, torch.Tensor]:
@@ -35,7 +40,7 @@ def save(root: Path, iteration: int, world_size: int = 2, commit: bool = True) -
     manifest: ckpt.Manifest = {}
     for rank in range(world_size):
         meta = {"data": {"epoch": 0, "offset": iteration}, "algorithm": {"lagrange": 1.5}}
-        manifest |= ckpt.write_rank_files(root, iteration, rank, sample_tensors(rank), meta)
+        manifest |= rank_files.write_rank_files(root, iteration, rank, sample_tensors(rank), meta)
     if commit:
         ckpt.commit(root, iteration, manifest, world_size)
     return manifest
@@ -43,10 +48,10 @@ def save(root: Path, iteration: int, world_size: int = 2, commit: bool = True) -
 
 def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
     tensors = sample_tensors(3)
-    meta = {"data": {"epoch": 2, "offset": 5}, "rng": ckpt.capture_rng()}
-    manifest = ckpt.write_rank_files(tmp_path, 4, 3, tensors, meta)
+    meta = {"data": {"epoch": 2, "offset": 5}, "rng": rank_files.capture_rng()}
+    manifest = rank_files.write_rank_files(tmp_path, 4, 3, tensors, meta)
     assert set(manifest) == {"rank-00003.safetensors", "rank-00003.json"}
-    loaded, loaded_meta = ckpt.read_rank_files(ckpt.checkpoint_dir(tmp_path, 4), 3)
+    loaded, loaded_meta = rank_files.read_rank_files(ckpt.checkpoint_dir(tmp_path, 4), 3)
     assert set(loaded) == set(tensors)
     for name, tensor in tensors.items():
         got = loaded[name]
@@ -96,7 +101,7 @@ def test_a_crash_inside_a_file_write_leaves_nothing(
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="No space left"):
-        ckpt.write_rank_files(tmp_path, 2, 0, sample_tensors(0), {})
+        rank_files.write_rank_files(tmp_path, 2, 0, sample_tensors(0), {})
     monkeypatch.undo()
     assert list((tmp_path / "iter-00000002").iterdir()) == []  # no final or temporary file
     info = ckpt.latest_complete(tmp_path)
@@ -120,7 +125,7 @@ def test_committed_checkpoints_are_never_rewritten(tmp_path: Path) -> None:
     save(tmp_path, 5)
     before = (tmp_path / "iter-00000005" / "rank-00000.safetensors").read_bytes()
     with pytest.raises(CheckpointError, match="already committed"):
-        ckpt.write_rank_files(tmp_path, 5, 0, sample_tensors(9), {})
+        rank_files.write_rank_files(tmp_path, 5, 0, sample_tensors(9), {})
     assert (tmp_path / "iter-00000005" / "rank-00000.safetensors").read_bytes() == before
 
 
@@ -191,17 +196,17 @@ def test_unreadable_checkpoint_root(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ):
         ckpt.latest_complete(tmp_path)
     with pytest.raises(CheckpointError, match="cannot create checkpoint directory"):
-        ckpt.write_rank_files(not_a_dir / "sub", 1, 0, {}, {})
+        rank_files.write_rank_files(not_a_dir / "sub", 1, 0, {}, {})
 
 
 def test_reading_a_missing_or_corrupt_rank(tmp_path: Path) -> None:
     save(tmp_path, 1)
     directory = tmp_path / "iter-00000001"
     with pytest.raises(CheckpointError, match="no files of rank 5"):
-        ckpt.read_rank_files(directory, 5)
+        rank_files.read_rank_files(directory, 5)
     (directory / "rank-00000.safetensors").write_bytes(b"\x00" * 4)
     with pytest.raises(CheckpointError, match="rank 0's files are corrupt") as info:
-        ckpt.read_rank_files(directory, 0)
+        rank_files.read_rank_files(directory, 0)
     assert "\n" not in str(info.value)
 
 
@@ -247,10 +252,10 @@ def test_retention_does_not_count_a_corrupt_checkpoint(tmp_path: Path) -> None:
 
 
 def test_rng_state_round_trip() -> None:
-    state = json.loads(json.dumps(ckpt.capture_rng()))  # as it goes through the JSON file
+    state = json.loads(json.dumps(rank_files.capture_rng()))  # as it goes through the JSON file
     expected = (random.random(), torch.rand(3), numpy.random.rand(2))
     random.random(), torch.rand(5), numpy.random.rand(4)  # move everything on
-    ckpt.restore_rng(state)
+    rank_files.restore_rng(state)
     got = (random.random(), torch.rand(3), numpy.random.rand(2))
     assert got[0] == expected[0]
     assert torch.equal(got[1], expected[1])
@@ -270,20 +275,20 @@ def test_optimizer_and_model_state_resume_bit_exactly(tmp_path: Path) -> None:
 
     for _ in range(3):
         step(model, opt)
-    model_tensors, model_skeleton = ckpt.split_tensors(model.state_dict(), "model")
-    opt_tensors, opt_skeleton = ckpt.split_tensors(opt.state_dict(), "optimizer")
+    model_tensors, model_skeleton = rank_files.split_tensors(model.state_dict(), "model")
+    opt_tensors, opt_skeleton = rank_files.split_tensors(opt.state_dict(), "optimizer")
     meta = {"model": model_skeleton, "optimizer": opt_skeleton}
-    manifest = ckpt.write_rank_files(tmp_path, 3, 0, model_tensors | opt_tensors, meta)
+    manifest = rank_files.write_rank_files(tmp_path, 3, 0, model_tensors | opt_tensors, meta)
     ckpt.commit(tmp_path, 3, manifest, world_size=1)
 
     info = ckpt.latest_complete(tmp_path)
     assert info is not None
-    tensors, loaded_meta = ckpt.read_rank_files(info.path, 0)
+    tensors, loaded_meta = rank_files.read_rank_files(info.path, 0)
     torch.manual_seed(1)
     resumed = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
     resumed_opt = torch.optim.AdamW(resumed.parameters(), lr=0.5)
-    resumed.load_state_dict(ckpt.join_tensors(loaded_meta["model"], tensors))
-    resumed_opt.load_state_dict(ckpt.join_tensors(loaded_meta["optimizer"], tensors))
+    resumed.load_state_dict(rank_files.join_tensors(loaded_meta["model"], tensors))
+    resumed_opt.load_state_dict(rank_files.join_tensors(loaded_meta["optimizer"], tensors))
     assert resumed_opt.param_groups[0]["betas"] == (0.9, 0.95)  # tuples stay tuples
     for _ in range(2):
         step(model, opt)
@@ -294,12 +299,12 @@ def test_optimizer_and_model_state_resume_bit_exactly(tmp_path: Path) -> None:
 
 def test_split_tensors_round_trip_and_errors() -> None:
     tree = {"a": [1, 2.5, None, "x", (torch.ones(2), True)], 3: {"b": torch.zeros(1)}}
-    tensors, skeleton = ckpt.split_tensors(tree, "s")
+    tensors, skeleton = rank_files.split_tensors(tree, "s")
     assert sorted(tensors) == ["s/3.b", "s/a.4.0"]
-    back = ckpt.join_tensors(json.loads(json.dumps(skeleton)), tensors)
+    back = rank_files.join_tensors(json.loads(json.dumps(skeleton)), tensors)
     assert back.keys() == tree.keys() and back["a"][:4] == [1, 2.5, None, "x"]
     assert isinstance(back["a"][4], tuple) and torch.equal(back[3]["b"], torch.zeros(1))
     with pytest.raises(CheckpointError, match="cannot save s/x: a set"):
-        ckpt.split_tensors({"x": {1, 2}}, "s")
+        rank_files.split_tensors({"x": {1, 2}}, "s")
     with pytest.raises(CheckpointError, match=r"checkpoint has no tensor 's/a\.4\.0'"):
-        ckpt.join_tensors(skeleton, {})
+        rank_files.join_tensors(skeleton, {})

@@ -1,16 +1,21 @@
 """The execution plan: the contract between planner, coordinator and workers.
 
-"What the plan says is what runs": the coordinator reads the plan back from
-the job's ConfigMap (`Plan.from_json`) and runs each call on its mesh with its
-layout; workers reallocate parameters between the calls' layouts. The JSON
-form (`Plan.to_json`) is documented in `README.md` next to this file.
+"What the plan says is what runs": the planner makes it, the coordinator reads
+it back from the job's ConfigMap (`Plan.from_json`) and runs each call on its
+mesh with its layout (`call_layout`); workers reallocate parameters between the
+calls' layouts, each role living at its home (`home_layouts`). The JSON form
+(`Plan.to_json`) is documented in `planner/README.md`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..api.dataflow import Call
+from .sharding import Layout
 
 PLAN_VERSION = 1
 
@@ -111,3 +116,20 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
+
+
+def call_layout(call: CallPlan, devices_per_node: int) -> Layout:
+    """A call's layout in global ranks (rank = node * devices_per_node + device)."""
+    ranks = tuple(node * devices_per_node + device for node, device in call.mesh)
+    return Layout(ranks=ranks, pp=call.pp, dp=call.dp, tp=call.tp)
+
+
+def home_layouts(plan: Plan, calls: Sequence[Call]) -> dict[str, Layout]:
+    """Where each role's parameters live between calls: its train call's layout, else its first call's."""
+    homes: dict[str, Layout] = {}
+    for call in calls:
+        if call.kind == "train":
+            homes[call.role] = call_layout(plan.call(call.name), plan.gpus_per_node)
+    for call in calls:
+        homes.setdefault(call.role, call_layout(plan.call(call.name), plan.gpus_per_node))
+    return homes

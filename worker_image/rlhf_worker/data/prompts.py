@@ -156,7 +156,7 @@ def _read_parquet(path: Path, field: str) -> list[str]:
 
 def load_tokenizer(model_dir: str | Path) -> Any:
     """The Hugging Face tokenizer saved in the actor's model directory (offline)."""
-    from rlhf_worker import tokenizer as tokenizer_module
+    from rlhf_worker.data import tokenizer as tokenizer_module
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

@@ -1,10 +1,10 @@
-"""Pieces of the vLLM generation call that need no engine (run without vLLM)."""
+"""Pieces of the generation calls that need no engine (run without vLLM)."""
 
 from __future__ import annotations
 
 import torch
 
-from rlhf_worker.rollout.backend import mismatch
+from rlhf_worker.runtime.generate import mismatch
 
 
 def test_mismatch_counts_only_response_tokens() -> None:

@@ -1,4 +1,5 @@
-"""The sharding conventions: every parameter is covered exactly once per replica."""
+"""The sharding conventions: every parameter is covered exactly once per replica; the model
+shape derives from the API's architecture and counts what the planner estimates with."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import itertools
 
 import pytest
 
-from rlhf_worker.sharding import (
+from rlhf_operator.contract.sharding import (
     Layout,
     ModelShape,
     param_stages,
@@ -14,16 +15,10 @@ from rlhf_worker.sharding import (
     region_numel,
     stage_layers,
 )
+from rlhf_worker.model.tiny import SMALL, tiny_shape
 
-TINY = ModelShape(
-    hidden_size=64,
-    intermediate_size=128,
-    num_layers=5,
-    num_heads=8,
-    num_kv_heads=4,
-    head_dim=8,
-    vocab_size=96,
-)
+# Five layers: pipeline stages of uneven sizes.
+TINY = tiny_shape(**{**SMALL, "num_hidden_layers": 5})
 
 
 def test_layout_rank_order_is_pp_then_dp_then_tp() -> None:
@@ -42,6 +37,10 @@ def test_layout_rank_order_is_pp_then_dp_then_tp() -> None:
 def test_layout_rejects_wrong_rank_count() -> None:
     with pytest.raises(ValueError, match="needs 4 ranks"):
         Layout(ranks=(0, 1, 2), dp=2, tp=2)
+
+
+def test_stages_are_balanced_and_earlier_ones_take_the_remainder() -> None:
+    assert [stage_layers(10, 3, s) for s in range(3)] == [range(0, 4), range(4, 7), range(7, 10)]
 
 
 @pytest.mark.parametrize("layers,pp", [(5, 1), (5, 2), (5, 3), (4, 4), (7, 2)])
@@ -99,3 +98,55 @@ def test_from_hf_config_and_layout_problems() -> None:
     assert model.layout_problems(pp=2, tp=4) == []
     assert any("key/value heads" in p for p in model.layout_problems(pp=1, tp=8))
     assert any("exceeds the 28 layers" in p for p in model.layout_problems(pp=29, tp=1))
+
+
+def test_the_shape_derives_from_the_api_architecture() -> None:
+    from rlhf_operator.api.models import PRESETS, ArchitectureConfig
+
+    arch = PRESETS["qwen2.5-7b"]
+    shape = ModelShape.from_architecture(arch)
+    assert (shape.num_layers, shape.num_heads, shape.num_kv_heads) == (28, 28, 4)
+    assert shape.head_dim == 128 and shape.qkv_bias
+    # A config.json is read through the same type, with the same defaults as a manifest:
+    # one rms_norm_eps default, whichever way the architecture arrives.
+    bare = {k: v for k, v in arch.to_hf_config().items() if k != "rms_norm_eps"}
+    read = ArchitectureConfig.from_hf_config(bare)
+    assert read.rms_norm_eps == ArchitectureConfig.model_fields["rms_norm_eps"].default
+    assert ModelShape.from_hf_config(bare) == shape
+    nested = {**bare, "rope_parameters": {"rope_theta": 5e5}}
+    del nested["rope_theta"]
+    assert ArchitectureConfig.from_hf_config(nested).rope_theta == 5e5
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("head", ["lm", "value"])
+def test_counts_add_up_to_the_parameter_list(tied: bool, head: str) -> None:
+    model = ModelShape(**{**TINY.__dict__, "tie_word_embeddings": tied, "head": head})
+    counts = model.counts
+    per_layer = [p for p in model.params() if p.layer == 0]
+    assert counts.layer_split + counts.layer_replicated == sum(p.numel for p in per_layer)
+    total = sum(p.numel for p in model.params())
+    # The tied embedding is counted on both ends (as the planner's memory bound does).
+    twice = model.vocab_size * model.hidden_size if tied and head == "lm" else 0
+    layers = model.num_layers * (counts.layer_split + counts.layer_replicated)
+    ends = counts.first_split + counts.last_split + counts.last_replicated
+    assert layers + ends == total + twice
+    assert counts.last_split == (0 if head == "value" else model.vocab_size * model.hidden_size)
+
+
+def test_roles_get_their_head() -> None:
+    from rlhf_operator.api.models import PRESETS
+    from rlhf_operator.contract.sharding import role_head, role_shape
+
+    assert [role_head(r) for r in ("actor", "ref", "critic", "reward", "cost")] == [
+        "lm",
+        "lm",
+        "value",
+        "value",
+        "value",
+    ]
+    critic = role_shape("critic", PRESETS["tiny"], "safe-rlhf")
+    assert critic.head == "value" and critic.num_values == 2
+    assert role_shape("critic", PRESETS["tiny"], "ppo").num_values == 1
+    score = next(p for p in critic.params() if p.name == "score.weight")
+    assert score.shape == (2, PRESETS["tiny"].hidden_size)

@@ -5,6 +5,11 @@ the Hugging Face format (same seed, same weights); ``build_tokenizer(dir)``
 trains a small byte-level BPE tokenizer with ``tokenizers`` on a built-in text
 and saves it so ``transformers.AutoTokenizer.from_pretrained(dir)`` loads it
 offline. ``build_tiny(dir)`` does both for the ``tiny`` preset.
+
+Tests and benchmarks take their models from here too: the preset
+(``tiny_hf_config()``), or one of the named variants below
+(``tiny_hf_config(**SMALL)``, ``tiny_shape(**SMALL)``), so that a test and a
+benchmark of the same path run the same model.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhf_operator.api.models import PRESETS, ArchitectureConfig
+from rlhf_operator.contract.sharding import HeadKind, ModelShape
 from rlhf_worker.model.checkpoint import save_pretrained
-from rlhf_worker.sharding import HeadKind, ModelShape
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)  # ids 0, 1, 2
@@ -36,13 +42,43 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12 100 1000. Punctuation: , . ; : ! ? ( ) " '
 """.strip()
 
 
-def tiny_hf_config() -> dict[str, Any]:
-    """The ``tiny`` preset's config.json, with the tokenizer's special token ids."""
-    from rlhf_operator.api.models import PRESETS
+# Variants of the preset (changes to its config.json) that tests and benchmarks share.
+SMALL: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 3,
+    "head_dim": 4,
+    "vocab_size": 40,
+}
+"""A few KB of weights with the preset's grouped-query attention (8 query heads over 4
+key/value heads, so tp 1, 2 and 4 shard it): layout, reallocation and residency tests."""
+VLLM: dict[str, Any] = {
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "max_position_embeddings": 512,
+}
+"""What vLLM's CPU build runs: head_dim 64 (its CPU attention wants at least 64) and 4
+query heads over 2 key/value heads (tp 2 splits them)."""
 
-    cfg = dict(PRESETS["tiny"].to_hf_config())
+
+def tiny_architecture(**changes: Any) -> ArchitectureConfig:
+    """The ``tiny`` preset's architecture with some fields changed (checked like a manifest's)."""
+    return ArchitectureConfig.model_validate({**dict(PRESETS["tiny"]), **changes})
+
+
+def tiny_hf_config(**changes: Any) -> dict[str, Any]:
+    """The ``tiny`` preset's config.json (with ``changes``), and the tokenizer's special token ids."""
+    cfg = dict(tiny_architecture(**changes).to_hf_config())
     cfg.update(pad_token_id=0, bos_token_id=1, eos_token_id=2, torch_dtype="float32")
     return cfg
+
+
+def tiny_shape(head: HeadKind = "lm", **changes: Any) -> ModelShape:
+    """The shape of the ``tiny`` preset (with ``changes``) under an lm or a value head."""
+    return ModelShape.from_architecture(tiny_architecture(**changes), head)
 
 
 def init_full_state(
@@ -102,10 +138,12 @@ def build_tiny(model_dir: str | Path, seed: int = 0, head: HeadKind = "lm") -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rlhf_worker.tiny DIR [--seed N] [--value]``: write the tiny preset to DIR."""
+    """``python -m rlhf_worker.model.tiny DIR [--seed N] [--value]``: write the tiny preset to DIR."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m rlhf_worker.tiny", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_worker.model.tiny", description=main.__doc__
+    )
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--value", action="store_true", help="a scalar value head (critic, reward)")

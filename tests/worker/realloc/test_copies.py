@@ -10,21 +10,19 @@ from typing import Any
 import pytest
 import torch
 
+from rlhf_operator.contract.sharding import Layout, rank_shards
+from rlhf_worker.realloc.copies import (
+    offload_tensors,
+    release_copy,
+    restore_tensors,
+    transient_copy,
+)
 from rlhf_worker.realloc.plan import plan_reallocation
 from rlhf_worker.realloc.pool import StoragePool
-from rlhf_worker.roles import offload_tensors, release_copy, restore_tensors, transient_copy
-from rlhf_worker.sharding import Layout, ModelShape, rank_shards
 from tests.worker.distributed import run_distributed
+from tests.worker.realloc.cases import GQA
 
-MODEL = ModelShape(
-    hidden_size=32,
-    intermediate_size=48,
-    num_layers=3,
-    num_heads=8,
-    num_kv_heads=4,
-    head_dim=4,
-    vocab_size=40,
-)
+MODEL = GQA
 
 
 def full_weights(seed: int = 7) -> dict[str, torch.Tensor]:

@@ -1,0 +1,9 @@
+"""A deliberately bad module: the contract reaching up into the coordinator."""
+
+from __future__ import annotations
+
+
+def steps() -> object:
+    from ..coordinator.schedule import iteration_steps
+
+    return iteration_steps
