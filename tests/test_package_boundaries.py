@@ -6,12 +6,14 @@
 - The worker imports from ``rlhf_operator`` only the contract layer: the API (``api``),
   the torch-free shared types (``contract``) and the wire (``controlplane``); never the
   planner, the coordinator, the Kubernetes code or the CLI.
-- The contract layer itself imports nothing else of ``rlhf_operator``, so the worker
-  cannot reach the rest of it through the contract either.
+- The contract layer itself (and ``rlhf_operator/__init__.py``, which runs whenever the
+  worker imports it) imports nothing else of ``rlhf_operator`` and nothing the worker
+  may not, so the worker cannot reach the rest through the contract either.
 
-Every import statement counts, lazy ones inside functions included, and relative
-imports are resolved to the modules they name. The checker is shown to catch each
-rule on a deliberately bad tree (``tests/boundary_fixture``).
+Every import statement counts, lazy ones inside functions included, relative imports
+resolved to the modules they name, and so do ``importlib.import_module("...")`` and
+``__import__("...")`` with a literal name. The checker is shown to catch each rule on a
+deliberately bad tree (``tests/boundary_fixture``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"rlhf_operator": "operator/rlhf_operator", "rlhf_worker": "worker_image/rlhf_worker"}
 CONTRACT = ("rlhf_operator.api", "rlhf_operator.contract", "rlhf_operator.controlplane")
+DYNAMIC_IMPORTS = {"import_module", "__import__"}
 FORBIDDEN = {
     "rlhf_operator": {"torch", "transformers", "safetensors", "vllm", "numpy"},
     "rlhf_worker": {"kopf", "kubernetes"},
@@ -47,7 +50,14 @@ def imports_of(path: Path, module: str) -> Iterator[tuple[int, str]]:
     """(line, absolute module or module.attribute) of every import in a file."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            literal = isinstance(first, ast.Constant) and isinstance(first.value, str)
+            if name in DYNAMIC_IMPORTS and literal:
+                yield node.lineno, str(first.value)
+        elif isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom):
@@ -65,13 +75,17 @@ def broken_rule(importer: str, imported: str) -> str | None:
     """The rule an import breaks, or None."""
     top = imported.split(".")[0]
     side = importer.split(".")[0]
+    # What the worker loads of rlhf_operator: the contract layer and the package's __init__.
+    shared = importer == "rlhf_operator" or _within(importer, CONTRACT)
     if top in FORBIDDEN.get(side, set()):
         return f"the {side} package never imports {top}"
+    if shared and top in FORBIDDEN["rlhf_worker"]:
+        return f"the contract layer never imports {top} (the worker loads it)"
     if side == "rlhf_operator" and top == "rlhf_worker":
         return "the operator side imports nothing from rlhf_worker"
     if side == "rlhf_worker" and top == "rlhf_operator" and not _within(imported, CONTRACT):
         return "the worker imports only the contract layer (api, contract, controlplane)"
-    if _within(importer, CONTRACT) and top == "rlhf_operator" and not _within(imported, CONTRACT):
+    if shared and top == "rlhf_operator" and not _within(imported, CONTRACT):
         return "the contract layer imports nothing else of rlhf_operator"
     return None
 
@@ -98,13 +112,19 @@ def test_the_checkout_keeps_every_rule() -> None:
 def test_the_checker_catches_each_rule_on_a_bad_tree() -> None:
     found = violations(ROOT / "tests" / "boundary_fixture")
     assert found == [
+        "operator/rlhf_operator/__init__.py:3: rlhf_operator.planner.leaky: "
+        "the contract layer imports nothing else of rlhf_operator",
         "operator/rlhf_operator/contract/upward.py:7: "
         "rlhf_operator.coordinator.schedule.iteration_steps: "
         "the contract layer imports nothing else of rlhf_operator",
-        "operator/rlhf_operator/planner/leaky.py:8: rlhf_worker.sharding.Layout: "
+        "operator/rlhf_operator/contract/upward.py:13: kopf: "
+        "the contract layer never imports kopf (the worker loads it)",
+        "operator/rlhf_operator/planner/leaky.py:10: rlhf_worker.sharding.Layout: "
         "the operator side imports nothing from rlhf_worker",
-        "operator/rlhf_operator/planner/leaky.py:14: torch: "
+        "operator/rlhf_operator/planner/leaky.py:16: torch: "
         "the rlhf_operator package never imports torch",
+        "operator/rlhf_operator/planner/leaky.py:22: rlhf_worker.engine: "
+        "the operator side imports nothing from rlhf_worker",
         "worker_image/rlhf_worker/reaching.py:5: rlhf_operator.planner.plan.Plan: "
         "the worker imports only the contract layer (api, contract, controlplane)",
         "worker_image/rlhf_worker/reaching.py:10: rlhf_operator.coordinator: "

@@ -80,6 +80,20 @@ def test_what_is_written_is_what_the_worker_reads(settings: WorkerSettings) -> N
     assert WorkerSettings.from_env(settings.to_env()) == settings
 
 
+def test_torch_s_own_variables_are_never_an_error() -> None:
+    # OpenMP reads forms of its own ("4,2": nested parallelism); only a plain count is ours.
+    environ = {**LOCAL.to_env(), "OMP_NUM_THREADS": "4,2", "GLOO_SOCKET_IFNAME": "eth1"}
+    settings = WorkerSettings.from_env(environ)
+    assert settings.threads_per_worker is None and settings.socket_ifname == "eth1"
+    assert WorkerSettings.from_env({**environ, "OMP_NUM_THREADS": "3"}).threads_per_worker == 3
+
+
+def test_seconds_read_back_exactly() -> None:
+    for seconds in (300.0, 12.5, 1234567.0, 0.1):
+        settings = replace(LOCAL, connect_timeout_s=seconds)
+        assert WorkerSettings.from_env(settings.to_env()).connect_timeout_s == seconds
+
+
 def test_token_from_a_mounted_secret_file(tmp_path) -> None:
     path = tmp_path / "token"
     path.write_text("from-the-secret\n")
@@ -114,7 +128,6 @@ def test_token_from_a_mounted_secret_file(tmp_path) -> None:
             "RLHF_TOKEN_FILE=/no/such/file: cannot read it",
         ),
         ({"RLHF_LOG_LEVEL": "loud"}, "RLHF_LOG_LEVEL='LOUD' must be one of"),
-        ({"OMP_NUM_THREADS": "0"}, "OMP_NUM_THREADS=0 must be >= 1"),
     ],
 )
 def test_bad_environment_is_named(change: dict[str, str | None], message: str) -> None:
@@ -135,6 +148,8 @@ def test_bad_environment_is_named(change: dict[str, str | None], message: str) -
         ({"token_file": None}, r"RLHF_TOKEN \(or RLHF_TOKEN_FILE\) is not set"),
         ({"device": "tpu"}, "RLHF_DEVICE='tpu' must be one of cpu, cuda"),
         ({"master_port": 0}, "MASTER_PORT=0 is not a TCP port"),
+        ({"job_id": " "}, "RLHF_JOB_ID is not set"),
+        ({"token_file": "/t", "threads_per_worker": 0}, "OMP_NUM_THREADS=0 must be >= 1"),
     ],
 )
 def test_bad_launch_settings_are_named_when_built(change: dict[str, object], message: str) -> None:

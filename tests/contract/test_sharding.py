@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from rlhf_operator.api.models import PRESETS
 from rlhf_operator.contract.sharding import (
     Layout,
     ModelShape,
@@ -15,10 +16,9 @@ from rlhf_operator.contract.sharding import (
     region_numel,
     stage_layers,
 )
-from rlhf_worker.model.tiny import SMALL, tiny_shape
 
-# Five layers: pipeline stages of uneven sizes.
-TINY = tiny_shape(**{**SMALL, "num_hidden_layers": 5})
+# The tiny preset: grouped-query attention (8 query heads over 4 key/value heads), 4 layers.
+TINY = ModelShape.from_architecture(PRESETS["tiny"])
 
 
 def test_layout_rank_order_is_pp_then_dp_then_tp() -> None:
@@ -101,7 +101,7 @@ def test_from_hf_config_and_layout_problems() -> None:
 
 
 def test_the_shape_derives_from_the_api_architecture() -> None:
-    from rlhf_operator.api.models import PRESETS, ArchitectureConfig
+    from rlhf_operator.api.models import ArchitectureConfig
 
     arch = PRESETS["qwen2.5-7b"]
     shape = ModelShape.from_architecture(arch)
@@ -135,7 +135,6 @@ def test_counts_add_up_to_the_parameter_list(tied: bool, head: str) -> None:
 
 
 def test_roles_get_their_head() -> None:
-    from rlhf_operator.api.models import PRESETS
     from rlhf_operator.contract.sharding import role_head, role_shape
 
     assert [role_head(r) for r in ("actor", "ref", "critic", "reward", "cost")] == [

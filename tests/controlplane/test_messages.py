@@ -131,6 +131,12 @@ def test_malformed_wire_commands_are_clear_errors():
         m.command_from_pb(bad_layout)
 
 
+def test_a_custom_command_cannot_borrow_a_core_command_s_name():
+    with pytest.raises(m.MessageError, match="'prepare' is a core command's name"):
+        m.command_to_pb(m.Envelope(1, m.Custom("prepare")))
+    assert {"prepare", "move_data", "release", "end_iteration"} <= m.CORE_NAMES
+
+
 def test_args_that_are_not_json_are_refused_when_sent():
     with pytest.raises(m.MessageError, match="args of command 'echo' is not JSON-serialisable"):
         m.command_to_pb(m.Envelope(1, m.Custom("echo"), {"x": object()}))

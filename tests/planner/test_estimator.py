@@ -170,9 +170,10 @@ def test_vllm_generation_layouts_are_what_the_worker_can_launch():
     w = workload_for(make_job("llama2-7b", gpus=16, backend="vllm"))
     cluster = Cluster(2, 8, load_profile("H100"))
     gen, train = w.call("actor_gen"), w.call("actor_train")
-    assert "pp must be 1" in strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(4, 2, 2))
+    assert "must have pp=1" in strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(4, 2, 2))
     # tp>1: one engine per tp consecutive ranks of the job's whole world.
-    assert "all 16 devices" in strategy_problem(w, gen, cluster, Mesh(0, 8), Strategy(4, 2, 1))
+    problem = strategy_problem(w, gen, cluster, Mesh(0, 8), Strategy(4, 2, 1))
+    assert "must span all 16 workers in rank order" in problem
     assert strategy_problem(w, gen, cluster, Mesh(0, 16), Strategy(8, 2, 1)) is None
     assert strategy_problem(w, gen, cluster, Mesh(8, 8), Strategy(8, 1, 1)) is None
     # Only generation is restricted, and only with vLLM.

@@ -8,7 +8,7 @@ from rlhf_operator.api.models import PRESETS
 from rlhf_operator.contract.sharding import ModelShape
 from rlhf_operator.planner.cluster import Cluster, Mesh
 from rlhf_operator.planner.profiles import load_profile
-from rlhf_operator.planner.reallocation import mesh_layout, transfer
+from rlhf_operator.planner.reallocation import transfer
 from rlhf_operator.planner.workload import RoleModel
 
 ROLE = RoleModel("actor", PRESETS["tiny"], dtype_bytes=4)
@@ -22,14 +22,14 @@ def cluster(nodes=1, per_node=8):
 
 
 def test_same_layout_moves_nothing():
-    key = mesh_layout(Mesh(0, 4), 2, 2, 1)
+    key = Mesh(0, 4).layout(2, 2, 1)
     assert transfer(ROLE, key, key, cluster()).total_bytes == 0
 
 
 def test_tp_merge_in_place():
     # tp=2 -> dp=2 on the same two devices: each rank keeps its half, fetches the other half
-    src = mesh_layout(Mesh(0, 2), 1, 2, 1)
-    dst = mesh_layout(Mesh(0, 2), 2, 1, 1)
+    src = Mesh(0, 2).layout(1, 2, 1)
+    dst = Mesh(0, 2).layout(2, 1, 1)
     got = transfer(ROLE, src, dst, cluster())
     assert got.total_bytes == pytest.approx(SPLIT, abs=2)
     assert got.max_inter_bytes == 0
@@ -38,14 +38,14 @@ def test_tp_merge_in_place():
 
 def test_tp_split_needs_nothing():
     # dp=2 tp=1 -> tp=2: every rank already holds the whole model
-    src = mesh_layout(Mesh(0, 2), 2, 1, 1)
-    dst = mesh_layout(Mesh(0, 2), 1, 2, 1)
+    src = Mesh(0, 2).layout(2, 1, 1)
+    dst = Mesh(0, 2).layout(1, 2, 1)
     assert transfer(ROLE, src, dst, cluster()).total_bytes == 0
 
 
 def test_to_another_node_everything_crosses():
-    src = mesh_layout(Mesh(0, 8), 1, 8, 1)
-    dst = mesh_layout(Mesh(8, 8), 2, 4, 1)
+    src = Mesh(0, 8).layout(1, 8, 1)
+    dst = Mesh(8, 8).layout(2, 4, 1)
     got = transfer(ROLE, src, dst, cluster(2, 8))
     # every destination rank needs its quarter of the split tensors and all replicated ones
     assert got.total_bytes == pytest.approx(8 * (SPLIT / 4 + REPL), abs=8)
@@ -55,8 +55,8 @@ def test_to_another_node_everything_crosses():
 
 def test_pipeline_to_data_parallel():
     # pp=2 -> dp=2 on the same two devices: each rank lacks exactly the other stage
-    src = mesh_layout(Mesh(0, 2), 1, 1, 2)
-    dst = mesh_layout(Mesh(0, 2), 2, 1, 1)
+    src = Mesh(0, 2).layout(1, 1, 2)
+    dst = Mesh(0, 2).layout(2, 1, 1)
     got = transfer(ROLE, src, dst, cluster())
     assert got.total_bytes == pytest.approx(ROLE.params * B, abs=2)
 
@@ -86,8 +86,8 @@ def test_matches_the_worker_planner(case, value_head):
     assert shape == ModelShape.from_architecture(arch, "value" if value_head else "lm")
 
     # One layout type: the planner's estimate and the workers' plan take the same layouts.
-    src = mesh_layout(Mesh(s[0], s[1]), *s[2:])
-    dst = mesh_layout(Mesh(d[0], d[1]), *d[2:])
+    src = Mesh(s[0], s[1]).layout(*s[2:])
+    dst = Mesh(d[0], d[1]).layout(*d[2:])
     assert src.ranks == tuple(range(s[0], s[0] + s[1])) and (src.dp, src.tp, src.pp) == s[2:]
     got = transfer(role, src, dst, cluster(nodes, per_node))
     lacking = realloc.lacking_bytes(shape, src, dst, element_bytes=4)

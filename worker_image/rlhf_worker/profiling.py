@@ -1,6 +1,7 @@
-"""Measure a device profile for the planner: `python -m rlhf_worker.profiling`.
+"""Measure a device for the planner's profile: `python -m rlhf_worker.profiling`.
 
-The torch side of `rlhfctl profile` (the operator package never imports torch).
+The torch side of `rlhfctl profile` (the operator package never imports torch),
+which runs this and then calibrates the engine terms from what it measured.
 Times, on the local CPU or on a GPU when present: GEMMs at a few token counts
 (peak rate and how fast small ones fall off), a whole decoder layer forward and
 one decode step (the tiny preset's shapes on CPU, a 7B-like layer on GPU: how

@@ -48,8 +48,8 @@ class ArchitectureConfig(ApiModel):
     """max_position_embeddings: longest sequence (prompt + response) the model supports."""
     rope_theta: Annotated[float, Field(gt=0)] = 10000.0
     """rope_theta: RoPE base frequency."""
-    rms_norm_eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    """rms_norm_eps: RMSNorm epsilon."""
+    rms_norm_eps: Annotated[float, Field(gt=0, lt=1)] = 1e-6
+    """rms_norm_eps: RMSNorm epsilon (default 1e-6, as Hugging Face's Llama and Qwen2 configs)."""
     tie_word_embeddings: bool = False
     """tie_word_embeddings: whether the output head shares the embedding matrix."""
 
@@ -108,6 +108,7 @@ PRESETS: dict[str, ArchitectureConfig] = {
         num_key_value_heads=4,
         vocab_size=512,
         max_position_embeddings=1024,
+        rms_norm_eps=1e-5,
     ),
     "llama2-7b": ArchitectureConfig(
         hidden_size=4096,
@@ -117,6 +118,7 @@ PRESETS: dict[str, ArchitectureConfig] = {
         num_key_value_heads=32,
         vocab_size=32000,
         max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
     ),
     "llama2-13b": ArchitectureConfig(
         hidden_size=5120,
@@ -126,6 +128,7 @@ PRESETS: dict[str, ArchitectureConfig] = {
         num_key_value_heads=40,
         vocab_size=32000,
         max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
     ),
     "codellama-34b": ArchitectureConfig(
         hidden_size=8192,
@@ -136,6 +139,7 @@ PRESETS: dict[str, ArchitectureConfig] = {
         vocab_size=32000,
         max_position_embeddings=16384,
         rope_theta=1_000_000.0,
+        rms_norm_eps=1e-5,
     ),
     "llama2-70b": ArchitectureConfig(
         hidden_size=8192,
@@ -145,6 +149,7 @@ PRESETS: dict[str, ArchitectureConfig] = {
         num_key_value_heads=8,
         vocab_size=32000,
         max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
     ),
     "qwen2.5-7b": ArchitectureConfig(
         model_type="qwen2",

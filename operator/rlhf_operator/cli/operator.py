@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
+
+from ..contract.launch import LOG_LEVELS
 
 
 def add_parser(sub: Any) -> None:
@@ -28,7 +31,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--metrics-port", type=int, help="port of /metrics (0: off; default 8080)")
     p.add_argument("--health-port", type=int, help="port of /healthz (0: off; default 8081)")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--worker-image", help="default worker image")
     p.add_argument("--coordinator-image", help="default coordinator image")
     p.set_defaults(func=run)
@@ -39,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from ..k8s.config import OperatorConfig
     from ..k8s.run import main
 
-    config = OperatorConfig.from_env()
+    try:
+        config = OperatorConfig.from_env()
+    except ValueError as err:  # the message names the variable
+        print(f"rlhfctl operator: {err}", file=sys.stderr)
+        return 2
     overrides = {
         "namespaces": tuple(args.namespaces) if args.namespaces else None,
         "metrics_port": args.metrics_port,

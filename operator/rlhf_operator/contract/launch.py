@@ -4,8 +4,8 @@ One definition shared by everything that starts or is a worker. Local mode
 spawns the processes itself (merging `WorkerSettings.to_env` over its own
 environment); the Kubernetes pod builders put `worker_command` and `to_env` into
 each worker container; the worker reads them back with `WorkerSettings.from_env`
-(`python -m rlhf_worker`) and registers with the coordinator as `registration`
-says. Pure and torch-free.
+(`python -m rlhf_worker`) and registers with the coordinator with what they say
+(`controlplane.messages.Registration.of`). Pure and torch-free.
 
 The variables (required unless a default is given):
 
@@ -24,9 +24,10 @@ The variables (required unless a default is given):
   RLHF_WORKER_HANDLERS   comma-separated modules, each with a `HANDLERS` dict of
                          name -> handler added to (or overriding) the built-in table:
                          the extension hook, used by tests to add test-only commands
-  RLHF_LOG_LEVEL         DEBUG, INFO (default), WARNING or ERROR
+  RLHF_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR or CRITICAL
   GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME (both set from one value), OMP_NUM_THREADS
-                         read by torch itself; local mode sets the first two to `lo`
+                         read by torch itself (never an error here: OpenMP has forms of
+                         its own, such as "4,2"); local mode sets the first two to `lo`
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ SOCKET_IFNAMES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 THREADS = "OMP_NUM_THREADS"
 
 DEVICES = ("cpu", "cuda")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_CONNECT_TIMEOUT_S = 300.0
 
 
@@ -70,7 +71,8 @@ class WorkerSettings:
     Builders make one for the job (rank 0) and `for_rank` gives each process its
     own; the worker reads its copy back with `from_env`, so
     `WorkerSettings.from_env(s.to_env()) == s` for every valid `s` whose token is
-    given by value.
+    given by value. Where a token file is named it is what travels (`from_env` reads
+    the value from it into `token`, for the worker to register with).
     """
 
     job_id: str
@@ -106,6 +108,13 @@ class WorkerSettings:
             raise SettingsError(problem)
 
     def _problem(self) -> str | None:
+        for name, text in (
+            (JOB_ID, self.job_id),
+            (COORDINATOR_ADDR, self.coordinator_addr),
+            (MASTER_ADDR, self.master_addr),
+        ):
+            if not text.strip():
+                return f"{name} is not set"
         host, _, port = self.coordinator_addr.rpartition(":")
         if not host or not port.isdigit():
             return f"{COORDINATOR_ADDR}={self.coordinator_addr!r} is not host:port"
@@ -121,10 +130,10 @@ class WorkerSettings:
         if self.device not in DEVICES:
             return f"{DEVICE}={self.device!r} must be one of {', '.join(DEVICES)}"
         if not self.connect_timeout_s > 0:
-            return f"{CONNECT_TIMEOUT}={self.connect_timeout_s:g} must be > 0"
+            return f"{CONNECT_TIMEOUT}={_seconds(self.connect_timeout_s)} must be > 0"
         if self.log_level not in LOG_LEVELS:
             return f"{LOG_LEVEL}={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}"
-        if self.token is None and self.token_file is None:
+        if not (self.token or "").strip() and not (self.token_file or "").strip():
             return f"{TOKEN} (or {TOKEN_FILE}) is not set"
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
             return f"{THREADS}={self.threads_per_worker} must be >= 1"
@@ -151,7 +160,7 @@ class WorkerSettings:
             MASTER_ADDR: self.master_addr,
             MASTER_PORT: str(self.master_port),
             DEVICE: self.device,
-            CONNECT_TIMEOUT: f"{self.connect_timeout_s:g}",
+            CONNECT_TIMEOUT: _seconds(self.connect_timeout_s),
             LOG_LEVEL: self.log_level,
             # Logs reach `kubectl logs` / the local console as they are written.
             "PYTHONUNBUFFERED": "1",
@@ -172,14 +181,14 @@ class WorkerSettings:
     def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
         """Read and check the variables; SettingsError names the first bad one. A token
         file is read here (into `token`), so a missing or empty Secret fails at start."""
-        # Read in this order, so the first problem named is the one a person fixes first.
+        # What is missing or unreadable is named first, then what is out of range.
         coordinator_addr = _required(environ, COORDINATOR_ADDR)
         world_size, rank = _int(environ, WORLD_SIZE), _int(environ, RANK)
         master_port = _int(environ, MASTER_PORT)
         timeout = _number(environ, CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT_S)
         job_id, master_addr = _required(environ, JOB_ID), _required(environ, MASTER_ADDR)
         token, token_file = _token(environ)
-        threads = _int(environ, THREADS) if environ.get(THREADS, "").strip() else None
+        threads = environ.get(THREADS, "").strip()
         return cls(
             job_id=job_id,
             coordinator_addr=coordinator_addr,
@@ -194,12 +203,17 @@ class WorkerSettings:
             token_file=token_file,
             connect_timeout_s=timeout,
             socket_ifname=environ.get(SOCKET_IFNAMES[0], "").strip() or None,
-            threads_per_worker=threads,
+            threads_per_worker=int(threads) if threads.isdigit() and int(threads) > 0 else None,
             handler_modules=tuple(
                 p.strip() for p in environ.get(HANDLERS, "").split(",") if p.strip()
             ),
             log_level=(environ.get(LOG_LEVEL, "").strip() or "INFO").upper(),
         )
+
+
+def _seconds(value: float) -> str:
+    """Seconds as the shortest text that reads back as the same number ("300", "12.5")."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def worker_command(python: str = sys.executable) -> list[str]:

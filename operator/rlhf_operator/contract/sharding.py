@@ -328,3 +328,23 @@ def rank_shards(model: ModelShape, layout: Layout, rank: int) -> dict[str, Regio
         for param in model.params()
         if p in param_stages(param, model.num_layers, layout.pp)
     }
+
+
+def vllm_layout_problem(layout: Layout, world_size: int) -> str | None:
+    """Why vLLM cannot generate under this layout of a job of `world_size` ranks, or None.
+
+    One engine per dp replica. vLLM has no pipeline stages of its own here (pp=1).
+    With tp>1 the replicas' ranks are one tensor-parallel vLLM engine each, launched
+    inside the job's torch.distributed world (vLLM's "external launcher"): vLLM then
+    builds its groups over the whole world from consecutive ranks, so the layout
+    must span every worker, in rank order, for vLLM's tp groups to be the layout's.
+    """
+    if layout.pp != 1:
+        return f"the generation layout must have pp=1, got pp={layout.pp}"
+    if layout.tp > 1 and layout.ranks != tuple(range(world_size)):
+        return (
+            f"with tp={layout.tp} the generation layout must span all {world_size} workers in "
+            f"rank order (vLLM's tensor-parallel groups are consecutive ranks of the whole "
+            f"world), got ranks {list(layout.ranks)}"
+        )
+    return None

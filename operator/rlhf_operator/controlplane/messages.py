@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from pydantic import ValidationError
 
@@ -240,6 +240,10 @@ Command = (
 )
 
 
+# The handler names of the typed commands (a Custom command may not take one).
+CORE_NAMES = frozenset(kind.NAME for kind in get_args(Command) if kind is not Custom)
+
+
 def handler_name(command: Command) -> str:
     """The key of the worker's handler table that runs `command`."""
     return command.name if isinstance(command, Custom) else command.NAME
@@ -387,6 +391,8 @@ def command_to_pb(envelope: Envelope) -> pb.Command:
     elif isinstance(c, Custom):
         if not c.name:
             raise MessageError("a custom command needs a name")
+        if c.name in CORE_NAMES:
+            raise MessageError(f"{c.name!r} is a core command's name: send the command itself")
         msg.custom.CopyFrom(pb.Custom(name=c.name))
     else:  # pragma: no cover - the union above is exhaustive
         raise MessageError(f"unknown command type {type(c).__name__}")

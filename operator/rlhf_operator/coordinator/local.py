@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from rlhf_operator.api.job import RLHFJob
 from rlhf_operator.contract import launch
-from rlhf_operator.contract.launch import WorkerSettings, worker_command
+from rlhf_operator.contract.launch import SettingsError, WorkerSettings, worker_command
 from rlhf_operator.contract.plan import Plan
 from rlhf_operator.controlplane.tokens import new_token
 from rlhf_operator.coordinator.errors import CommandFailed, CommandTimeout, WorkerLost
@@ -149,20 +149,10 @@ class LocalRun:
 
     def _start_workers(self, address: str, token: str) -> None:
         self._stop_workers()
-        settings = WorkerSettings(
-            job_id=self.job.metadata.name,
-            coordinator_addr=address,
-            world_size=self.world_size,
-            master_addr="127.0.0.1",
-            master_port=free_port(),
-            device="cpu",
-            token=token,
-            connect_timeout_s=120.0,
-            socket_ifname="lo",
-            threads_per_worker=max(1, (os.cpu_count() or 1) // self.world_size),
-            # The console's log level reaches the workers, as a variable of its own would.
-            log_level=(os.environ.get(launch.LOG_LEVEL, "").strip() or "INFO").upper(),
-        )
+        try:
+            settings = self._worker_settings(address, token)
+        except SettingsError as err:  # e.g. a bad RLHF_LOG_LEVEL in this console
+            raise JobFailed(f"cannot start the workers: {err}") from None
         self.output.logs.mkdir(parents=True, exist_ok=True)
         for rank in range(self.world_size):
             env = {
@@ -186,6 +176,23 @@ class LocalRun:
                 )
             )
             log.close()
+
+    def _worker_settings(self, address: str, token: str) -> WorkerSettings:
+        """What every worker of this start is launched with (a fresh rendezvous port)."""
+        return WorkerSettings(
+            job_id=self.job.metadata.name,
+            coordinator_addr=address,
+            world_size=self.world_size,
+            master_addr="127.0.0.1",
+            master_port=free_port(),
+            device="cpu",
+            token=token,
+            connect_timeout_s=120.0,
+            socket_ifname="lo",
+            threads_per_worker=max(1, (os.cpu_count() or 1) // self.world_size),
+            # The console's log level reaches the workers, as a variable of its own would.
+            log_level=(os.environ.get(launch.LOG_LEVEL, "").strip() or "INFO").upper(),
+        )
 
     def _stop_workers(self) -> None:
         for proc in self._workers:

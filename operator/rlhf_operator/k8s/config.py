@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..contract.launch import LOG_LEVELS
+
 DEFAULT_IMAGE = "ghcr.io/rlhf-operator/rlhf-operator:0.1.0"
 DEFAULT_WORKER_IMAGE = "ghcr.io/rlhf-operator/rlhf-worker:0.1.0"
 
@@ -24,6 +26,7 @@ class OperatorConfig:
     health_port: int = 8081
     """Port of the liveness endpoint /healthz (0: none)."""
     log_level: str = "INFO"
+    """The operator's, and every pod's it starts (one of `contract.launch.LOG_LEVELS`)."""
     resync_seconds: float = 10.0
     """How often every job is reconciled even without a change (pod phases, deadlines)."""
     retry_seconds: float = 15.0
@@ -38,6 +41,12 @@ class OperatorConfig:
     socket_ifname: str = "eth0"
     """Network interface for NCCL and gloo sockets inside pods."""
     extra_worker_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(
+                f"RLHF_OPERATOR_LOG_LEVEL={self.log_level!r} must be one of {', '.join(LOG_LEVELS)}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorConfig:

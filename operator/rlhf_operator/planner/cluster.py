@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..contract.sharding import Layout
 from .profiles import Profile
 
 
@@ -32,6 +33,10 @@ class Mesh:
 
     def overlaps(self, other: Mesh) -> bool:
         return self.start < other.stop and other.start < self.stop
+
+    def layout(self, dp: int, tp: int, pp: int) -> Layout:
+        """A (dp, tp, pp) strategy on this mesh, as the layout its call runs under."""
+        return Layout(tuple(range(self.start, self.stop)), pp=pp, dp=dp, tp=tp)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ import math
 from dataclasses import dataclass
 
 from ..api.dataflow import Call
-from ..contract.sharding import stage_layers
+from ..contract.sharding import stage_layers, vllm_layout_problem
 from .cluster import Cluster, Mesh
 from .profiles import Profile
 from .workload import Workload
@@ -57,7 +57,7 @@ KERNELS_PER_LAYER = 12
 class Strategy:
     """How a call runs on its mesh (ReaL's parallel strategy): the (dp, tp, pp) degrees, the
     micro-batches and activation recomputation. On a mesh's devices the degrees make the
-    call's `contract.sharding.Layout` (`reallocation.mesh_layout`)."""
+    call's `contract.sharding.Layout` (`Mesh.layout`)."""
 
     dp: int
     tp: int
@@ -109,13 +109,11 @@ def strategy_problem(
     if sharding:
         return sharding[0]
     if call.kind == "generate" and workload.backend == "vllm":
-        # One vLLM engine per dp replica, no pipeline stages; a tensor-parallel engine
-        # is launched inside the job's torch.distributed world, which vLLM cuts into
-        # engines of tp consecutive ranks: the mesh must be every device of the job.
-        if pp > 1:
-            return "vLLM generation runs without pipeline stages (pp must be 1)"
-        if tp > 1 and mesh.size != cluster.devices:
-            return f"vLLM generation with tp {tp} needs a mesh of all {cluster.devices} devices"
+        # The workers' own rule (one engine per dp replica, no pipeline stages, a
+        # tensor-parallel engine over the whole job's world).
+        problem = vllm_layout_problem(mesh.layout(dp, tp, pp), cluster.devices)
+        if problem is not None:
+            return f"vLLM generation: {problem}"
     batch = workload.batch(call)
     if batch % (dp * m):
         return f"{batch} sequences do not split over dp {dp} x micro-batches {m}"
@@ -178,7 +176,7 @@ def _call_cost(
     seq = workload.seq_len
     layer_flops_tok = 2 * role.layer_split_params / tp
     attn_flops_tok_ctx = 4 * a.num_heads * a.head_dim / tp
-    head_flops_tok = 2 * (role.head_split_params / tp if not role.value_head else h)
+    head_flops_tok = 2 * (role.head_split_params / tp if not role.value_head else a.num_values * h)
     kernel = prof.kernel_overhead * KERNELS_PER_LAYER * ls
 
     # Activations saved per token per layer for the backward (bytes).

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..contract.sharding import Layout, stage_layers
-from .cluster import Cluster, Mesh
+from .cluster import Cluster
 from .workload import RoleModel
 
 
@@ -45,11 +45,6 @@ def _virtual_stage_bounds(layers: int, pp: int) -> list[tuple[int, int]]:
         last = layers + 2 if s == pp - 1 else layers_of.stop + 1
         out.append((first, last))
     return out
-
-
-def mesh_layout(mesh: Mesh, dp: int, tp: int, pp: int) -> Layout:
-    """A (dp, tp, pp) strategy on a mesh, as the layout its calls run under (global devices)."""
-    return Layout(tuple(range(mesh.start, mesh.stop)), pp=pp, dp=dp, tp=tp)
 
 
 def _rank_positions(layout: Layout) -> dict[int, tuple[int, int]]:

@@ -33,7 +33,7 @@ from ..api.dataflow import Call
 from ..contract.sharding import Layout
 from .cluster import Cluster, Mesh
 from .estimator import CallCost, Strategy, call_cost, offload_seconds
-from .reallocation import TransferCost, mesh_layout, transfer
+from .reallocation import TransferCost, transfer
 from .workload import Workload
 
 Placement = tuple[Mesh, Strategy]
@@ -150,7 +150,7 @@ class Evaluator:
                 else:
                     b = Mesh(b.start - nodes * self.c.per_node, b.size)
         (_, s), (_, d) = src, dst
-        key = (role, mesh_layout(a, s.dp, s.tp, s.pp), mesh_layout(b, d.dp, d.tp, d.pp))
+        key = (role, a.layout(s.dp, s.tp, s.pp), b.layout(d.dp, d.tp, d.pp))
         got = self._transfers.get(key)
         if got is None:
             got = transfer(self.w.roles[role], key[1], key[2], self.c)

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from rlhf_operator.contract.sharding import Layout, ModelShape, rank_shards, region_numel
 from rlhf_worker.model import CheckpointError, load_shards, save_pretrained
 from rlhf_worker.model import checkpoint as checkpoint_module
+from rlhf_worker.model.checkpoint import read_architecture
 from rlhf_worker.model.tiny import build_tiny_model, init_full_state, tiny_hf_config
 
 SINGLE = Layout(ranks=(0,))
@@ -154,3 +155,25 @@ def test_missing_tensor_and_unreadable_files(tmp_path: Path) -> None:
     expect_error("config.json: not readable JSON", root, SINGLE, 0)
     write_model(tmp_path / "b", model_type="gpt2")
     expect_error("model_type 'gpt2' is not supported", tmp_path / "b", SINGLE, 0)
+
+
+def test_a_config_json_is_read_as_the_api_reads_an_architecture(tmp_path: Path) -> None:
+    # A field config.json leaves out takes Hugging Face's default, which is the API's too.
+    root = write_model(tmp_path / "a")
+    on_disk = json.loads((root / "config.json").read_text())
+    del on_disk["rms_norm_eps"]
+    (root / "config.json").write_text(json.dumps(on_disk))
+    assert read_architecture(root).rms_norm_eps == 1e-6
+    # The tiny preset says 1e-5 (as Llama 2's config.json does): the plan and the file disagree.
+    planned = {**tiny_hf_config(), "num_hidden_layers": 1}
+    expect_error("rms_norm_eps is 1e-06, expected 1e-05", root, SINGLE, 0, expected=planned)
+    # A bad or missing field is named as config.json names it.
+    write_model(tmp_path / "b", num_attention_heads=0)
+    expect_error(
+        "config.json: num_attention_heads: Input should be greater", tmp_path / "b", SINGLE, 0
+    )
+    missing = write_model(tmp_path / "c")
+    on_disk = json.loads((missing / "config.json").read_text())
+    del on_disk["num_hidden_layers"]
+    (missing / "config.json").write_text(json.dumps(on_disk))
+    expect_error("config.json: num_hidden_layers: Field required", missing, SINGLE, 0)

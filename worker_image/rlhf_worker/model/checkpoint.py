@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from pydantic.alias_generators import to_snake
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -57,9 +58,9 @@ def read_architecture(model_dir: str | Path) -> ArchitectureConfig:
     cfg = read_config(model_dir)
     try:
         return ArchitectureConfig.from_hf_config(cfg)
-    except ValidationError as err:
+    except ValidationError as err:  # named as config.json names it (snake_case)
         first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where = ".".join(to_snake(str(part)) for part in first["loc"])
         raise CheckpointError(
             f"{Path(model_dir) / 'config.json'}: {where}: {first['msg']}"
         ) from None

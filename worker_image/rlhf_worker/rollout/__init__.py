@@ -6,9 +6,7 @@
   ``collective_rpc`` calls it to load a bucket into the running model.
 * ``engine``: one ``vllm.LLM`` per process, started from the actor's model
   directory, generating from token ids and taking new weights in place.
-* ``backend``: the ``actor_gen`` call on this backend (used by
-  ``runtime.calls``).
-
-vLLM is imported only when a vLLM engine is started, so the worker package
-imports without it.
+The generation call on this backend is the runtime's (``runtime.generate``,
+beside the torch generator); nothing here knows the runtime. vLLM is imported
+only when a vLLM engine is started, so the worker package imports without it.
 """

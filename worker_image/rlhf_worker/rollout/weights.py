@@ -17,34 +17,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from rlhf_operator.contract.sharding import Layout, ModelShape
+from rlhf_operator.contract.sharding import Layout, ModelShape, vllm_layout_problem
 from rlhf_worker.parallel import ParallelContext
 
 DEFAULT_BUCKET_BYTES = 256 * 1024 * 1024
 
 
-def layout_problem(layout: Layout, world_size: int) -> str | None:
-    """Why vLLM cannot generate under this layout, or None when it can.
-
-    One engine per dp replica. vLLM has no pipeline stages of its own here (pp=1).
-    With tp>1 the replicas' ranks are one tensor-parallel vLLM engine each, launched
-    inside the job's torch.distributed world (vLLM's "external launcher"): vLLM then
-    builds its groups over the whole world from consecutive ranks, so the layout
-    must span every worker, in rank order, for vLLM's tp groups to be the layout's.
-    """
-    if layout.pp != 1:
-        return f"the generation layout must have pp=1, got pp={layout.pp}"
-    if layout.tp > 1 and layout.ranks != tuple(range(world_size)):
-        return (
-            f"with tp={layout.tp} the generation layout must span all {world_size} workers in "
-            f"rank order (vLLM's tensor-parallel groups are consecutive ranks of the whole "
-            f"world), got ranks {list(layout.ranks)}"
-        )
-    return None
-
-
 def check_layout(layout: Layout, world_size: int) -> None:
-    problem = layout_problem(layout, world_size)
+    """Refuse a layout vLLM cannot generate under (the planner refuses it too)."""
+    problem = vllm_layout_problem(layout, world_size)
     if problem is not None:
         raise ValueError(f"rollout.backend vllm: {problem}")
 

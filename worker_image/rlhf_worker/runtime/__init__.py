@@ -6,7 +6,8 @@ the plan) and the command handlers the coordinator drives it with.
 - ``models``: model directories (tiny ones built locally), loading a role,
   reallocating it to another layout, releasing transient copies;
 - ``rows`` / ``datamove``: which rows of a call's data each rank holds and moving them;
-- ``calls``: generation, inference, reward and training calls;
-- ``persist``: checkpoints and the final export;
+- ``calls``: running a call: inference, reward and training here, generation in
+  ``generate`` (on the torch generator or a vLLM engine, side by side);
+- ``persist``: checkpoints and the final export (``rank_files``: one rank's files);
 - ``handlers``: the command table (``HANDLERS``) the agent dispatches to.
 """

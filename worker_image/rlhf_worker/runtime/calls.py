@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhf_operator.api.dataflow import SEQUENCE_KEYS
 from rlhf_worker import algorithms
 from rlhf_worker.engine import forward_logprobs, forward_values
 from rlhf_worker.rewards.functions import load_reward_function, score
@@ -62,7 +63,7 @@ def _infer(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
         last = _last_index(batch["attention_mask"])
         value = values.gather(1, last.unsqueeze(1)).squeeze(1)
     rt.data[(key, name)] = LocalData(source.segments, {"value": value.float().contiguous()})
-    if key in ("rewards", "costs", "greedy_rewards"):
+    if key in SEQUENCE_KEYS:
         return {f"{key}_mean": float(value.float().mean())}
     return {}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf_operator.contract.sharding import Layout, role_head, role_values
+from rlhf_operator.contract.sharding import Layout, role_head, role_shape
 from rlhf_worker.engine import OptimizerConfig, Trainer
 from rlhf_worker.engine.forward import Output
 from rlhf_worker.model.checkpoint import load_shards
@@ -60,24 +60,25 @@ def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
     assert model.architecture is not None
     arch = model.architecture.resolve()
     expected = arch.to_hf_config()
-    head, values = role_head(role), role_values(role, rt.spec.algorithm.name)
+    shape = role_shape(role, arch, rt.spec.algorithm.name)
     state = rt.roles.get(role)
     if rt.rank not in layout.ranks:
-        state = state or RoleState(role, head, ModelConfig.of(arch, head, values), expected, layout)
+        config = ModelConfig(arch, shape)
+        state = state or RoleState(role, shape.head, config, expected, layout)
         rt.roles[role] = state
         return state
     config, shards = load_shards(
         rt.model_dirs[role],
         layout,
         rt.rank,
-        head=head,
+        head=shape.head,
         expected=expected,
         dtype=rt.dtype(role),
-        num_values=values,
+        num_values=shape.num_values,
     )
     shards = {k: v.to(rt.device) for k, v in shards.items()}
     decoder = Decoder(config, context_for(layout, rt.rank), shards)
-    state = RoleState(role, head, config, expected, layout, model=decoder)
+    state = RoleState(role, shape.head, config, expected, layout, model=decoder)
     if model.trainable is not False and role in trained_roles(rt):
         state.trainer = Trainer(decoder, optimizer_config(rt, role), output=output_of(role))
     rt.roles[role] = state
