@@ -240,6 +240,14 @@ CASES: list[tuple[str, Manifest, Callable[[Manifest], None], str, str, str]] = [
         "semantic",
     ),
     (
+        "fp16-trained-actor",
+        PPO,
+        _set("spec.models.actor.dtype", "float16"),
+        "spec.models.actor.dtype",
+        "float16 training needs loss scaling, which is not supported; use bfloat16",
+        "semantic",
+    ),
+    (
         "trainable-ref",
         PPO,
         _set("spec.models.ref.trainable", True),

@@ -114,6 +114,16 @@ def _role_errors(spec: RLHFJobSpec) -> list[FieldError]:
             )
     for role, model in present.items():
         trained = role in TRAINED_ROLES[algo]
+        if trained and model.dtype == "float16":
+            # Mixed precision trains bf16 safely (fp32 master weights and gradients); fp16
+            # would also need loss scaling, which the engine does not do.
+            errors.append(
+                FieldError(
+                    f"spec.models.{role}.dtype",
+                    f"the {role} model is trained: float16 training needs loss scaling, which "
+                    "is not supported; use bfloat16 (or float32)",
+                )
+            )
         if model.trainable is not None and model.trainable != trained:
             state = "trained" if trained else "frozen"
             errors.append(

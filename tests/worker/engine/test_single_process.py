@@ -95,6 +95,6 @@ def test_adamw_matches_torch() -> None:
     for _ in range(4):
         grad = torch.randn(5, 3, generator=gen)
         ours["a"].grad, theirs.grad = grad.clone(), grad.clone()
-        adamw_step(ours, state, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+        adamw_step(ours, {"a": grad}, state, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
         optimizer.step()
     torch.testing.assert_close(ours["a"].detach(), theirs.detach(), atol=1e-7, rtol=1e-6)

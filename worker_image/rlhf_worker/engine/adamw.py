@@ -5,7 +5,9 @@ correction), written out because (1) the state is keyed by Hugging Face name
 and shaped like the shards, so it can be checkpointed and resharded exactly
 like the parameters, and (2) the first ``torch.optim`` step imports
 ``torch._dynamo``, which costs seconds in every worker process.
-AdamW is element-wise: on exact gradients, sharded AdamW is the full one.
+AdamW is element-wise: on exact gradients, sharded AdamW is the full one. The
+moments take the dtype of the weights they update: fp32 for a role trained in
+mixed precision, whose optimizer updates its fp32 master weights (``precision.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
 @dataclass
@@ -27,20 +29,21 @@ class AdamWState:
 
 @torch.no_grad()
 def adamw_step(
-    params: Mapping[str, nn.Parameter],
+    weights: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor],
     state: AdamWState,
     lr: float,
     betas: tuple[float, float],
     eps: float,
     weight_decay: float,
 ) -> None:
-    """One AdamW update of every parameter that has a gradient."""
+    """One AdamW update of every weight that has a gradient (in place)."""
     beta1, beta2 = betas
     state.step += 1
     step_size = lr / (1 - beta1**state.step)
     bias_correction2_sqrt = math.sqrt(1 - beta2**state.step)
-    for name, param in params.items():
-        grad = param.grad
+    for name, param in weights.items():
+        grad = grads.get(name)
         if grad is None:
             continue
         if name not in state.exp_avg:

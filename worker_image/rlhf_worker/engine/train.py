@@ -3,7 +3,8 @@ gradients summed over dp, clipped by the whole model's norm, then AdamW.
 
 The optimizer belongs to this layout's shards (the training layout owns it).
 AdamW is element-wise, so sharded AdamW on exact gradients is exactly the
-single-process AdamW.
+single-process AdamW. A role in bf16 or fp16 trains in mixed precision
+(``precision.py``): fp32 gradients, master weights and moments.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from rlhf_worker.engine.adamw import AdamWState, adamw_step
 from rlhf_worker.engine.forward import Output, hidden_shape, split_batch, stage_fn
+from rlhf_worker.engine.precision import MixedPrecision
 from rlhf_worker.model.decoder import Decoder
 from rlhf_worker.parallel.data import (
     all_reduce_grads,
@@ -47,22 +49,28 @@ class TrainStats:
 
 
 class Trainer:
-    """A model's training copy: its shards and the AdamW state for them (by name)."""
+    """A model's training copy: its shards, their master weights and the AdamW state for
+    them (by name)."""
 
     def __init__(self, model: Decoder, config: OptimizerConfig, output: Output = "logprobs"):
         self.model = model
         self.config = config
         self.output: Output = output
         self.optimizer = AdamWState()
+        self.precision = MixedPrecision(model.local_state())
+
+    @property
+    def master(self) -> dict[str, Tensor]:
+        """The weights the optimizer updates (fp32; the parameters themselves in float32)."""
+        return self.precision.master
 
     def step(
         self, batch: Mapping[str, Tensor], loss_fn: LossFn, micro_batches: int = 1
     ) -> TrainStats:
-        """One optimizer step on this dp replica's batch. Gradients stay in ``.grad`` after."""
+        """One optimizer step on this dp replica's batch. In float32 the gradients stay in
+        ``.grad`` after it; in mixed precision they are freed."""
         model, ctx = self.model, self.model.ctx
-        params = model.local_state()
-        for param in params.values():
-            param.grad = None
+        self.precision.start_step()
         losses = pipeline_forward_backward(
             ctx,
             split_batch(batch, micro_batches),
@@ -72,16 +80,15 @@ class Trainer:
             model.dtype,
             model.device,
         )
-        for param in params.values():
-            if param.grad is None:  # a parameter this batch did not reach
-                param.grad = torch.zeros_like(param)
-        tied_embedding_grads(params, model.config.shape, ctx)
-        all_reduce_grads(params, ctx.dp_group)
-        norm = global_grad_norm(params, model.config.shape, ctx)
+        grads = self.precision.grads()
+        tied_embedding_grads(grads, model.config.shape, ctx)
+        all_reduce_grads(grads, ctx.dp_group)
+        norm = global_grad_norm(grads, model.config.shape, ctx)
         if self.config.max_grad_norm > 0:
-            clip_grads(params, norm, self.config.max_grad_norm)
+            clip_grads(grads, norm, self.config.max_grad_norm)
         cfg = self.config
-        adamw_step(params, self.optimizer, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
+        adamw_step(self.master, grads, self.optimizer, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
+        self.precision.finish_step()
         loss = (
             torch.stack(losses).sum().double()
             if losses

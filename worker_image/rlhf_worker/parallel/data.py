@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from rlhf_operator.contract.sharding import ModelShape
@@ -27,58 +27,51 @@ def dp_slice(total: int, dp: int, d: int) -> slice:
     return slice(start, start + base + (1 if d < extra else 0))
 
 
-def all_reduce_grads(params: Mapping[str, nn.Parameter], group: Group) -> None:
-    """Sum the gradients of ``params`` over a group in one flat buffer."""
-    if group is None:
+def all_reduce_grads(grads: Mapping[str, Tensor], group: Group) -> None:
+    """Sum gradients over a group in one flat buffer (in their dtype: fp32 in mixed precision)."""
+    if group is None or not grads:
         return
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
+    tensors = list(grads.values())
+    flat = _flatten_dense_tensors(tensors)
     dist.all_reduce(flat, group=group)
-    for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+    for grad, reduced in zip(tensors, _unflatten_dense_tensors(flat, tensors), strict=True):
         grad.copy_(reduced)
 
 
 def tied_embedding_grads(
-    params: Mapping[str, nn.Parameter], shape: ModelShape, ctx: ParallelContext
+    grads: Mapping[str, Tensor], shape: ModelShape, ctx: ParallelContext
 ) -> None:
     """With tied embeddings over pp > 1 the first and last stage each hold the matrix:
     add their gradients so both copies take the same step."""
-    param = params.get("model.embed_tokens.weight")
+    grad = grads.get("model.embed_tokens.weight")
     tied = shape.tie_word_embeddings and shape.head == "lm"
-    if not tied or ctx.pp == 1 or ctx.tied_group is None or param is None or param.grad is None:
+    if not tied or ctx.pp == 1 or ctx.tied_group is None or grad is None:
         return
     if ctx.is_first or ctx.is_last:
-        dist.all_reduce(param.grad, group=ctx.tied_group)
+        dist.all_reduce(grad, group=ctx.tied_group)
 
 
-def global_grad_norm(
-    params: Mapping[str, nn.Parameter], shape: ModelShape, ctx: ParallelContext
-) -> float:
+def global_grad_norm(grads: Mapping[str, Tensor], shape: ModelShape, ctx: ParallelContext) -> float:
     """The L2 norm of the whole model's gradient (after the dp reduction), on every rank."""
-    device = next(iter(params.values())).device if params else None
+    device = next(iter(grads.values())).device if grads else None
     total = torch.zeros((), dtype=torch.float64, device=device)
     tp_split = {p.name for p in shape.params() if p.tp_dim is not None}
-    for name, param in params.items():
-        if param.grad is None:
-            continue
+    for name, grad in grads.items():
         replicated = name not in tp_split
         if replicated and ctx.tp_rank != 0:
             continue
         if name == "model.embed_tokens.weight" and not ctx.is_first:
             continue  # the tied copy on the last stage: counted on the first
-        total += param.grad.double().pow(2).sum()
+        total += grad.double().pow(2).sum()
     if ctx.layout_group is not None:
         dist.all_reduce(total, group=ctx.layout_group)
     # Every dp replica holds the same reduced gradients and added them in once.
     return math.sqrt(total.item() / ctx.dp)
 
 
-def clip_grads(params: Mapping[str, nn.Parameter], norm: float, max_norm: float) -> None:
+def clip_grads(grads: Mapping[str, Tensor], norm: float, max_norm: float) -> None:
     """Scale gradients so that their global norm is at most ``max_norm`` (as torch does)."""
     coef = min(1.0, max_norm / (norm + 1e-6))
     if coef < 1.0:
-        for param in params.values():
-            if param.grad is not None:
-                param.grad.mul_(coef)
+        for grad in grads.values():
+            grad.mul_(coef)

@@ -1,7 +1,9 @@
 """Checkpoints of this rank's part of the job, and the final export.
 
 A rank saves what it owns: for every trained role whose home layout includes
-it, its parameter shards and optimizer state (frozen roles never change: a
+it, its parameter shards (the optimizer's weights: fp32 master weights in mixed
+precision, from which the compute weights are restored) and optimizer state
+(frozen roles never change: a
 restart reads them again from their model directories); the algorithm
 states of its train calls; its RNG states. The coordinator merges every rank's
 manifest and writes the commit marker (`contract.checkpoints.commit`), so a
@@ -52,8 +54,8 @@ def save(rt: Runtime, root: Path, iteration: int) -> dict[str, Any]:
     for role, state in sorted(rt.roles.items()):
         if state.model is None or state.trainer is None:
             continue
-        for name, param in state.model.local_state().items():
-            tensors[f"{role}/param/{name}"] = param.detach()
+        for name, weight in state.trainer.master.items():
+            tensors[f"{role}/param/{name}"] = weight.detach()
         adam = state.trainer.optimizer  # AdamW moments keyed like the shards
         for name, moment in adam.exp_avg.items():
             tensors[f"{role}/exp_avg/{name}"] = moment
@@ -78,8 +80,10 @@ def restore(rt: Runtime, root: Path, iteration: int) -> None:
         for role, state in rt.roles.items():
             if state.model is None or state.trainer is None:
                 continue
-            for name, param in state.model.local_state().items():
-                param.copy_(tensors[f"{role}/param/{name}"])
+            trainer = state.trainer
+            trainer.precision.load_master(
+                {name: tensors[f"{role}/param/{name}"] for name in trainer.master}
+            )
             if role in meta["optimizers"]:
                 adam = state.trainer.optimizer
                 adam.step = int(meta["optimizers"][role]["step"])
