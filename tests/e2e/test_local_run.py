@@ -208,6 +208,29 @@ def test_offloading_the_reference_model_between_calls_changes_no_result(
     assert_same_export(tmp_path / "offload", tmp_path / "reference")
 
 
+def test_recomputing_activations_as_the_plan_says_changes_no_result(
+    job_file: Any, tmp_path: Path
+) -> None:
+    path = job_file(
+        tiny_job("recompute", "grpo", algorithm={"name": "grpo", "grpo": {"groupSize": 2}})
+    )
+    local_run(path, tmp_path / "reference").run()
+    # The plan recomputes the actor's activations in its training call (the planner's
+    # choice when memory needs it): the workers run each layer's forward again in the
+    # backward, and the run is the same.
+    run = local_run(path, tmp_path / "recompute")
+    train = run.plan.call("actor_train")
+    assert not train.recompute
+    train.recompute = True
+    records: list[IterationRecord] = []
+    run.on_iteration = records.append
+    assert run.run()["iterations"] == 2
+    assert [r.extra["actor_train/recompute"] for r in records] == [1.0, 1.0]
+    reference = (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(reference[0])["actor_train/recompute"] == 0.0
+    assert_same_export(tmp_path / "recompute", tmp_path / "reference")
+
+
 def test_in_place_resharding_changes_no_result_and_copies_nothing_locally(
     job_file: Any, tmp_path: Path
 ) -> None:

@@ -32,16 +32,18 @@ def split_batch(batch: Batch, micro_batches: int) -> list[dict[str, Tensor]]:
     return [{key: pieces[key][i] for key in batch} for i in range(n)]
 
 
-def stage_fn(model: Decoder, output: Output) -> Callable[[Tensor | None, Batch], Tensor]:
-    """This rank's computation on one micro-batch: embed (first stage), its layers,
-    and the head (last stage): log-probabilities of ``input_ids[:, 1:]`` [B, T-1] or
-    values [B, T]."""
+def stage_fn(
+    model: Decoder, output: Output, recompute: bool = False
+) -> Callable[[Tensor | None, Batch], Tensor]:
+    """This rank's computation on one micro-batch: embed (first stage), its layers
+    (recomputed in the backward if ``recompute``), and the head (last stage):
+    log-probabilities of ``input_ids[:, 1:]`` [B, T-1] or values [B, T]."""
 
     def run(hidden: Tensor | None, mb: Mapping[str, Tensor]) -> Tensor:
         ids, mask = mb["input_ids"], mb["attention_mask"]
         if hidden is None:
             hidden = model.embed(ids)
-        hidden = model.run_layers(hidden, positions_from_mask(mask), mask)
+        hidden = model.run_layers(hidden, positions_from_mask(mask), mask, recompute=recompute)
         if not model.ctx.is_last:
             return hidden
         if output == "values":

@@ -65,16 +65,21 @@ class Trainer:
         return self.precision.master
 
     def step(
-        self, batch: Mapping[str, Tensor], loss_fn: LossFn, micro_batches: int = 1
+        self,
+        batch: Mapping[str, Tensor],
+        loss_fn: LossFn,
+        micro_batches: int = 1,
+        recompute: bool = False,
     ) -> TrainStats:
-        """One optimizer step on this dp replica's batch. In float32 the gradients stay in
-        ``.grad`` after it; in mixed precision they are freed."""
+        """One optimizer step on this dp replica's batch, recomputing each layer's
+        activations in the backward if ``recompute`` (the plan's choice for the call). In
+        float32 the gradients stay in ``.grad`` after it; in mixed precision they are freed."""
         model, ctx = self.model, self.model.ctx
         self.precision.start_step()
         losses = pipeline_forward_backward(
             ctx,
             split_batch(batch, micro_batches),
-            stage_fn(model, self.output),
+            stage_fn(model, self.output, recompute),
             loss_fn,
             hidden_shape(model),
             model.dtype,

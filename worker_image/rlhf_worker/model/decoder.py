@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from rlhf_operator.contract.sharding import rank_shards, stage_layers
 from rlhf_worker.model.config import ModelConfig
@@ -139,8 +140,15 @@ class Decoder(nn.Module):
         key_valid: Tensor,
         cache: KVCache | None = None,
         cache_start: int = 0,
+        recompute: bool = False,
     ) -> Tensor:
-        """This stage's decoder layers. ``key_valid`` covers the keys: [B, cache_start + T]."""
+        """This stage's decoder layers. ``key_valid`` covers the keys: [B, cache_start + T].
+
+        ``recompute`` (training under a plan that says so): each layer keeps only its input
+        for the backward and runs its forward again there (non-reentrant
+        ``torch.utils.checkpoint``, as torchtitan applies it per block). Its tensor-parallel
+        collectives run again too, on every rank of the group in the same order.
+        """
         cfg = self.config
         cos, sin = rope_cos_sin(positions, cfg.shape.head_dim, cfg.rope_theta)
         steps = hidden.shape[1]
@@ -149,7 +157,12 @@ class Decoder(nn.Module):
         key_index = torch.arange(cache_start + steps, device=device)
         mask = attention_mask(key_valid.bool(), query_index, key_index)
         for layer in self.layers:
-            hidden = self._layer(layer, hidden, cos, sin, mask, cache, cache_start)
+            if recompute and cache is None and torch.is_grad_enabled():
+                hidden = checkpoint(
+                    self._layer, layer, hidden, cos, sin, mask, None, 0, use_reentrant=False
+                )
+            else:
+                hidden = self._layer(layer, hidden, cos, sin, mask, cache, cache_start)
         return hidden
 
     def _layer(

@@ -112,7 +112,8 @@ def _train(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
     metrics = {k: float(v) for k, v in adv.metrics.items()}
     _, d, _ = layout.coords(rt.rank)
     minibatches = int(rt.spec.training.minibatches)
-    micro = max(1, rt.plan.call(name).micro_batches)
+    planned = rt.plan.call(name)
+    micro, recompute = max(1, planned.micro_batches), planned.recompute
     per_row = {k: v for k, v in full.items() if v.dim() >= 1 and v.shape[0] == rt.rows}
     per_row["mask"] = mask
     per_row["advantages"] = adv.advantages
@@ -126,11 +127,12 @@ def _train(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
             tokens = float(mask[m * chunk : (m + 1) * chunk].sum().clamp(min=1.0))
             batch = {k: v[start:stop] for k, v in per_row.items()}
             loss_fn = _loss_fn(rt, call.role, algo, params, tokens)
-            stats = trainer.step(batch, loss_fn, micro)
+            stats = trainer.step(batch, loss_fn, micro, recompute=recompute)
             losses.append(stats.loss)
             norms.append(stats.grad_norm)
     metrics["loss"] = sum(losses) / len(losses)
     metrics["grad_norm"] = sum(norms) / len(norms)
+    metrics["recompute"] = float(recompute)  # the plan's choice, as it ran
     return metrics
 
 
