@@ -14,7 +14,12 @@ from rlhf_operator.contract.sharding import Layout, ModelShape, rank_shards, reg
 from rlhf_worker.model import CheckpointError, load_shards, save_pretrained
 from rlhf_worker.model import checkpoint as checkpoint_module
 from rlhf_worker.model.checkpoint import read_architecture
-from rlhf_worker.model.tiny import build_tiny_model, init_full_state, tiny_hf_config
+from rlhf_worker.model.tiny import (
+    build_tiny_model,
+    init_full_state,
+    tiny_architecture,
+    tiny_hf_config,
+)
 
 SINGLE = Layout(ranks=(0,))
 
@@ -25,7 +30,7 @@ def full_state(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_save_then_load_round_trips_exactly(tmp_path: Path, tiny_lm_dir: Path) -> None:
-    config, shards = load_shards(tiny_lm_dir, SINGLE, 0, expected=tiny_hf_config())
+    config, shards = load_shards(tiny_lm_dir, SINGLE, 0, expected=tiny_architecture())
     assert [p.name for p in config.shape.params()] == list(shards)
     save_pretrained(tmp_path, tiny_hf_config(), shards)
     before, after = full_state(tiny_lm_dir), full_state(tmp_path)
@@ -42,7 +47,7 @@ def test_checkpoint_saved_by_transformers_loads_by_slice(tmp_path: Path, tiny_lm
     full = full_state(tiny_lm_dir)
     layout = Layout(ranks=(0, 1, 2, 3), pp=2, tp=2)
     for rank in layout.ranks:
-        _, shards = load_shards(tmp_path, layout, rank, expected=tiny_hf_config())
+        _, shards = load_shards(tmp_path, layout, rank, expected=tiny_architecture())
         regions = rank_shards(ModelShape.from_hf_config(tiny_hf_config()), layout, rank)
         assert shards.keys() == regions.keys()
         for name, region in regions.items():
@@ -128,10 +133,10 @@ def test_missing_directory(tmp_path: Path) -> None:
 
 def test_architecture_mismatch_names_the_field(tmp_path: Path) -> None:
     root = write_model(tmp_path)
-    expected = {**tiny_hf_config(), "num_hidden_layers": 1, "hidden_size": 128}
+    expected = tiny_architecture(num_hidden_layers=1, hidden_size=128)
     message = expect_error("hidden_size is 256, expected 128", root, SINGLE, 0, expected=expected)
     assert str(root / "config.json") in message
-    qwen = {**tiny_hf_config(), "num_hidden_layers": 1, "model_type": "qwen2"}
+    qwen = tiny_architecture(num_hidden_layers=1, model_type="qwen2")
     expect_error("model_type is 'llama', expected 'qwen2'", root, SINGLE, 0, expected=qwen)
 
 
@@ -165,7 +170,7 @@ def test_a_config_json_is_read_as_the_api_reads_an_architecture(tmp_path: Path) 
     (root / "config.json").write_text(json.dumps(on_disk))
     assert read_architecture(root).rms_norm_eps == 1e-6
     # The tiny preset says 1e-5 (as Llama 2's config.json does): the plan and the file disagree.
-    planned = {**tiny_hf_config(), "num_hidden_layers": 1}
+    planned = tiny_architecture(num_hidden_layers=1)
     expect_error("rms_norm_eps is 1e-06, expected 1e-05", root, SINGLE, 0, expected=planned)
     # A bad or missing field is named as config.json names it.
     write_model(tmp_path / "b", num_attention_heads=0)

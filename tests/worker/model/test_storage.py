@@ -9,7 +9,7 @@ import torch
 from rlhf_operator.contract.sharding import Layout, ModelShape
 from rlhf_worker.model import load_shards
 from rlhf_worker.model.storage import empty_shard, in_storage_order, wire_view
-from rlhf_worker.model.tiny import tiny_hf_config
+from rlhf_worker.model.tiny import tiny_architecture, tiny_hf_config
 from rlhf_worker.realloc.copies import offload_tensors, restore_tensors
 from rlhf_worker.realloc.pool import StoragePool
 
@@ -51,7 +51,7 @@ def test_a_column_slice_of_a_column_major_shard_is_contiguous_on_the_wire() -> N
 def test_loaded_shards_keep_row_parallel_weights_column_major(tiny_lm_dir: Path) -> None:
     layout = Layout((0, 1), tp=2)
     shape = ModelShape.from_hf_config(tiny_hf_config())
-    _, shards = load_shards(tiny_lm_dir, layout, 1, expected=tiny_hf_config())
+    _, shards = load_shards(tiny_lm_dir, layout, 1, expected=tiny_architecture())
     for param in shape.params():
         tensor = shards[param.name]
         assert is_column_major(tensor) == param.column_major, param.name

@@ -11,8 +11,7 @@ from rlhf_worker.runtime.state import RoleState
 
 
 def role(home: Layout) -> RoleState:
-    hf = tiny_hf_config()
-    return RoleState("actor", "lm", ModelConfig.from_hf(hf), hf, home)
+    return RoleState("actor", ModelConfig.from_hf(tiny_hf_config()), home)
 
 
 def test_reallocation_plans_are_made_once_per_pair_of_layouts() -> None:

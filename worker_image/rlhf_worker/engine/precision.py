@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 
 class MixedPrecision:
@@ -47,10 +46,9 @@ class MixedPrecision:
         )
         # Between the first backward of a step and the optimizer step: the fp32 sums.
         self._grads: dict[str, Tensor] | None = None
-        self._hooks: list[RemovableHandle] = []
         if self.enabled:
             for name, param in self.params.items():
-                self._hooks.append(param.register_post_accumulate_grad_hook(self._hook(name)))
+                param.register_post_accumulate_grad_hook(self._hook(name))
 
     def _hook(self, name: str) -> Callable[[Tensor], None]:
         def accumulate(param: Tensor) -> None:

@@ -91,20 +91,19 @@ def load_shards(
     layout: Layout,
     rank: int,
     head: HeadKind = "lm",
-    expected: Mapping[str, Any] | None = None,
+    expected: ArchitectureConfig | None = None,
     dtype: torch.dtype = torch.float32,
     num_values: int = 1,
 ) -> tuple[ModelConfig, dict[str, Tensor]]:
     """This rank's shards of a checkpoint under a layout, and the model's config.
 
-    ``expected``: the planned architecture (a config.json-like dict, e.g.
-    ``ArchitectureConfig.to_hf_config()``); a mismatch is a CheckpointError.
+    ``expected``: the planned architecture; a mismatch is a CheckpointError.
     A ``value`` head missing from the checkpoint (a critic started from a causal
     LM) is initialised deterministically.
     """
     arch = read_architecture(model_dir)
     if expected is not None:
-        problem = architecture_mismatch(arch, ArchitectureConfig.from_hf_config(expected))
+        problem = architecture_mismatch(arch, expected)
         if problem:
             raise CheckpointError(f"{Path(model_dir) / 'config.json'}: {problem}")
     # num_values: e.g. Safe-RLHF's critic predicts reward and cost values.

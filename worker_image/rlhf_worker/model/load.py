@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from rlhf_operator.api.models import ArchitectureConfig
 from rlhf_operator.contract.sharding import HeadKind, Layout
 from rlhf_worker.model.checkpoint import load_shards
 from rlhf_worker.model.decoder import Decoder
@@ -19,7 +18,7 @@ def load_decoder(
     layout: Layout,
     rank: int,
     head: HeadKind = "lm",
-    expected: Mapping[str, Any] | None = None,
+    expected: ArchitectureConfig | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Decoder:
     """Read this rank's slices and build its decoder (creates the layout's groups: collective)."""

@@ -59,12 +59,10 @@ def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
     model = rt.spec.models.present()[role]
     assert model.architecture is not None
     arch = model.architecture.resolve()
-    expected = arch.to_hf_config()
     shape = role_shape(role, arch, rt.spec.algorithm.name)
     state = rt.roles.get(role)
     if rt.rank not in layout.ranks:
-        config = ModelConfig(arch, shape)
-        state = state or RoleState(role, shape.head, config, expected, layout)
+        state = state or RoleState(role, ModelConfig(arch, shape), layout)
         rt.roles[role] = state
         return state
     config, shards = load_shards(
@@ -72,13 +70,13 @@ def load_role(rt: Runtime, role: str, layout: Layout) -> RoleState:
         layout,
         rt.rank,
         head=shape.head,
-        expected=expected,
+        expected=arch,
         dtype=rt.dtype(role),
         num_values=shape.num_values,
     )
     shards = {k: v.to(rt.device) for k, v in shards.items()}
     decoder = Decoder(config, context_for(layout, rt.rank), shards)
-    state = RoleState(role, shape.head, config, expected, layout, model=decoder)
+    state = RoleState(role, config, layout, model=decoder)
     if model.trainable is not False and role in trained_roles(rt):
         state.trainer = Trainer(decoder, optimizer_config(rt, role), output=output_of(role))
     rt.roles[role] = state

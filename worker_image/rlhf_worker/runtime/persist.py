@@ -126,7 +126,8 @@ def export(rt: Runtime, role: str, path: Path) -> bool:
         return False
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(tmp, state.hf_config, {k: v.cpu() for k, v in full.items()}, head=state.head)
+    hf_config, head = state.config.arch.to_hf_config(), state.config.shape.head
+    save_pretrained(tmp, hf_config, {k: v.cpu() for k, v in full.items()}, head=head)
     source = rt.model_dirs.get(role)
     for name in TOKENIZER_FILES:
         if source is not None and (source / name).exists():

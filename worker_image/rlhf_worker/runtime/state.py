@@ -22,7 +22,7 @@ from rlhf_operator.api.dataflow import Call, calls_for
 from rlhf_operator.api.job import RLHFJob
 from rlhf_operator.api.models import ModelSpec, RewardModelSpec
 from rlhf_operator.contract.plan import Plan
-from rlhf_operator.contract.sharding import HeadKind, Layout, role_head
+from rlhf_operator.contract.sharding import Layout, role_head
 from rlhf_worker.data.prompts import Prompt, epoch_order
 from rlhf_worker.engine import Trainer
 from rlhf_worker.model.config import ModelConfig
@@ -38,9 +38,7 @@ class RoleState:
     """One role on this rank: its home copy (and optimizer), and transient copies."""
 
     name: str
-    head: HeadKind
-    config: ModelConfig
-    hf_config: dict[str, Any]
+    config: ModelConfig  # the planned architecture and the role's shape (its head)
     home: Layout
     model: Decoder | None = None  # None if this rank is not in the home layout
     trainer: Trainer | None = None
