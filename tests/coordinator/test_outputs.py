@@ -21,7 +21,7 @@ def _record(i: int) -> IterationRecord:
         seconds=2.0,
         tokens_per_second=100.0,
         samples_per_second=8.0,
-        calls={"actor_gen": CallTiming(1.0, 0.8)},
+        calls={"actor_gen": CallTiming(1.0, 0.8, 2048, 4096)},
         extra={"loss": 0.1},
     )
 
@@ -33,7 +33,12 @@ def test_metrics_lines_hold_the_documented_fields(tmp_path: Path) -> None:
     line = json.loads(out.metrics.read_text().splitlines()[0])
     for key in ("iteration", "reward_mean", "kl", "seconds", "tokens_per_second", "calls"):
         assert key in line
-    assert line["calls"]["actor_gen"] == {"seconds": 1.0, "estimated_seconds": 0.8}
+    assert line["calls"]["actor_gen"] == {
+        "seconds": 1.0,
+        "estimated_seconds": 0.8,
+        "peak_bytes": 2048,
+        "estimated_peak_bytes": 4096,
+    }
     assert line["loss"] == 0.1
 
 

@@ -76,7 +76,12 @@ def test_training_memory_is_zero1_over_dp():
     n = w.roles["actor"].params
     cost = call_cost(w, w.call("actor_train"), cluster, Mesh(0, 8), Strategy(8, 1, 1, 1))
     assert cost.weight_bytes == pytest.approx(2 * n)
-    assert cost.state_bytes == pytest.approx(2 * n + 12 * n / 8)
+    assert cost.state_bytes == pytest.approx(12 * n / 8)  # fp32 master + moments, 1/dp
+    # The step's fp32 gradients: all of them until the reduce-scatter (ZeRO-1), 1/dp (ZeRO-2).
+    assert cost.breakdown["gradients"] == pytest.approx(4 * n)
+    zero2 = call_cost(w, w.call("actor_train"), cluster, Mesh(0, 8), Strategy(8, 1, 1, 1, False, 2))
+    assert zero2.breakdown["gradients"] == pytest.approx(4 * n / 8)
+    assert zero2.seconds > cost.seconds  # a reduce-scatter per tensor (one micro-batch here)
     tp = call_cost(w, w.call("actor_train"), cluster, Mesh(0, 8), Strategy(2, 4, 1, 1))
     assert tp.weight_bytes < cost.weight_bytes / 3.9
     inf = call_cost(w, w.call("ref_inf"), cluster, Mesh(0, 8), Strategy(8, 1, 1, 1))
@@ -250,3 +255,23 @@ def test_optimizer_step_overhead_once_per_optimizer_step():
     base = call_cost(w, call, Cluster(1, 1, simple_profile()), mesh, lay).seconds
     more = Cluster(1, 1, simple_profile(optimizer_step_overhead=0.01))
     assert call_cost(w, call, more, mesh, lay).seconds == pytest.approx(base + 2 * 0.01)
+
+
+def test_the_search_keeps_zero2_where_it_is_the_lean_choice() -> None:
+    """ZeRO-2 trades a reduce-scatter per tensor and micro-batch for 1/dp of the fp32
+    gradients: never the fastest, it is among the leanest strategies the search keeps for
+    a training call, so a plan takes it when nothing else fits."""
+    from rlhf_operator.planner.search import Candidates
+    from rlhf_operator.planner.simulate import Evaluator
+
+    job = make_job("llama2-7b", gpus=8, algorithm="grpo")
+    w = workload_for(job)
+    cluster = Cluster(1, 8, load_profile("H100"))
+    call, mesh = w.call("actor_train"), Mesh(0, 8)
+    for base in (Strategy(8, 1, 1, 4), Strategy(4, 2, 1, 4, recompute=True)):
+        zero2 = dataclasses.replace(base, zero_stage=2)
+        one, two = (call_cost(w, call, cluster, mesh, s) for s in (base, zero2))
+        assert two.memory_bytes < one.memory_bytes and two.seconds > one.seconds
+    kept = Candidates(Evaluator(w, cluster)).layouts[("actor_train", (8, False))]
+    assert any(s.zero_stage == 2 for s in kept), kept
+    assert kept[0].zero_stage == 1  # the fastest

@@ -219,7 +219,7 @@ class ModelSpec(ApiModel):
     architecture: Architecture
     """The architecture, known without reading the volume so the operator can plan."""
     dtype: Dtype = "bfloat16"
-    """Compute dtype of the weights on the workers (float32 is used on CPU). A trained role in bfloat16 keeps fp32 master weights, gradients and AdamW moments; float16 cannot be trained (no loss scaling)."""
+    """Compute dtype of the weights on the workers, on CPU as on GPU (the tiny examples use float32). A trained role in bfloat16 keeps fp32 master weights, gradients and AdamW moments; float16 cannot be trained (no loss scaling)."""
     trainable: bool | None = None
     """Whether the role is trained; defaults to the algorithm's choice (actor and critic trained, ref and reward frozen)."""
 

@@ -200,6 +200,10 @@ class CallPlacement(ApiModel):
     """Pipeline-parallel degree (stages)."""
     micro_batches: PositiveInt = 1
     """Micro-batches per data-parallel rank (pipeline depth for pp > 1)."""
+    recompute: bool = False
+    """Training calls: recompute each layer's activations in the backward (less memory, one more forward)."""
+    zero_stage: Literal[1, 2] = 1
+    """Training calls: 1 shards the fp32 master weights and AdamW moments over dp; 2 shards the fp32 gradients too (less memory, a reduce-scatter per parameter and micro-batch)."""
 
 
 class Placement(ApiModel):

@@ -46,6 +46,29 @@ def _gib(n: float) -> str:
     return f"{n / GiB:.1f}"
 
 
+MEMORY_TERMS = (
+    "weights",
+    "optimizer",
+    "gradients",
+    "activations",
+    "logits",
+    "kv_cache",
+    "communication",
+    "other",
+)
+
+
+def _memory_table(plan: Plan) -> list[str]:
+    """Each call's planned peak per device by term (GiB): what the workers allocate."""
+    if not any(c.memory_breakdown for c in plan.calls):
+        return []  # a plan written before the breakdown existed
+    rows: list[tuple[str, ...]] = [("memory GiB", *MEMORY_TERMS, "peak")]
+    for c in plan.calls:
+        terms = c.memory_breakdown
+        rows.append((c.name, *(_gib(terms.get(t, 0)) for t in MEMORY_TERMS), _gib(c.memory_bytes)))
+    return ["", *_columns(rows)]
+
+
 def render_table(plan: Plan) -> str:
     what = "CPU slots" if plan.gpu_type.lower() == "cpu" else f"{plan.gpu_type} GPUs"
     lines = [
@@ -58,11 +81,13 @@ def render_table(plan: Plan) -> str:
     ]
     for c in plan.calls:
         micro = f"{c.micro_batches}{'+rc' if c.recompute else ''}"
+        micro += "+z2" if c.zero_stage == 2 else ""
         rows.append(
             (c.name, c.role, c.mesh_spec, str(len(c.mesh)), str(c.dp), str(c.tp), str(c.pp),
              micro, f"{c.seconds:.2f}", _gib(c.memory_bytes))
         )  # fmt: skip
     lines += _columns(rows)
+    lines += _memory_table(plan)
     if plan.reallocations:
         lines.append("")
         rows = [("reallocation", "from", "to", "GiB moved", "time s")]

@@ -35,6 +35,12 @@ class CallPlan:
     seconds: float  # estimated seconds per iteration
     memory_bytes: int  # estimated peak bytes on one device of the mesh during the call
     recompute: bool = False  # training with activation recomputation
+    # Training: 1 = fp32 master weights and moments sharded over dp, 2 = gradients too.
+    zero_stage: int = 1
+    # memory_bytes by term: weights, optimizer (master weights + moments), gradients,
+    # activations, logits, kv_cache, communication, and other (what other roles and
+    # this role's other copies keep on the device meanwhile).
+    memory_breakdown: dict[str, int] = field(default_factory=dict)
     mesh_spec: str = ""  # the mesh in manifest notation (N, N-M, N:A-B)
 
     def rank(self, p: int, d: int, t: int) -> tuple[int, int]:

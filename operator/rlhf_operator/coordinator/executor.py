@@ -104,13 +104,21 @@ class JobRunner:
         for step in self.steps:
             action, outcome = step.action, outcomes[step.index]
             if isinstance(action, RunCall):
-                estimate = self.plan.call(action.call).seconds
-                timings[action.call] = CallTiming(round(outcome.seconds, 6), estimate)
+                planned = self.plan.call(action.call)
+                peaks = [
+                    int(o["peak_bytes"]) for o in outcome.outputs.values() if "peak_bytes" in o
+                ]
+                timings[action.call] = CallTiming(
+                    round(outcome.seconds, 6),
+                    planned.seconds,
+                    max(peaks) if peaks else None,
+                    planned.memory_bytes,
+                )
                 tokens += sum(o.get("tokens", 0.0) for o in outcome.outputs.values())
                 samples += sum(o.get("samples", 0.0) for o in outcome.outputs.values())
                 first = outcome.outputs[min(outcome.outputs)] if outcome.outputs else {}
                 for key, value in first.items():
-                    if key not in ("tokens", "samples"):
+                    if key not in ("tokens", "samples", "peak_bytes"):
                         extra[f"{action.call}/{key}"] = float(value)
             elif isinstance(action, Realloc):
                 extra["reallocation_seconds"] = (

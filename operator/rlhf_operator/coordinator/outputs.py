@@ -16,7 +16,11 @@ Every line of metrics.jsonl holds at least:
     seconds            wall-clock seconds of the iteration
     tokens_per_second  (prompt + response tokens of the iteration) / seconds
     samples_per_second responses / seconds
-    calls              {call name: {"seconds": measured, "estimated_seconds": the plan's}}
+    calls              {call name: {"seconds": measured, "estimated_seconds": the plan's,
+                        "peak_bytes": the largest over the call's ranks of the bytes a rank
+                        held at once during the call (CUDA: max_memory_allocated; CPU: the
+                        workers' allocation tracker, rlhf_worker/runtime/memory.py),
+                        "estimated_peak_bytes": the plan's memory_bytes for the call}}
 
 and may hold more (per-call metrics; reallocation seconds, bytes received and bytes
 copied within ranks: reallocation_seconds, _bytes, _local_bytes). On resume,
@@ -40,6 +44,8 @@ SUMMARY_FILE = "summary.json"
 class CallTiming:
     seconds: float
     estimated_seconds: float | None = None
+    peak_bytes: int | None = None
+    estimated_peak_bytes: int | None = None
 
 
 @dataclass

@@ -11,9 +11,10 @@ Time (seconds) of a call per iteration, from the device profile:
   (four with the backward), cost 2(n-1)/n x bytes / link + 2 log2(n) x latency;
 - pipeline parallelism: (micro_batches + pp - 1) stage slots (the bubble) and a
   point-to-point send of the activations between stages;
-- data-parallel training: a gradient reduce-scatter and parameter all-gather
-  (ZeRO-1: the volume of one all-reduce) over the dp group's link, and the
-  AdamW step (memory-bound over the rank's optimizer shard);
+- data-parallel training: a reduce-scatter of the fp32 gradients (ZeRO-2: every
+  micro-batch, one collective per tensor) and an all-gather of the updated weights
+  in the job dtype over the dp group's link, and the AdamW step (memory-bound over
+  the rank's optimizer shard);
 - generation: prefill as an inference over the prompts, then one decode step
   per generated token; a step of a stage is the larger of its compute and of
   reading its weights and KV cache (at the backend's bandwidth efficiency),
@@ -30,22 +31,26 @@ Links: a tensor-parallel group is always inside a node (tp divides the devices
 per node); a dp group or a stage boundary crosses nodes when the mesh spans
 nodes and dp x tp (resp. the stage size) reaches a node's devices.
 
-Peak memory (bytes per device, the largest stage): weights in the role's dtype;
-training adds gradients (same dtype) and fp32 master weights + Adam moments
-(12 bytes per parameter) sharded over dp (ZeRO-1); activations with 1F1B hold
+Peak memory (bytes per device, the largest stage), one term per buffer the
+workers allocate (`CallCost.breakdown`; `benchmarks/memory.py` measures each
+call against it): weights in the role's dtype; a trained role keeps fp32 master
+weights + Adam moments (12 bytes per parameter) sharded over dp (ZeRO-1), and
+its step allocates fp32 gradients (all of them, or 1/dp under ZeRO-2) and the
+reduce-scatter / all-gather buffers (`train_memory`); activations with 1F1B hold
 min(micro_batches, pp) micro-batches on the first stage (only layer inputs with
 recomputation); fp32 logits of a micro-batch on the last stage; generation holds
-the KV cache of every sequence of its dp rank: 2 x kv_heads/tp x head_dim per
-token per layer (GQA: key/value heads, not query heads).
+the KV cache of a micro-batch (the torch engine generates them one after another)
+or of every sequence of its dp rank (vLLM): 2 x kv_heads/tp x head_dim per token
+per layer (GQA: key/value heads, not query heads).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..api.dataflow import Call
-from ..contract.sharding import stage_layers, vllm_layout_problem
+from ..contract.sharding import ModelShape, stage_layers, vllm_layout_problem
 from .cluster import Cluster, Mesh
 from .profiles import Profile
 from .workload import Workload
@@ -64,14 +69,18 @@ class Strategy:
     pp: int
     micro_batches: int = 1
     recompute: bool = False
+    zero_stage: int = 1  # training: 2 shards the fp32 gradients over dp too
 
 
 @dataclass(frozen=True)
 class CallCost:
     seconds: float
     weight_bytes: float  # the role's parameter shard on one device in this layout
-    state_bytes: float  # training: gradients + optimizer shard (0 otherwise)
-    active_bytes: float  # activations / KV cache / logits at the call's peak
+    state_bytes: float  # training: the fp32 master weights and moments of dp rank (0 otherwise)
+    active_bytes: float  # what the call allocates and frees again, at its peak
+    # active_bytes by term (gradients, activations, logits, kv_cache, communication), at
+    # the call's peak phase: what `rlhfctl plan` shows.
+    breakdown: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def memory_bytes(self) -> float:
@@ -83,6 +92,11 @@ def allreduce_seconds(nbytes: float, n: int, bandwidth: float, latency: float) -
     if n <= 1 or nbytes <= 0:
         return 0.0
     return 2 * (n - 1) / n * nbytes / bandwidth + 2 * math.ceil(math.log2(n)) * latency
+
+
+def half_allreduce_seconds(nbytes: float, n: int, bandwidth: float, latency: float) -> float:
+    """A reduce-scatter or all-gather of `nbytes` (the whole buffer) over `n` ranks."""
+    return allreduce_seconds(nbytes, n, bandwidth, latency) / 2
 
 
 def gemm_seconds(flops: float, rows: float, profile: Profile) -> float:
@@ -119,6 +133,10 @@ def strategy_problem(
         return f"{batch} sequences do not split over dp {dp} x micro-batches {m}"
     if strategy.recompute and call.kind != "train":
         return "recomputation applies to training only"
+    if strategy.zero_stage not in (1, 2):
+        return f"ZeRO stage {strategy.zero_stage} is not 1 or 2"
+    if strategy.zero_stage == 2 and (call.kind != "train" or dp == 1):
+        return "ZeRO-2 (sharded gradients) applies to training with dp > 1 only"
     return None
 
 
@@ -179,7 +197,9 @@ def _call_cost(
     head_flops_tok = 2 * (role.head_split_params / tp if not role.value_head else a.num_values * h)
     kernel = prof.kernel_overhead * KERNELS_PER_LAYER * ls
 
-    # Activations saved per token per layer for the backward (bytes).
+    # Bytes a layer's forward writes per token: its element-wise traffic, and the
+    # transients alive inside a layer of a forward without a graph (inference, prefill).
+    # What a training forward keeps for the backward is `saved_layer_bytes`.
     act_tok_layer = b * (4 * h + (2 * q + 2 * kv) / tp + 4 * a.intermediate_size / tp)
 
     def forward_stage(tokens: float, ctx: float) -> float:
@@ -197,31 +217,57 @@ def _call_cost(
         return tokens * h * b / pp_bw + pp_lat if pp > 1 else 0.0
 
     logits_tok = 4 * (a.vocab_size / tp if not role.value_head else 1)
+    saved_tok_layer = saved_layer_bytes(a, b, tp, seq)
+
+    def logits_bytes(tokens: float) -> float:
+        """A micro-batch's log-probabilities (`parallel/tensor.py`): fp32 logits, shifted
+        and exponentiated, plus the job dtype's logits they were cast from."""
+        return tokens * logits_tok * (3 + (b / 4 if b != 4 else 0))
+
+    per_sequence_tok = sequence_bytes(a, b, seq)
 
     state_bytes = 0.0
+    breakdown: dict[str, float]
     if call.kind == "inference":
         tokens = seqs * seq
         slot = forward_stage(tokens, seq / 2) + p2p(tokens)
         seconds = (m + pp - 1) * slot
-        active = tokens * (act_tok_layer + logits_tok)
+        # No graph is kept: the peak is a layer's transients or, larger for a large
+        # vocabulary, a micro-batch's logits (the same buffers as in training).
+        acts, logits = tokens * act_tok_layer, logits_bytes(tokens)
+        breakdown = {"activations": acts, "logits": 0.0} if acts >= logits else {"logits": logits}
+        active = sum(breakdown.values())
     elif call.kind == "train":
         tokens = seqs * seq
         fwd = forward_stage(tokens, seq / 2)
         bwd = prof.backward_factor * (fwd - kernel) + kernel
         slot = fwd + bwd + (fwd if strategy.recompute else 0.0) + 2 * p2p(tokens)
-        grads = rank_elems * b
-        sync = allreduce_seconds(grads, dp, dp_bw, dp_lat)
+        zero2 = strategy.zero_stage == 2
+        # fp32 gradients reduce-scattered (ZeRO-2: every micro-batch, one collective per
+        # tensor), the updated weights all-gathered in the job dtype.
+        sync = (m if zero2 else 1) * half_allreduce_seconds(4 * rank_elems, dp, dp_bw, dp_lat)
+        sync += half_allreduce_seconds(rank_elems * b, dp, dp_bw, dp_lat)
+        # One all-gather per tensor (ZeRO-2: and a reduce-scatter per tensor and micro-batch).
+        tensors = ls * role.tensors_per_layer + 3
+        sync += ((m if zero2 else 0) + 1) * tensors * math.ceil(math.log2(dp)) * dp_lat
         optim = 32 * rank_elems / dp / (prof.memory_bandwidth * prof.bandwidth_efficiency)
         optim += prof.optimizer_step_overhead
         steps = workload.passes(call)
         seconds = steps * ((m + pp - 1) * slot + sync + optim)
-        state_bytes = rank_elems * b + 12 * rank_elems / dp
-        in_flight = min(m, pp)
-        if strategy.recompute:
-            acts = tokens * (in_flight * ls * b * h + act_tok_layer)
-        else:
-            acts = tokens * in_flight * ls * act_tok_layer
-        active = acts + 2 * tokens * logits_tok
+        state_bytes = 12 * rank_elems / dp  # fp32 master weights + 2 moments (ZeRO-1)
+        in_flight = min(m, pp)  # 1F1B: micro-batches whose backward is pending
+        # Recomputation keeps each layer's input, and one layer's activations at a time,
+        # which the backward recomputes after the logits' gradient is done with.
+        kept = b * h if strategy.recompute else saved_tok_layer
+        acts = tokens * (in_flight * (ls * kept + per_sequence_tok))
+        largest = max(role.embedding_params, role.head_split_params, a.intermediate_size * h)
+        memory = train_memory(rank_elems, b, dp, zero2, largest / tp)
+        logits = logits_bytes(tokens)
+        if strategy.recompute and tokens * saved_tok_layer > logits:
+            acts, logits = acts + tokens * saved_tok_layer, 0.0
+        backward = {**memory.backward, "activations": acts, "logits": logits}
+        breakdown = max(backward, memory.step, key=lambda terms: sum(terms.values()))
+        active = sum(breakdown.values())
     else:  # generate
         backend = prof.backend(workload.backend)
         p, g = workload.prompt_len, workload.gen_len
@@ -240,9 +286,73 @@ def _call_cost(
         step += p2p(seqs)
         decode = max(g - 1, 0) * max(m, pp) * step
         seconds = prefill + decode
-        kv_cache = (batch / dp) * seq * ls * kv_tok_layer
-        active = kv_cache + prompt_tokens * act_tok_layer + seqs * logits_tok
-    return CallCost(seconds + prof.call_overhead, weight_bytes, state_bytes, active)
+        # The torch engine generates one micro-batch after another, each with its own
+        # cache; vLLM keeps every sequence of its replica in flight.
+        in_cache = batch / dp if workload.backend == "vllm" else seqs
+        kv_cache = in_cache * seq * ls * kv_tok_layer
+        breakdown = {
+            "kv_cache": kv_cache,
+            "activations": prompt_tokens * act_tok_layer,
+            "logits": seqs * logits_tok,
+        }
+        active = sum(breakdown.values())
+    return CallCost(seconds + prof.call_overhead, weight_bytes, state_bytes, active, breakdown)
+
+
+def saved_layer_bytes(a: ModelShape, b: int, tp: int, seq: int) -> float:
+    """Bytes one decoder layer keeps for its backward, per token (`model/decoder.py`, in
+    the job dtype's `b` bytes unless said): the attention's query, keys and values (GQA
+    repeats them to the query heads) and output, the MLP's gate, up, their activation and
+    product; per RMSNorm its fp32 input and result (in float32 one of them is the input
+    itself); rotary cos/sin cast to the job dtype (none in float32); the boolean mask as
+    the attention's additive mask, [T] per token; the attention's fp32 log-sum-exp per
+    head and the norms' fp32 scales."""
+    q = a.num_heads * a.head_dim / tp
+    norms = 2 * (12 * a.hidden_size if b == 4 else 8 * a.hidden_size)
+    rope = 4 * a.head_dim * b if b != 4 else 0
+    return (
+        b * (4 * q + 4 * a.intermediate_size / tp + seq) + norms + rope + 4 * a.num_heads / tp + 8
+    )
+
+
+def sequence_bytes(a: ModelShape, b: int, seq: int) -> float:
+    """Per token, once per micro-batch of a stage: fp32 rotary cos and sin, the boolean
+    attention mask [T], the embedding's output."""
+    return 8 * a.head_dim + seq + b * a.hidden_size
+
+
+@dataclass(frozen=True)
+class TrainMemory:
+    """A training step's transient bytes on one device, by term, in its two phases."""
+
+    backward: dict[str, float]  # while micro-batches run (activations added by the caller)
+    step: dict[str, float]  # reduce-scatter, AdamW and all-gather, activations freed
+
+
+def train_memory(
+    elems: float, dtype_bytes: int, dp: int, zero2: bool, largest: float
+) -> TrainMemory:
+    """What `rlhf_worker.engine.shards` allocates for a step over `elems` parameters.
+
+    Backward: fp32 gradient sums (every dp chunk under ZeRO-1 at dp > 1, this rank's
+    chunk otherwise) and one tensor's gradient in the job dtype as autograd hands it over
+    (ZeRO-2 adds its padded fp32 copy and reduced chunk). Step: the reduce-scatter's
+    input and output (ZeRO-1), or the gradient chunks and AdamW's denominator for one
+    tensor's chunk; then, the gradients freed, one tensor's chunk cast to the job dtype
+    and its gathered chunks (dp > 1).
+    """
+    b = dtype_bytes
+    full = not zero2 and dp > 1
+    grads = 4 * elems if full else 4 * elems / dp
+    handover = b * largest + (4 * largest * (1 + 1 / dp) if zero2 and dp > 1 else 0.0)
+    backward = {"gradients": grads, "communication": handover}
+    reduce_phase = {
+        "gradients": 4 * elems * (1 + 1 / dp) if full else 4 * elems / dp,
+        "communication": 0.0 if full else 4 * largest / dp,
+    }
+    gather_phase = {"communication": b * largest * (1 + 1 / dp) if dp > 1 else 0.0}
+    step = max(reduce_phase, gather_phase, key=lambda terms: sum(terms.values()))
+    return TrainMemory(backward, step)
 
 
 def offload_seconds(weight_bytes: float, profile: Profile) -> float:
@@ -272,10 +382,12 @@ def strategies_for(
                 continue
             m = 1
             while m <= max_micro and batch % (dp * m) == 0:
-                for rc in (False, True) if call.kind == "train" else (False,):
-                    lay = Strategy(dp, tp, pp, m, rc)
-                    if strategy_problem(workload, call, cluster, mesh, lay) is None:
-                        out.append(lay)
+                train = call.kind == "train"
+                for rc in (False, True) if train else (False,):
+                    for zero in (1, 2) if train and dp > 1 else (1,):
+                        lay = Strategy(dp, tp, pp, m, rc, zero)
+                        if strategy_problem(workload, call, cluster, mesh, lay) is None:
+                            out.append(lay)
                 m *= 2
     return out
 

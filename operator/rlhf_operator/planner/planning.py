@@ -6,11 +6,12 @@ import math
 import time
 
 from ..api.checks import mesh_devices
+from ..api.dataflow import Call
 from ..api.job import RLHFJob
 from ..contract.plan import CallPlan, Offload, Plan, Reallocation
 from .baselines import BASELINES
 from .cluster import Cluster, Mesh
-from .estimator import Strategy, strategy_problem
+from .estimator import CallCost, Strategy, strategy_problem
 from .profiles import load_profile
 from .search import Candidates, search
 from .simulate import Assignment, Evaluation, Evaluator
@@ -71,6 +72,8 @@ def _to_plan(
                 seconds=cost.seconds,
                 memory_bytes=round(ev.memory[c.name]),
                 recompute=lay.recompute,
+                zero_stage=lay.zero_stage,
+                memory_breakdown=memory_breakdown(c, cost, ev.memory[c.name]),
                 mesh_spec=cluster.to_string(mesh),
             )
         )
@@ -98,6 +101,15 @@ def _to_plan(
     )
 
 
+def memory_breakdown(call: Call, cost: CallCost, peak: float) -> dict[str, int]:
+    """A call's planned peak by term: its own buffers, the rest as `other`."""
+    own = {"weights": cost.weight_bytes, **cost.breakdown}
+    if call.kind == "train":
+        own["optimizer"] = cost.state_bytes
+    own["other"] = max(peak - sum(own.values()), 0.0)
+    return {term: round(v) for term, v in own.items()}
+
+
 def manual_assignment(job: RLHFJob, w: Workload, cluster: Cluster) -> Assignment:
     """The manual `placement.calls` as an assignment; PlanError names what is wrong."""
     assign: Assignment = {}
@@ -112,7 +124,7 @@ def manual_assignment(job: RLHFJob, w: Workload, cluster: Cluster) -> Assignment
         mesh = cluster.from_pairs(devices)
         if mesh is None:
             raise PlanError(f"spec.placement.calls.{c.name}.mesh: {cp.mesh!r} is not a mesh")
-        lay = Strategy(cp.dp, cp.tp, cp.pp, cp.micro_batches)
+        lay = Strategy(cp.dp, cp.tp, cp.pp, cp.micro_batches, cp.recompute, cp.zero_stage)
         problem = strategy_problem(w, c, cluster, mesh, lay)
         if problem:
             raise PlanError(f"spec.placement.calls.{c.name}: {problem}")
@@ -126,7 +138,8 @@ def requirement(w: Workload, cluster: Cluster) -> str:
     need = 0.0
     for role in w.roles.values():
         if role.trainable:
-            need += role.params * (2 * role.dtype_bytes + 12)
+            # Weights, fp32 gradients, fp32 master weights and moments, over all devices.
+            need += role.params * (role.dtype_bytes + 16)
     devices = max(1, math.ceil(need / usable))
     total = cluster.devices
     what = "CPU slots" if cluster.profile.kind == "cpu" else f"{cluster.profile.name} GPUs"

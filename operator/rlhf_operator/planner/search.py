@@ -196,7 +196,10 @@ def _same_split(ev: Evaluator, call: Call, mesh: Mesh, lay: Strategy) -> Strateg
     best = None
     m = 1
     while m <= 64:
-        cand = Strategy(lay.dp, lay.tp, lay.pp, m, lay.recompute and call.kind == "train")
+        train = call.kind == "train"
+        cand = Strategy(
+            lay.dp, lay.tp, lay.pp, m, lay.recompute and train, lay.zero_stage if train else 1
+        )
         if strategy_problem(ev.w, call, ev.c, mesh, cand) is None:
             secs = ev.cost(call, mesh, cand).seconds
             if best is None or secs < best[0]:

@@ -64,6 +64,12 @@ class RoleModel:
         return self._counts().layer_replicated
 
     @property
+    def tensors_per_layer(self) -> int:
+        """Parameter tensors per decoder layer (ZeRO-2 reduces each one separately)."""
+        assert self.shape is not None
+        return sum(1 for p in self.shape.params() if p.name.startswith("model.layers.0."))
+
+    @property
     def embedding_params(self) -> int:
         return self._counts().first_split
 

@@ -32,6 +32,7 @@ from rlhf_worker.model.tiny import build_tiny_model, tiny_hf_config
 from rlhf_worker.parallel.data import dp_slice
 from rlhf_worker.parallel.groups import context_for, groups_for, single_process_context
 from tests.worker.distributed import run_distributed
+from tests.worker.grads import captured_grads, dp_chunk
 
 WORLD = 8
 # Rounds of layouts that run at the same time on disjoint ranks: (pp, dp, tp, ranks, model).
@@ -129,15 +130,17 @@ def run_everything(
     for name, gen_config in generation_configs(eos).items():
         result = generate(actor, prompts, gen_config, sample_ids=sample_ids)
         out[name] = (result.tokens, result.logprobs, result.lengths)
-    stats = Trainer(actor, OPTIM).step(batch, actor_loss, micro_batches=MICRO_BATCHES)
+    trainer = Trainer(actor, OPTIM)
+    out["actor_grads"] = captured_grads(trainer)
+    stats = trainer.step(batch, actor_loss, micro_batches=MICRO_BATCHES)
     out["actor_norm"], out["actor_loss"] = stats.grad_norm, stats.loss
     out["actor"] = actor.local_state()
     vconfig, vshards = load_shards(value_dir, ctx.layout, ctx.rank, head="value")
     critic = Decoder(vconfig, ctx, {k: v.to(device) for k, v in vshards.items()})
     out["values"] = forward_values(critic, batch, micro_batches=MICRO_BATCHES)
-    cstats = Trainer(critic, OPTIM, output="values").step(
-        batch, critic_loss, micro_batches=MICRO_BATCHES
-    )
+    ctrainer = Trainer(critic, OPTIM, output="values")
+    out["critic_grads"] = captured_grads(ctrainer)
+    cstats = ctrainer.step(batch, critic_loss, micro_batches=MICRO_BATCHES)
     out["critic_norm"] = cstats.grad_norm
     out["critic"] = critic.local_state()
     return out
@@ -154,21 +157,21 @@ def compute_reference(lm_dir: Path, value_dir: Path) -> Reference:
     first = probe["greedy"][0][0].tolist().index(eos)
     assert int(ref["greedy"][2][0]) == first + 1 < 6
 
-    def detach(state: Mapping[str, Tensor], grads: bool) -> dict[str, Tensor]:
-        return {
-            n: (p.grad if grads else p).detach().clone()  # type: ignore[union-attr]
-            for n, p in state.items()
-        }
+    def detach(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {n: p.detach().clone() for n, p in state.items()}
+
+    def unflatten(grads: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {n: g.view(state[n].shape) for n, g in grads.items()}  # dp = 1: whole shards
 
     return Reference(
         logprobs=ref["logprobs"],
         values=ref["values"],
-        actor_weights=detach(ref["actor"], False),
-        actor_grads=detach(ref["actor"], True),
+        actor_weights=detach(ref["actor"]),
+        actor_grads=unflatten(ref["actor_grads"], ref["actor"]),
         actor_norm=ref["actor_norm"],
         actor_loss=ref["actor_loss"],
-        critic_weights=detach(ref["critic"], False),
-        critic_grads=detach(ref["critic"], True),
+        critic_weights=detach(ref["critic"]),
+        critic_grads=unflatten(ref["critic_grads"], ref["critic"]),
         critic_norm=ref["critic_norm"],
         generations={k: ref[k] for k in generation_configs(eos)},
         eos=eos,
@@ -211,7 +214,7 @@ def check_layout(
         ("actor", ref.actor_weights, ref.actor_grads),
         ("critic", ref.critic_weights, ref.critic_grads),
     ):
-        state = got[role]  # the local state after the step
+        state, got_grads = got[role], got[f"{role}_grads"]  # after the step
         regions = rank_shards(shape_of(role, lm_dir, value_dir), layout, rank)
         assert set(regions) == set(state)
         w_diff = g_diff = 0.0
@@ -219,7 +222,8 @@ def check_layout(
             index = tuple(slice(a, b) for a, b in region)
             param = state[name]
             w_diff = max(w_diff, _max_diff(param.detach(), weights[name][index]))
-            g_diff = max(g_diff, _max_diff(param.grad, grads[name][index]))
+            expected = dp_chunk(grads[name][index], layout.dp, ctx.dp_rank)
+            g_diff = max(g_diff, _max_diff(got_grads[name], expected))
         diffs[f"{role}_weights"], diffs[f"{role}_grads"] = w_diff, g_diff
     return diffs
 

@@ -12,6 +12,7 @@ from rlhf_worker.engine import OptimizerConfig, Trainer, forward_logprobs, forwa
 from rlhf_worker.model import Decoder, load_shards
 from rlhf_worker.model.tiny import build_tiny_model, tiny_hf_config
 from rlhf_worker.parallel.groups import single_process_context
+from tests.worker.grads import captured_grads
 
 transformers = pytest.importorskip("transformers")
 
@@ -71,15 +72,17 @@ def test_logprobs_and_gradients_equal_transformers(
 
     # Gradients of the same loss, through our training step (no clipping, lr 0).
     trainer = Trainer(model, OptimizerConfig(lr=0.0, max_grad_norm=0.0))
+    grads = captured_grads(trainer)
     trainer.step(
         batch,
         lambda lp, mb: -(lp * (mb["attention_mask"][:, 1:] * mb["attention_mask"][:, :-1])).sum(),
         micro_batches=2,
     )
     hf_params = dict(hf.named_parameters())
-    for name, param in model.local_state().items():
-        assert param.grad is not None
-        torch.testing.assert_close(param.grad, hf_params[name].grad, atol=1e-5, rtol=1e-4)
+    for name in model.local_state():
+        expected = hf_params[name].grad
+        assert expected is not None
+        torch.testing.assert_close(grads[name], expected.flatten(), atol=1e-5, rtol=1e-4)
 
 
 def test_value_head_equals_sequence_classification(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ and shaped like the shards, so it can be checkpointed and resharded exactly
 like the parameters, and (2) the first ``torch.optim`` step imports
 ``torch._dynamo``, which costs seconds in every worker process.
 AdamW is element-wise: on exact gradients, sharded AdamW is the full one. The
-moments take the dtype of the weights they update: fp32 for a role trained in
-mixed precision, whose optimizer updates its fp32 master weights (``precision.py``).
+moments take the dtype and shape of the weights they update: a dp replica's fp32
+chunks of the master weights (``shards.py``).
 """
 
 from __future__ import annotations
@@ -53,5 +53,6 @@ def adamw_step(
         param.mul_(1 - lr * weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        # One temporary the size of the weight (the estimator's AdamW term), not two.
+        denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
         param.addcdiv_(exp_avg, denom, value=-step_size)

@@ -145,7 +145,13 @@ def load_shards(
                             f"expected {list(specs[name].shape)}"
                         )
                     index = tuple(slice(start, stop) for start, stop in regions[name])
-                    out[name] = in_storage_order(piece[index].to(dtype), specs[name].column_major)
+                    shard = in_storage_order(piece[index].to(dtype), specs[name].column_major)
+                    # A slice can be a view of the whole tensor as read from the file
+                    # (rows of a tensor-parallel split, with no cast to copy it): a rank
+                    # must not keep the other ranks' rows alive behind its shard.
+                    if shard.untyped_storage().nbytes() > shard.numel() * shard.element_size():
+                        shard = shard.clone(memory_format=torch.preserve_format)
+                    out[name] = shard
         except CheckpointError:
             raise
         except Exception as err:

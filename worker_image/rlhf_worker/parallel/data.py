@@ -4,6 +4,8 @@ Gradients are summed (not averaged) over dp replicas: a loss function returns
 each micro-batch's *contribution* to the global loss (e.g. a sum over its
 tokens divided by the global token count), so the sum over micro-batches and
 replicas is the single-process loss and gradient, however the batch is split.
+The sum over replicas itself is a reduce-scatter of the optimizer's shards
+(``engine/shards.py``); the operations here act on those shards.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from rlhf_operator.contract.sharding import ModelShape
-from rlhf_worker.parallel.groups import Group, ParallelContext
+from rlhf_worker.parallel.groups import ParallelContext
 
 
 def dp_slice(total: int, dp: int, d: int) -> slice:
@@ -25,17 +26,6 @@ def dp_slice(total: int, dp: int, d: int) -> slice:
     base, extra = divmod(total, dp)
     start = d * base + min(d, extra)
     return slice(start, start + base + (1 if d < extra else 0))
-
-
-def all_reduce_grads(grads: Mapping[str, Tensor], group: Group) -> None:
-    """Sum gradients over a group in one flat buffer (in their dtype: fp32 in mixed precision)."""
-    if group is None or not grads:
-        return
-    tensors = list(grads.values())
-    flat = _flatten_dense_tensors(tensors)
-    dist.all_reduce(flat, group=group)
-    for grad, reduced in zip(tensors, _unflatten_dense_tensors(flat, tensors), strict=True):
-        grad.copy_(reduced)
 
 
 def tied_embedding_grads(
@@ -52,7 +42,8 @@ def tied_embedding_grads(
 
 
 def global_grad_norm(grads: Mapping[str, Tensor], shape: ModelShape, ctx: ParallelContext) -> float:
-    """The L2 norm of the whole model's gradient (after the dp reduction), on every rank."""
+    """The L2 norm of the whole model's gradient, on every rank, from each rank's dp chunks
+    of its shards (``engine/shards.py``: the dp replicas hold disjoint chunks)."""
     device = next(iter(grads.values())).device if grads else None
     total = torch.zeros((), dtype=torch.float64, device=device)
     tp_split = {p.name for p in shape.params() if p.tp_dim is not None}
@@ -62,11 +53,12 @@ def global_grad_norm(grads: Mapping[str, Tensor], shape: ModelShape, ctx: Parall
             continue
         if name == "model.embed_tokens.weight" and not ctx.is_first:
             continue  # the tied copy on the last stage: counted on the first
-        total += grad.double().pow(2).sum()
+        # Each tensor's norm reduced in its own dtype (no copy of the gradient), squared
+        # and summed in float64.
+        total += torch.linalg.vector_norm(grad).double() ** 2
     if ctx.layout_group is not None:
         dist.all_reduce(total, group=ctx.layout_group)
-    # Every dp replica holds the same reduced gradients and added them in once.
-    return math.sqrt(total.item() / ctx.dp)
+    return math.sqrt(total.item())
 
 
 def clip_grads(grads: Mapping[str, Tensor], norm: float, max_norm: float) -> None:

@@ -1,17 +1,17 @@
-"""Pipeline parallelism: activations between stages, and a GPipe schedule.
+"""Pipeline parallelism: activations between stages, and the 1F1B schedule.
 
 Stage ``p`` talks to stages ``p - 1`` and ``p + 1`` at the same (dp, tp)
 position, through that position's pp group, so traffic of different layouts
-and positions never mixes. The schedule is GPipe: every micro-batch forward,
-then every micro-batch backward in reverse order. Simple and exact; its bubble
-is (pp - 1) / (micro-batches + pp - 1), like 1F1B, at the cost of keeping every
-micro-batch's activations until its backward.
+and positions never mixes. Training runs the 1F1B schedule (each stage holds
+at most pp micro-batches' activations, so micro-batching bounds activation
+memory); forward-only passes keep no graph and simply run every micro-batch
+through (GPipe order). Both have the bubble (pp - 1) / (micro-batches + pp - 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -87,29 +87,57 @@ def pipeline_forward_backward(
     dtype: torch.dtype,
     device: torch.device | None = None,
 ) -> list[Tensor]:
-    """GPipe forward and backward; gradients accumulate in the parameters.
+    """1F1B forward and backward; gradients accumulate through the parameters' hooks.
 
-    Returns the last stage's per-micro-batch losses (detached; empty elsewhere).
+    Stage ``s`` first runs ``pp - s - 1`` forwards (the warm-up), then alternates one
+    forward and one backward, then drains the remaining backwards: at most ``pp - s``
+    micro-batches' activations are alive at once (the first stage: ``pp``; one at
+    pp = 1), whatever the number of micro-batches. Sends are asynchronous, receives
+    block: a stage sending its next forward while its neighbour sends it a gradient
+    would otherwise wait on each other. Returns the last stage's per-micro-batch losses
+    (detached, in order; empty elsewhere).
     """
-    inputs: list[Tensor | None] = []
-    ends: list[Tensor] = []
-    for mb in micro_batches:
+    n = len(micro_batches)
+    warmup = min(ctx.pp - ctx.stage - 1, n)
+    inputs: dict[int, Tensor | None] = {}
+    ends: dict[int, Tensor] = {}
+    losses: list[Tensor] = []
+    sending: list[tuple[Any, Tensor]] = []  # (work, buffer): alive until the send completes
+
+    def isend(tensor: Tensor, stage: int) -> None:
+        buffer = tensor.contiguous()
+        sending.append((dist.isend(buffer, dst=ctx.stage_rank(stage), group=ctx.pp_group), buffer))
+
+    def forward(i: int) -> None:
+        mb = micro_batches[i]
         x = None
         if not ctx.is_first:
             x = recv_from(ctx, hidden_shape(mb), dtype, ctx.stage - 1, device).requires_grad_()
         y = stage_fn(x, mb)
         if ctx.is_last:
             y = loss_fn(y, mb)
+            losses.append(y.detach())
         else:
-            send_to(ctx, y.detach(), ctx.stage + 1)
-        inputs.append(x)
-        ends.append(y)
-    for x, y in reversed(list(zip(inputs, ends, strict=True))):
+            isend(y.detach(), ctx.stage + 1)
+        inputs[i], ends[i] = x, y
+
+    def backward(i: int) -> None:
+        x, y = inputs.pop(i), ends.pop(i)
         if ctx.is_last:
             y.backward()
         else:
             y.backward(recv_from(ctx, y.shape, y.dtype, ctx.stage + 1, y.device))
         if x is not None:
             assert x.grad is not None
-            send_to(ctx, x.grad, ctx.stage - 1)
-    return [y.detach() for y in ends] if ctx.is_last else []
+            isend(x.grad, ctx.stage - 1)
+
+    for i in range(warmup):
+        forward(i)
+    for i in range(n - warmup):
+        forward(warmup + i)
+        backward(i)
+    for i in range(n - warmup, n):
+        backward(i)
+    for work, _ in sending:
+        work.wait()
+    return losses

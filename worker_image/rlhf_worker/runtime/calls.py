@@ -114,6 +114,7 @@ def _train(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
     minibatches = int(rt.spec.training.minibatches)
     planned = rt.plan.call(name)
     micro, recompute = max(1, planned.micro_batches), planned.recompute
+    shard_grads = planned.zero_stage == 2
     per_row = {k: v for k, v in full.items() if v.dim() >= 1 and v.shape[0] == rt.rows}
     per_row["mask"] = mask
     per_row["advantages"] = adv.advantages
@@ -127,12 +128,13 @@ def _train(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
             tokens = float(mask[m * chunk : (m + 1) * chunk].sum().clamp(min=1.0))
             batch = {k: v[start:stop] for k, v in per_row.items()}
             loss_fn = _loss_fn(rt, call.role, algo, params, tokens)
-            stats = trainer.step(batch, loss_fn, micro, recompute=recompute)
+            stats = trainer.step(batch, loss_fn, micro, recompute, shard_grads)
             losses.append(stats.loss)
             norms.append(stats.grad_norm)
     metrics["loss"] = sum(losses) / len(losses)
     metrics["grad_norm"] = sum(norms) / len(norms)
-    metrics["recompute"] = float(recompute)  # the plan's choice, as it ran
+    metrics["recompute"] = float(recompute)  # the plan's choices, as they ran
+    metrics["zero_stage"] = float(planned.zero_stage)
     return metrics
 
 

@@ -152,6 +152,7 @@ def engine_for(rt: Runtime, role: str, tp: int) -> VllmEngine:
             max_model_len=width,
             seed=int(rt.spec.training.seed),
             tensor_parallel_size=tp,
+            dtype=rt.spec.models.present()[role].dtype,  # the job's, as the training copy's
         )
         _ENGINES[directory] = engine
     return engine

@@ -14,6 +14,7 @@ from rlhf_operator.contract.plan import call_layout, home_layouts
 from rlhf_operator.controlplane import messages as m
 from rlhf_worker.agent import Handler, Invocation
 from rlhf_worker.runtime import calls, datamove, models, offload, persist
+from rlhf_worker.runtime.memory import hand_back_cached, measure_peak
 from rlhf_worker.runtime.state import Runtime, create_layout_groups, job_calls, seed_everything
 
 RUNTIME_KEY = "runtime"
@@ -86,12 +87,17 @@ def reallocate(inv: Invocation) -> dict[str, Any]:
 
 def release(inv: Invocation) -> dict[str, Any]:
     cmd = _command(inv, m.Release)
-    models.release_role(_runtime(inv), cmd.role, cmd.layout)
+    rt = _runtime(inv)
+    models.release_role(rt, cmd.role, cmd.layout)
+    hand_back_cached(rt.device)
     return {}
 
 
 def offload_role(inv: Invocation) -> dict[str, Any]:
-    return offload.offload_role(_runtime(inv), _command(inv, m.OffloadRole).role)
+    rt = _runtime(inv)
+    result = offload.offload_role(rt, _command(inv, m.OffloadRole).role)
+    hand_back_cached(rt.device)
+    return result
 
 
 def restore_role(inv: Invocation) -> dict[str, Any]:
@@ -106,7 +112,13 @@ def move_data(inv: Invocation) -> dict[str, Any]:
 
 def run_call(inv: Invocation) -> dict[str, Any]:
     cmd = _command(inv, m.RunCall)
-    return calls.run_call(_runtime(inv), cmd.name, int(cmd.iteration))
+    rt = _runtime(inv)
+    with measure_peak(rt.device) as memory:
+        metrics: dict[str, Any] = calls.run_call(rt, cmd.name, int(cmd.iteration))
+    hand_back_cached(rt.device)
+    if rt.rank in rt.layouts[cmd.name].ranks:
+        metrics["peak_bytes"] = memory.peak  # every tensor this rank held during the call
+    return metrics
 
 
 def end_iteration(inv: Invocation) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """Checkpoints of this rank's part of the job, and the final export.
 
 A rank saves what it owns: for every trained role whose home layout includes
-it, its parameter shards (the optimizer's weights: fp32 master weights in mixed
-precision, from which the compute weights are restored) and optimizer state
-(frozen roles never change: a
-restart reads them again from their model directories); the algorithm
-states of its train calls; its RNG states. The coordinator merges every rank's
+it, its dp chunks of the fp32 master weights (from which every replica's compute
+weights are gathered again on restore) and of the AdamW moments (the dp
+replicas of a shard save disjoint chunks); the algorithm states of its train
+calls; its RNG states. Frozen roles never change: a restart reads them again
+from their model directories. The coordinator merges every rank's
 manifest and writes the commit marker (`contract.checkpoints.commit`), so a
 checkpoint is complete only once every rank's files are safely on disk.
 """
@@ -81,7 +81,7 @@ def restore(rt: Runtime, root: Path, iteration: int) -> None:
             if state.model is None or state.trainer is None:
                 continue
             trainer = state.trainer
-            trainer.precision.load_master(
+            trainer.shards.load_master(
                 {name: tensors[f"{role}/param/{name}"] for name in trainer.master}
             )
             if role in meta["optimizers"]:
