@@ -22,6 +22,7 @@ Then, estimator only: the per-GPU memory of Llama-2-7B on 8 H100s and Llama-2-70
 
     .venv/bin/python benchmarks/memory.py            # tiny and ~100M models
     .venv/bin/python benchmarks/memory.py --quick    # tiny only
+    .venv/bin/python benchmarks/memory.py --device cuda   # on GPUs (NCCL)
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ def loss(logprobs: Tensor, mb: Mapping[str, Tensor]) -> Tensor:
     return -logprobs.float().mean()
 
 
-def measure(rank: int, model_dir: Path, model: Model, case: Case, dtype: str) -> dict[str, int]:
+def measure(
+    rank: int, model_dir: Path, model: Model, case: Case, dtype: str, device: str
+) -> dict[str, int]:
     """This rank's peaks of generation, inference and a training step under the case's layout."""
     from rlhf_worker.engine import (
         GenerationConfig,
@@ -137,23 +140,24 @@ def measure(rank: int, model_dir: Path, model: Model, case: Case, dtype: str) ->
     s, layout = case.strategy, case.layout
     ctx = context_for(layout, rank)
     config, shards = load_shards(model_dir, layout, rank, dtype=DTYPES[dtype])
-    decoder = Decoder(config, ctx, shards)
+    where = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
+    decoder = Decoder(config, ctx, {k: v.to(where) for k, v in shards.items()})
+    del shards
     rows = dp_slice(model.batch, s.dp, ctx.dp_rank)
-    batch = {k: v[rows] for k, v in batch_for(model).items()}
-    cpu = torch.device("cpu")
+    batch = {k: v[rows].to(where) for k, v in batch_for(model).items()}
     half = model.seq_len // 2
     prompts = [row[:half].tolist() for row in batch["input_ids"]]
     config = GenerationConfig(max_new_tokens=model.seq_len - half)
-    with measure_peak(cpu) as generation:
+    with measure_peak(where) as generation:
         # One micro-batch after another, as the runtime's torch generation runs.
         outputs = []
         for part in torch.tensor_split(torch.arange(len(prompts)), s.micro_batches):
             outputs.append(generate(decoder, [prompts[i] for i in part.tolist()], config))
-    with measure_peak(cpu) as inference:
+    with measure_peak(where) as inference:
         forward_logprobs(decoder, batch, s.micro_batches)
     trainer = Trainer(decoder, OptimizerConfig(lr=1e-5))
     for _ in range(2):
-        with measure_peak(cpu) as train:
+        with measure_peak(where) as train:
             trainer.step(batch, loss, s.micro_batches, s.recompute, s.zero_stage == 2)
     return {"generate": generation.peak, "inference": inference.peak, "train": train.peak}
 
@@ -161,8 +165,15 @@ def measure(rank: int, model_dir: Path, model: Model, case: Case, dtype: str) ->
 def _rank(rank: int, world: int, port: int, jobs: list[Any], out: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
+    cuda = jobs[0][-1] == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        "nccl" if cuda else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        device_id=torch.device("cuda", rank) if cuda else None,
     )
     results = [measure(rank, *job) for job in jobs]
     Path(out, f"{rank}.json").write_text(json.dumps(results))
@@ -202,7 +213,7 @@ def estimate(model: Model, arch: ArchitectureConfig, case: Case, dtype: str) -> 
     return out
 
 
-def measured_table(models: list[Model], cases: list[Case]) -> list[str]:
+def measured_table(models: list[Model], cases: list[Case], device: str) -> list[str]:
     from rlhf_worker.model import read_config
     from rlhf_worker.model.tiny import build_tiny_model, tiny_hf_config
 
@@ -218,12 +229,12 @@ def measured_table(models: list[Model], cases: list[Case]) -> list[str]:
             arch = ArchitectureConfig.from_hf_config(read_config(model_dir))
             for world in sorted({c.layout.size for c in cases}):
                 jobs = [
-                    (model_dir, model, c, d)
+                    (model_dir, model, c, d, device)
                     for c in cases
                     if c.layout.size == world
                     for d in DTYPES
                 ]
-                for (_, _, case, dtype), peaks in zip(jobs, run_world(world, jobs), strict=True):
+                for (_, _, case, dtype, _), peaks in zip(jobs, run_world(world, jobs), strict=True):
                     est = estimate(model, arch, case, dtype)
                     for kind in CALLS:
                         measured = max(p[kind] for p in peaks)
@@ -275,11 +286,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny model only")
     parser.add_argument("--estimates-only", action="store_true", help="skip the measurements")
     parser.add_argument("--layout", default="", help="only the layouts named exactly so")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: one GPU per rank, NCCL, max_memory_allocated (layouts needing more GPUs "
+        "than there are are skipped)",
+    )
     args = parser.parse_args(argv)
     if not args.estimates_only:
         models = MODELS[:1] if args.quick else MODELS
         cases = [c for c in CASES if args.layout in ("", c.name)]
-        print("\n".join(measured_table(models, cases)))
+        if args.device == "cuda":
+            cases = [c for c in cases if c.layout.size <= torch.cuda.device_count()]
+        print(f"device: {args.device}")
+        print("\n".join(measured_table(models, cases, args.device)))
         print()
     print("\n".join(searched_plans()))
 
