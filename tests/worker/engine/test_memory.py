@@ -17,7 +17,7 @@ from rlhf_operator.api.dataflow import Call
 from rlhf_operator.api.models import ArchitectureConfig
 from rlhf_operator.contract.sharding import Layout
 from rlhf_operator.planner.cluster import Cluster, Mesh
-from rlhf_operator.planner.estimator import Strategy, call_cost
+from rlhf_operator.planner.estimator import CallCost, Strategy, call_cost
 from rlhf_operator.planner.profiles import load_profile
 from rlhf_operator.planner.workload import RoleModel, Workload
 from rlhf_worker.engine import OptimizerConfig, Trainer
@@ -53,13 +53,12 @@ def step_peak(
     return before.current, peak.peak, 4 * trainer.shards.row
 
 
-def estimated_peak(model_dir: Path, dtype: torch.dtype, strategy: Strategy) -> float:
+def estimated(model_dir: Path, dtype: torch.dtype, strategy: Strategy) -> CallCost:
     arch = ArchitectureConfig.from_hf_config(read_config(model_dir))
     b = torch.empty((), dtype=dtype).element_size()
     roles = {"actor": RoleModel("actor", arch, b, trainable=True)}
     w = Workload("memory", "grpo", roles, (TRAIN,), {}, ROWS, SEQ // 2, SEQ // 2)
-    cost = call_cost(w, TRAIN, Cluster(1, 1, load_profile("cpu")), Mesh(0, 1), strategy)
-    return cost.memory_bytes
+    return call_cost(w, TRAIN, Cluster(1, 1, load_profile("cpu")), Mesh(0, 1), strategy)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -78,14 +77,19 @@ def test_four_micro_batches_hold_a_third_of_the_activations_of_one(
 def test_recomputation_lowers_the_peak_by_what_the_estimator_says(
     tiny_lm_dir: Path, dtype: torch.dtype
 ) -> None:
-    measured = {rc: step_peak(tiny_lm_dir, dtype, 1, rc)[1] for rc in (False, True)}
-    estimated = {
-        rc: estimated_peak(tiny_lm_dir, dtype, Strategy(1, 1, 1, 1, recompute=rc))
+    # What the step allocates on top of what the process holds (the weights and optimizer
+    # state, and whatever other tests left alive): the estimate's `active_bytes`.
+    measured = {}
+    for rc in (False, True):
+        before, peak, _ = step_peak(tiny_lm_dir, dtype, 1, rc)
+        measured[rc] = peak - before
+    predicted = {
+        rc: estimated(tiny_lm_dir, dtype, Strategy(1, 1, 1, 1, recompute=rc)).active_bytes
         for rc in (False, True)
     }
-    saved, predicted = measured[False] - measured[True], estimated[False] - estimated[True]
-    assert saved > 0.2 * measured[False]  # recomputation matters on this model
+    saved, expected = measured[False] - measured[True], predicted[False] - predicted[True]
+    assert saved > 0.3 * measured[False]  # recomputation matters on this model
     # Measured: 28.8 MiB saved against 28.4 estimated (float32), 18.1 against 18.1 (bf16).
-    assert abs(saved / predicted - 1) <= 0.1, (saved, predicted)
-    for rc in (False, True):  # and each peak is the estimate's
-        assert abs(measured[rc] / estimated[rc] - 1) <= 0.1, (rc, measured, estimated)
+    assert abs(saved / expected - 1) <= 0.1, (saved, expected)
+    for rc in (False, True):  # and each step's transients are the estimate's
+        assert abs(measured[rc] / predicted[rc] - 1) <= 0.1, (rc, measured, predicted)
