@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from .running import run_benchmark
 
 
 def test_the_memory_benchmark_measures_every_call_near_its_estimate() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/memory.py", "--quick", "--layout", "dp2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_benchmark("memory.py", "--quick", "--layout", "dp2")
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("tiny")]
     # 2 dtypes x 3 calls, each with its measured and estimated MiB and their ratio.
     assert sorted((r[2], r[3]) for r in rows) == sorted(

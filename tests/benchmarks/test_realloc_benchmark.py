@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from .running import run_benchmark
 
 
 def test_the_realloc_benchmark_prints_every_pair() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/realloc.py", "--small", "--repeats", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_benchmark("realloc.py", "--small", "--repeats", "1")
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("pair"))
     assert "steady/floor" in header and "floor s" in header and "steady/prebuilt" in header

@@ -88,6 +88,7 @@ class ParamCounts:
     first_split: int  # the embedding
     last_split: int  # lm_head, or the tied embedding's copy; 0 for a value head
     last_replicated: int  # the final norm, and a value head's `score`
+    layer_tensors: int = 0  # parameter tensors per decoder layer
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ def _counts(shape: ModelShape) -> ParamCounts:
         first_split=sum(p.numel for p in on_first if p.tp_dim is not None),
         last_split=sum(p.numel for p in on_last if p.tp_dim is not None),
         last_replicated=sum(p.numel for p in on_last if p.tp_dim is None),
+        layer_tensors=len(layer),
     )
 
 

@@ -66,8 +66,7 @@ class RoleModel:
     @property
     def tensors_per_layer(self) -> int:
         """Parameter tensors per decoder layer (ZeRO-2 reduces each one separately)."""
-        assert self.shape is not None
-        return sum(1 for p in self.shape.params() if p.name.startswith("model.layers.0."))
+        return self._counts().layer_tensors
 
     @property
     def embedding_params(self) -> int:

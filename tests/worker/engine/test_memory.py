@@ -6,6 +6,7 @@ recomputation lowers a step's peak by what the estimator says it does.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def step_peak(
         load_decoder(model_dir, Layout(ranks=(0,)), 0, dtype=dtype), OptimizerConfig()
     )
     trainer.step(batch(), loss, micro_batches, recompute)
+    # Garbage other tests left (in cycles) would otherwise be collected during the step,
+    # below what was counted before it.
+    gc.collect()
     before = CpuAllocations()
     before.close()
     with measure_peak(torch.device("cpu")) as peak:

@@ -94,11 +94,15 @@ class OptimizerShards:
             for name, param in self.params.items():
                 self._own_chunk(param.detach().reshape(-1), name, self.master[name])
         # Between a step's first backward and its optimizer step: the fp32 sums.
-        self.stepping = False
         self._full: Tensor | None = None  # ZeRO-1 at dp > 1: every rank's chunks, [dp, row]
         self._grad_flat: Tensor | None = None  # this rank's chunks, [row]
         for name, param in self.params.items():
             param.register_post_accumulate_grad_hook(self._hook(name))
+
+    @property
+    def stepping(self) -> bool:
+        """Between ``start_step`` and ``finish_step``: gradient buffers exist."""
+        return self._full is not None or self._grad_flat is not None
 
     def _views(self, flat: Tensor) -> dict[str, Tensor]:
         return {n: flat[c.offset : c.offset + c.size] for n, c in self.chunks.items()}
@@ -173,7 +177,6 @@ class OptimizerShards:
         rank's chunks)."""
         for param in self.params.values():
             param.grad = None
-        self.stepping = True
         fp32, device = torch.float32, self.device
         if shard_grads or self.dp == 1:
             self._full = None
@@ -199,7 +202,6 @@ class OptimizerShards:
         become the gathered master weights (rounded once to the job dtype), and the
         gradients are freed (generation runs next, on the same devices; the caller drops
         its views of them first)."""
-        self.stepping = False
         self._grad_flat = None
         self._full = None
         self.gather_weights()
@@ -216,7 +218,7 @@ class OptimizerShards:
             else:
                 block = torch.empty(self.dp, c.size, dtype=self.dtype, device=self.device)
                 dist.all_gather_single(block.view(-1), mine.to(self.dtype), group=self.group)
-            # A shard sliced out of a checkpoint may be a strided view: written through a copy.
+            # A column-major shard (`model/storage.py`) is not contiguous: through a copy.
             flat = param.data.view(-1) if param.is_contiguous() else param.data.flatten()
             for row, piece in self._pieces(flat, c):
                 piece.copy_(block[row, : piece.numel()])

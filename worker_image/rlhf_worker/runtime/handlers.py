@@ -113,11 +113,12 @@ def move_data(inv: Invocation) -> dict[str, Any]:
 def run_call(inv: Invocation) -> dict[str, Any]:
     cmd = _command(inv, m.RunCall)
     rt = _runtime(inv)
+    if rt.rank not in rt.layouts[cmd.name].ranks:
+        return calls.run_call(rt, cmd.name, int(cmd.iteration))  # nothing to run or measure
     with measure_peak(rt.device) as memory:
         metrics: dict[str, Any] = calls.run_call(rt, cmd.name, int(cmd.iteration))
     hand_back_cached(rt.device)
-    if rt.rank in rt.layouts[cmd.name].ranks:
-        metrics["peak_bytes"] = memory.peak  # every tensor this rank held during the call
+    metrics["peak_bytes"] = memory.peak  # every tensor this rank held during the call
     return metrics
 
 
