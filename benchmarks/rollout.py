@@ -1,6 +1,7 @@
 """Rollout throughput of vLLM against the torch generator, and in-place weight updates.
 
     .venv-vllm/bin/python benchmarks/rollout.py [--prompts 32] [--new-tokens 64] [--small]
+    python benchmarks/rollout.py --device cuda --dtype bfloat16   # on a GPU, CUDA vLLM
 
 One Llama-shaped model built locally (random float32 weights, GQA; head_dim 64,
 which vLLM's CPU attention wants) and one set of prompts (random token ids,
@@ -78,6 +79,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="a 2-layer model (quick check)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (local mode: 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--engine-gib", type=float, default=16.0, help="cuda: the engine's memory (a plan's budget)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     # One thread, as a local-mode worker slot runs: on a shared 2-core machine two
@@ -88,38 +94,50 @@ def main() -> None:
     from rlhf_worker.engine import GenerationConfig, generate
     from rlhf_worker.model import load_decoder
     from rlhf_worker.rollout.engine import VllmEngine
+    from rlhf_worker.rollout.settings import EngineSettings
     from rlhf_worker.rollout.weights import buckets, named_tensors, total_bytes
 
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
         root = build(Path(tmp), args.small)
-        model = load_decoder(root, Layout(ranks=(0,)), 0)
+        dtype = getattr(torch, args.dtype)
+        model = load_decoder(root, Layout(ranks=(0,)), 0, dtype=dtype).to(args.device)
         named = named_tensors(model.local_state())
+        device = model.device
+
+        def synchronized() -> float:  # CUDA runs asynchronously: wait before reading a clock
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
         nbytes = total_bytes(named)
         params = sum(t.numel() for _, t in named)
         prompts = prompts_for(args.prompts, model.config.shape.vocab_size)
         steps = args.new_tokens
         print(
-            f"model: {params / 1e6:.1f}M params, {nbytes / 1e6:.0f} MB float32; "
+            f"model: {params / 1e6:.1f}M params, {nbytes / 1e6:.0f} MB {args.dtype} on {device}; "
             f"{len(prompts)} prompts x {steps} new tokens, greedy; "
             f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cpus"
         )
 
-        start = time.perf_counter()
+        generate(model, prompts[:2], GenerationConfig(2))  # warm-up (CUDA: kernels, cuBLAS)
+        start = synchronized()
         ref = generate(model, prompts, GenerationConfig(steps))
-        torch_s = time.perf_counter() - start
+        torch_s = synchronized() - start
         tokens = int(ref.lengths.sum())
         print(
             f"torch generator   {tokens:6d} tokens {torch_s:8.2f} s {tokens / torch_s:9.1f} tok/s"
         )
 
         start = time.perf_counter()
-        engine = VllmEngine(root, max_model_len=32 + steps)
+        memory = int(args.engine_gib * 2**30) if device.type == "cuda" else 0
+        settings = EngineSettings(max_model_len=32 + steps, dtype=args.dtype, memory_bytes=memory)
+        engine = VllmEngine(root, settings, device)
         print(f"vllm engine start {time.perf_counter() - start:.1f} s (not counted)")
         engine.update_weights(buckets(named))  # the same weights as the torch model, as in a job
         spec = GenerationConfig(steps, True, 1.0, 1.0, None, 0, 0)
-        engine.generate(prompts[:2], spec, sample_ids=[0, 1])  # warm-up
+        engine.generate(prompts[:2], spec, [0, 1], device)  # warm-up
         start = time.perf_counter()
-        out = engine.generate(prompts, spec, sample_ids=range(len(prompts)))
+        out = engine.generate(prompts, spec, range(len(prompts)), device)
         vllm_s = time.perf_counter() - start
         vtokens = int(out.lengths.sum())
         same = sum(bool(torch.equal(out.tokens[i], ref.tokens[i])) for i in range(len(prompts)))

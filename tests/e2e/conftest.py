@@ -25,6 +25,19 @@ SMALL = {
     }
 }
 
+# What vLLM's kernels want: head_dim >= 64 (its CPU attention); tp=2 splits 4 heads and
+# 2 key/value heads.
+VLLM_ARCH = {
+    "config": {
+        "hiddenSize": 256,
+        "intermediateSize": 512,
+        "numHiddenLayers": 2,
+        "numAttentionHeads": 4,
+        "numKeyValueHeads": 2,
+        "vocabSize": 512,
+        "maxPositionEmbeddings": 256,
+    }
+}
 
 # GRPO on 2 slots: generation with tp=2 over both, training dp=2, each frozen
 # role on one slot (every call's layout differs from the actor's home).

@@ -11,7 +11,7 @@ import pytest
 
 from rlhf_worker.rollout.engine import vllm_available
 
-from .conftest import GRPO_TP2_GENERATION, tiny_job
+from .conftest import GRPO_TP2_GENERATION, VLLM_ARCH, tiny_job
 from .test_local_run import rlhfctl_run
 
 if not vllm_available():
@@ -21,19 +21,6 @@ if not vllm_available():
     )
 
 pytestmark = pytest.mark.timeout(900)
-
-# vLLM's CPU attention wants head_dim >= 64; tp=2 splits 4 heads and 2 key/value heads.
-VLLM_ARCH = {
-    "config": {
-        "hiddenSize": 256,
-        "intermediateSize": 512,
-        "numHiddenLayers": 2,
-        "numAttentionHeads": 4,
-        "numKeyValueHeads": 2,
-        "vocabSize": 512,
-        "maxPositionEmbeddings": 256,
-    }
-}
 
 
 def test_grpo_with_vllm_rollout_runs_and_reports_the_logprob_gap(

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from rlhf_operator.api.models import PRESETS
+from rlhf_operator.contract.plan import vllm_batched_tokens
 from rlhf_operator.contract.sharding import stage_layers
 from rlhf_operator.planner.cluster import Cluster, Mesh
 from rlhf_operator.planner.estimator import (
@@ -104,9 +105,12 @@ def test_kv_cache_counts_key_value_heads_not_query_heads():
     per_token_layer = lambda kv_heads: 2 * (kv_heads * head_dim / 8) * 2  # noqa: E731
     kv_gqa = 64 * seq * layers * per_token_layer(8)
     kv_mha = 64 * seq * layers * per_token_layer(64)
-    # only the KV cache (and the k/v part of the prefill activations) differ
-    act_diff = 64 * 1024 * 2 * (2 * (64 - 8) * head_dim / 8)
-    assert mha.active_bytes - gqa.active_bytes == pytest.approx(kv_mha - kv_gqa + act_diff)
+    # Only the KV cache, the k/v part of the prefill activations (vLLM chunks prefills to
+    # its max_num_batched_tokens) and vLLM's own copy of the k/v projections differ.
+    act_diff = vllm_batched_tokens(seq) * 2 * (2 * (64 - 8) * head_dim / 8)
+    engine_weights_diff = layers * 2 * 8192 * (64 - 8) * head_dim / 8 * 2
+    expected = kv_mha - kv_gqa + act_diff + engine_weights_diff
+    assert mha.active_bytes - gqa.active_bytes == pytest.approx(expected)
 
 
 def test_inference_time_hand_computed():

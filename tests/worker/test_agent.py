@@ -114,6 +114,7 @@ def test_init_process_group_binds_the_gpu_so_nccl_starts_at_once(monkeypatch, de
     calls: dict[str, object] = {}
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.update(kw))
     monkeypatch.setattr(dist, "get_backend", lambda: calls["backend"])
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
@@ -217,3 +218,17 @@ def test_the_control_plane_imports_neither_torch_nor_kubernetes():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_cuda_worker_without_its_gpu_says_so(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    msg = m.command_to_pb(m.Envelope(1, m.InitProcessGroup(timeout_s=9.0), {}))
+    config = replace(CONFIG, device="cuda", local_rank=1)
+    outcome = dispatch(builtin_handlers(), msg, WorkerContext(config), lambda _: None)
+    assert outcome.error == (
+        "RuntimeError: RLHF_DEVICE=cuda and LOCAL_RANK=1, but this machine has 1 CUDA device(s)"
+    )

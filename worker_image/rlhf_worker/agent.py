@@ -120,6 +120,11 @@ def init_process_group(inv: Invocation) -> dict[str, Any]:
     if not dist.is_initialized():
         device = None
         if cfg.device == "cuda":
+            if cfg.local_rank >= torch.cuda.device_count():
+                raise RuntimeError(
+                    f"RLHF_DEVICE=cuda and LOCAL_RANK={cfg.local_rank}, but this machine has"
+                    f" {torch.cuda.device_count()} CUDA device(s)"
+                )
             device = torch.device("cuda", cfg.local_rank)
             torch.cuda.set_device(device)
         assert isinstance(inv.command, m.InitProcessGroup)

@@ -48,6 +48,28 @@ class CallPlan:
         return self.mesh[(p * self.dp + d) * self.tp + t]
 
 
+# Tokens vLLM runs through the model in one step (its max_num_batched_tokens; prefills
+# are chunked to it): what bounds its activations, in the plan and in the engine alike.
+VLLM_MAX_BATCHED_TOKENS = 8192
+
+
+def vllm_batched_tokens(max_model_len: int) -> int:
+    """vLLM's max_num_batched_tokens for sequences of `max_model_len` (at least one of them)."""
+    return max(VLLM_MAX_BATCHED_TOKENS, max_model_len)
+
+
+# The terms of a vLLM generation call's memory that the engine itself allocates.
+ENGINE_TERMS = ("engine_weights", "engine_overhead", "kv_cache", "activations", "logits")
+
+
+def engine_memory_bytes(call: CallPlan) -> int:
+    """Device bytes the plan gives a generation engine (vLLM) during `call`: its weights,
+    KV cache, activations, logits and overhead. 0 if the plan has no such terms."""
+    if "engine_weights" not in call.memory_breakdown:
+        return 0
+    return sum(int(call.memory_breakdown.get(term, 0)) for term in ENGINE_TERMS)
+
+
 @dataclass
 class Reallocation:
     """Moving a role's parameters from one call's layout to another's, each iteration."""

@@ -185,7 +185,9 @@ class LocalRun:
             world_size=self.world_size,
             master_addr="127.0.0.1",
             master_port=free_port(),
-            device="cpu",
+            # CPU slots (resources.local) run on gloo; a job that asks for GPUs gets one
+            # per worker, rank r on GPU r of this machine, over NCCL.
+            device="cpu" if self.job.spec.resources.local is not None else "cuda",
             token=token,
             connect_timeout_s=120.0,
             socket_ifname="lo",

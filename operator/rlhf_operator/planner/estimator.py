@@ -19,8 +19,8 @@ Time (seconds) of a call per iteration, from the device profile:
   per generated token; a step of a stage is the larger of its compute and of
   reading its weights and KV cache (at the backend's bandwidth efficiency),
   plus a per-layer overhead (kernel launches; vLLM's CUDA graphs make it small)
-  and a per-sequence overhead (the torch engine samples each sequence with its own
-  generator and keeps per-sequence bookkeeping in Python);
+  and a per-sequence overhead (what the torch engine's sampling and bookkeeping cost
+  per sequence, as `rlhfctl profile` measures it);
 - training: the backward takes `backward_factor` x the forward (2 in theory; the
   profile measures the engine's own ratio), and each optimizer step a fixed
   `optimizer_step_overhead` (per-parameter Python work in the torch engine);
@@ -41,7 +41,9 @@ min(micro_batches, pp) micro-batches on the first stage (only layer inputs with
 recomputation); fp32 logits of a micro-batch on the last stage; generation holds
 the KV cache of a micro-batch (the torch engine generates them one after another)
 or of every sequence of its dp rank (vLLM): 2 x kv_heads/tp x head_dim per token
-per layer (GQA: key/value heads, not query heads).
+per layer (GQA: key/value heads, not query heads); vLLM also holds its own copy of the
+weights and an engine overhead (`contract.plan.engine_memory_bytes` sums what the
+worker then asks vLLM to take: its `gpu_memory_utilization`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..api.dataflow import Call
+from ..contract.plan import vllm_batched_tokens
 from ..contract.sharding import ModelShape, stage_layers, vllm_layout_problem
 from .cluster import Cluster, Mesh
 from .profiles import Profile
@@ -295,23 +298,38 @@ def _call_cost(
             "activations": prompt_tokens * act_tok_layer,
             "logits": seqs * logits_tok,
         }
+        if workload.backend == "vllm":
+            # vLLM keeps weights of its own beside the call's copy (which the update reads
+            # and the log-probabilities are recomputed with), and some memory of its own;
+            # it chunks prefills, so at most its max_num_batched_tokens are in flight.
+            chunk = min(prompt_tokens, vllm_batched_tokens(p + g))
+            breakdown["activations"] = chunk * act_tok_layer
+            breakdown["engine_weights"] = weight_bytes
+            breakdown["engine_overhead"] = backend.engine_overhead_bytes
         active = sum(breakdown.values())
     return CallCost(seconds + prof.call_overhead, weight_bytes, state_bytes, active, breakdown)
 
 
 def saved_layer_bytes(a: ModelShape, b: int, tp: int, seq: int) -> float:
     """Bytes one decoder layer keeps for its backward, per token (`model/decoder.py`, in
-    the job dtype's `b` bytes unless said): the attention's query, keys and values (GQA
-    repeats them to the query heads) and output, the MLP's gate, up, their activation and
+    the job dtype's `b` bytes unless said): the attention's query and output (query
+    heads), keys and values (key/value heads: SDPA's enable_gqa, no copies per query
+    head), the MLP's gate, up, their activation and
     product; per RMSNorm its fp32 input and result (in float32 one of them is the input
     itself); rotary cos/sin cast to the job dtype (none in float32); the boolean mask as
-    the attention's additive mask, [T] per token; the attention's fp32 log-sum-exp per
+    the attention's additive mask, [T] per token (a batch without left padding needs no
+    mask: then this is [T] per token too many); the attention's fp32 log-sum-exp per
     head and the norms' fp32 scales."""
     q = a.num_heads * a.head_dim / tp
+    kv = a.num_kv_heads * a.head_dim / tp
     norms = 2 * (12 * a.hidden_size if b == 4 else 8 * a.hidden_size)
     rope = 4 * a.head_dim * b if b != 4 else 0
     return (
-        b * (4 * q + 4 * a.intermediate_size / tp + seq) + norms + rope + 4 * a.num_heads / tp + 8
+        b * (2 * q + 2 * kv + 4 * a.intermediate_size / tp + seq)
+        + norms
+        + rope
+        + 4 * a.num_heads / tp
+        + 8
     )
 
 

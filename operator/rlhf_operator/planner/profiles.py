@@ -34,8 +34,11 @@ class GenerationBackend:
     step_overhead_per_layer: float
     """Seconds of launch/scheduling overhead per decoder layer per decode step."""
     step_overhead_per_sequence: float = 0.0
-    """Seconds per sequence per decode step beyond the model's work: the torch engine samples
-    with one generator per sequence and keeps per-sequence bookkeeping in Python."""
+    """Seconds per sequence per decode step beyond the model's work (the torch engine's
+    sampling and bookkeeping, as `rlhfctl profile` measures them)."""
+    engine_overhead_bytes: float = 0.0
+    """Device bytes a separate engine (vLLM) holds beyond its weights, KV cache and
+    activations: captured CUDA graphs, sampler buffers, NCCL and cuBLAS workspaces."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ def profile_from_dict(data: Any, source: str = "profile") -> Profile:
                 float(params["bandwidth_efficiency"]),
                 float(params["step_overhead_per_layer"]),
                 float(params.get("step_overhead_per_sequence", 0.0)),
+                float(params.get("engine_overhead_bytes", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{source}: generation.{backend}: {exc}") from None

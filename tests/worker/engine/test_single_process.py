@@ -10,7 +10,7 @@ import torch
 from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.engine import GenerationConfig, generate
 from rlhf_worker.engine.adamw import AdamWState, adamw_step
-from rlhf_worker.engine.generate import left_pad, sample, sequence_generators
+from rlhf_worker.engine.generate import left_pad, race_noise, sample, sample_keys
 from rlhf_worker.model import Decoder, load_decoder
 
 PROMPTS = [[1, 30, 31, 32], [1, 40], [1, 50, 51, 52, 53, 54, 55]]
@@ -21,20 +21,20 @@ def model_from(model_dir: Path) -> Decoder:
 
 
 def test_left_pad_aligns_prompts_right_to_the_longest_or_a_fixed_width() -> None:
-    ids, mask = left_pad([[5, 6], [7, 8, 9], []], pad=0)
+    ids, mask = left_pad([[5, 6], [7, 8, 9], []], pad=0, device="cpu")
     assert ids.tolist() == [[0, 5, 6], [7, 8, 9], [0, 0, 0]]
     assert mask.tolist() == [[0, 1, 1], [1, 1, 1], [0, 0, 0]]
-    ids, mask = left_pad([[5, 6], [7, 8, 9]], pad=0, width=4)
+    ids, mask = left_pad([[5, 6], [7, 8, 9]], pad=0, width=4, device="cpu")
     assert ids.tolist() == [[0, 0, 5, 6], [0, 7, 8, 9]]
     # A prompt longer than the width keeps its end: the response follows it.
-    ids, mask = left_pad([[1, 2, 3, 4, 5]], pad=0, width=3)
+    ids, mask = left_pad([[1, 2, 3, 4, 5]], pad=0, width=3, device="cpu")
     assert ids.tolist() == [[3, 4, 5]] and mask.tolist() == [[1, 1, 1]]
 
 
 def test_greedy_generation_equals_transformers_with_left_padding(tiny_lm_dir: Path) -> None:
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
-    ids, mask = left_pad(PROMPTS, pad=0)
+    ids, mask = left_pad(PROMPTS, pad=0, device="cpu")
     ref = hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)[
         :, ids.shape[1] :
     ]
@@ -76,14 +76,28 @@ def test_seeded_sampling_is_deterministic_and_per_sequence(tiny_lm_dir: Path) ->
 
 def test_top_p_keeps_only_the_nucleus() -> None:
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(400, 1)
-    gens = sequence_generators(0, range(400))
-    tokens, logprobs = sample(logits, GenerationConfig(1, greedy=False, top_p=0.7), gens)
+    keys = sample_keys(0, range(400), "cpu")
+    tokens, logprobs = sample(logits, GenerationConfig(1, greedy=False, top_p=0.7), keys, 0)
     assert set(tokens.tolist()) == {0, 1}  # 0.5 + 0.3 reach 0.7
     torch.testing.assert_close(logprobs, logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0])
     share = (tokens == 0).float().mean().item()
     assert 0.5 < share < 0.75  # renormalised 0.625
-    tiny_p, _ = sample(logits, GenerationConfig(1, greedy=False, top_p=1e-6), gens)
+    tiny_p, _ = sample(logits, GenerationConfig(1, greedy=False, top_p=1e-6), keys, 0)
     assert tiny_p.eq(0).all()
+
+
+def test_the_exponential_race_draws_each_token_with_its_probability() -> None:
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    logits = probs.log().repeat(4000, 1)
+    config = GenerationConfig(1, greedy=False)
+    keys = sample_keys(3, range(4000), "cpu")
+    drawn = torch.cat([sample(logits, config, keys, step)[0] for step in range(5)])
+    share = torch.bincount(drawn, minlength=4).float() / drawn.numel()
+    # 20000 draws: a share's standard error is at most 0.0035.
+    torch.testing.assert_close(share, probs, atol=0.015, rtol=0)
+    # Streams differ by step and by sample, and the noise is a pure function of both.
+    assert not torch.equal(race_noise(keys, 0, 4), race_noise(keys, 1, 4))
+    assert torch.equal(race_noise(keys[5:9], 2, 4), race_noise(keys, 2, 4)[5:9])
 
 
 def test_adamw_matches_torch() -> None:

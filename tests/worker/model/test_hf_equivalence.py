@@ -10,6 +10,7 @@ import torch
 
 from rlhf_worker.engine import OptimizerConfig, Trainer, forward_logprobs, forward_values
 from rlhf_worker.model import Decoder, load_shards
+from rlhf_worker.model.decoder import keys_are_prefixes
 from rlhf_worker.model.tiny import build_tiny_model, tiny_hf_config
 from rlhf_worker.parallel.groups import single_process_context
 from tests.worker.grads import captured_grads
@@ -29,12 +30,16 @@ def small_config(model_type: str, tied: bool) -> dict[str, Any]:
     return cfg
 
 
-def padded_batch() -> dict[str, torch.Tensor]:
+def padded_batch(side: str = "left") -> dict[str, torch.Tensor]:
+    """Left padding (prompts) needs the attention mask; right padding alone (responses of
+    equal prompts) runs causal attention without one, on SDPA's mask-free kernels."""
     gen = torch.Generator().manual_seed(3)
     ids = torch.randint(3, 512, (3, 10), generator=gen)
     mask = torch.ones_like(ids)
-    ids[1, :4], mask[1, :4] = 0, 0
-    ids[2, :1], mask[2, :1] = 0, 0
+    pads = {1: 4, 2: 1}
+    for row, count in pads.items():
+        cols = slice(None, count) if side == "left" else slice(10 - count, None)
+        ids[row, cols], mask[row, cols] = 0, 0
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -48,17 +53,18 @@ def hf_positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize(
     ("model_type", "tied"), [("llama", False), ("qwen2", False), ("qwen2", True)]
 )
 def test_logprobs_and_gradients_equal_transformers(
-    tmp_path: Path, model_type: str, tied: bool
+    tmp_path: Path, model_type: str, tied: bool, side: str
 ) -> None:
     cfg = small_config(model_type, tied)
     build_tiny_model(tmp_path, cfg, seed=5)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     assert type(hf).__name__ == cfg["architectures"][0]
-    batch = padded_batch()
+    batch = padded_batch(side)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     valid = (mask[:, 1:] * mask[:, :-1]).bool()
 
@@ -98,3 +104,8 @@ def test_value_head_equals_sequence_classification(tmp_path: Path) -> None:
         ref = hf.score(hidden.last_hidden_state).squeeze(-1)
     got = forward_values(ours(tmp_path, head="value"), batch)
     torch.testing.assert_close(got[mask.bool()], ref[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_only_left_padding_needs_an_attention_mask() -> None:
+    assert keys_are_prefixes(padded_batch("right")["attention_mask"])
+    assert not keys_are_prefixes(padded_batch("left")["attention_mask"])

@@ -24,6 +24,7 @@ from rlhf_worker.engine import GenerationConfig, OptimizerConfig, Trainer, gener
 from rlhf_worker.model import Decoder, load_decoder
 from rlhf_worker.model.tiny import VLLM, build_tiny_model, build_tokenizer, tiny_hf_config
 from rlhf_worker.rollout.engine import VllmEngine
+from rlhf_worker.rollout.settings import EngineSettings
 from rlhf_worker.rollout.weights import buckets, gathered_buckets, named_tensors
 from tests.worker.distributed import run_distributed
 
@@ -42,7 +43,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(model_dir: Path) -> Iterator[VllmEngine]:
-    eng = VllmEngine(model_dir, max_model_len=64)
+    eng = VllmEngine(model_dir, EngineSettings(max_model_len=64))
     yield eng
     eng.close()
 
@@ -62,7 +63,7 @@ def greedy_torch(model: Decoder, eos: int | None = None) -> torch.Tensor:
 
 def greedy_vllm(engine: VllmEngine, eos: int | None = None) -> torch.Tensor:
     spec = GenerationConfig(STEPS, True, 1.0, 1.0, eos, 0, 0)
-    return engine.generate(PROMPTS, spec, sample_ids=range(len(PROMPTS))).tokens
+    return engine.generate(PROMPTS, spec, range(len(PROMPTS)), "cpu").tokens
 
 
 def test_greedy_equals_torch_generator_for_the_same_weights(
@@ -75,7 +76,7 @@ def test_greedy_equals_torch_generator_for_the_same_weights(
     # With an EOS: vLLM stops at it, includes it, and pads after (the torch convention).
     eos = int(greedy_torch(model)[1, 3])
     spec = GenerationConfig(STEPS, True, 1.0, 1.0, eos, 0, 0)
-    out = engine.generate(PROMPTS, spec, sample_ids=range(len(PROMPTS)))
+    out = engine.generate(PROMPTS, spec, range(len(PROMPTS)), "cpu")
     ref = generate(model, PROMPTS, GenerationConfig(STEPS, eos_token_id=eos))
     assert torch.equal(out.lengths, ref.lengths)
     assert torch.equal(out.tokens, ref.tokens)
@@ -102,7 +103,7 @@ def test_weights_after_a_training_step_land_in_the_running_engine(
 
 def _tp2_greedy(rank: int, world_size: int, model_dir: str) -> dict[str, torch.Tensor]:
     model = load_decoder(model_dir, Layout(ranks=(0, 1), tp=2), rank)
-    engine = VllmEngine(Path(model_dir), max_model_len=64, tensor_parallel_size=2)
+    engine = VllmEngine(Path(model_dir), EngineSettings(max_model_len=64, tensor_parallel_size=2))
 
     def update() -> int:
         shards = gathered_buckets(model.local_state(), model.config.shape, model.ctx, 128 * 1024)

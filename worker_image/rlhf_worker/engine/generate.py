@@ -7,12 +7,17 @@ broadcasts the tokens over the pipeline; no micro-batch interleaving, so with
 pp > 1 only one stage computes at a time). The last stage gathers only the
 last position's vocabulary slices over tp to sample.
 
-Sampling is deterministic: sequence ``i`` draws its uniforms from its own
-generator seeded by (seed, sample id), and picks a token by inverse CDF over
-the probabilities sorted in a stable order. The result therefore does not
-depend on the batch split (dp), and every tp rank, holding the same gathered
-logits, draws the same token. Log-probabilities are those of the sampled
-token under softmax(logits / temperature), before top-p filtering.
+Sampling is deterministic and stays on the device: the noise for sequence
+``i``, step ``s`` and token ``v`` is a hash of (seed, sample id, s, v), computed
+by elementwise integer ops on the device (no host generator, no copy per step),
+and the token is the winner of an exponential race, argmax(p_v / E_v) with
+E_v = -log(u_v), which draws v with probability p_v without sorting the
+vocabulary (the sort happens only for top-p < 1, which needs the nucleus). The
+result therefore does not depend on the batch split (dp), and every tp rank,
+holding the same gathered logits, draws the same token. Log-probabilities are
+those of the sampled token under softmax(logits / temperature), before top-p
+filtering. The loop asks the device whether every sequence has ended only every
+`STOP_CHECK_EVERY` steps: each ask is a host sync.
 """
 
 from __future__ import annotations
@@ -47,47 +52,81 @@ class GenerationOutput:
 
 
 def left_pad(
-    prompts: Sequence[Sequence[int]], pad: int, width: int | None = None
+    prompts: Sequence[Sequence[int]],
+    pad: int,
+    width: int | None = None,
+    *,
+    device: torch.device | str,
 ) -> tuple[Tensor, Tensor]:
-    """Token ids and attention mask [B, width], prompts aligned to the right.
+    """Token ids and attention mask [B, width] on `device`, prompts aligned to the right.
 
     ``width`` defaults to the longest prompt; a prompt longer than a given width
     keeps its last ``width`` tokens (the end of a prompt is what the response follows).
+    Built as lists and copied once: one host-to-device copy per tensor, not per prompt.
     """
     width = max(len(p) for p in prompts) if width is None else width
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        tail = list(prompt)[-width:] if width else []
-        if tail:
-            ids[i, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-            mask[i, width - len(tail) :] = 1
-    return ids, mask
+    tails = [list(prompt)[-width:] if width else [] for prompt in prompts]
+    ids = [[pad] * (width - len(tail)) + tail for tail in tails]
+    mask = [[0] * (width - len(tail)) + [1] * len(tail) for tail in tails]
+    return (
+        torch.tensor(ids, dtype=torch.long, device=device).reshape(len(prompts), width),
+        torch.tensor(mask, dtype=torch.long, device=device).reshape(len(prompts), width),
+    )
 
 
-def sequence_generators(seed: int, sample_ids: Sequence[int]) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed((seed * 1_000_003 + i) % (2**63)) for i in sample_ids]
+_MASK32 = 0xFFFFFFFF
+STOP_CHECK_EVERY = 8
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (xor-shift-multiply) of int64 values in [0, 2**32).
+
+    The multiplier is below 2**31, so no product overflows int64 on any device.
+    """
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def sample_keys(seed: int, sample_ids: Sequence[int], device: torch.device | str) -> Tensor:
+    """Each sequence's sampling stream [B] (int64): a function of the seed and its sample id."""
+    keys = [(seed * 1_000_003 + i) & _MASK32 for i in sample_ids]
+    return _mix32(torch.tensor(keys, dtype=torch.long, device=device))
+
+
+def race_noise(keys: Tensor, step: int, vocab: int) -> Tensor:
+    """E[b, v] = -log(u) with u uniform in (0, 1) hashed from (keys[b], step, v): [B, V] float32."""
+    at_step = _mix32((keys + step * 0x27D4EB2F) & _MASK32)
+    tokens = torch.arange(vocab, dtype=torch.long, device=keys.device)
+    bits = _mix32((at_step.unsqueeze(1) + tokens * 0x61C88647) & _MASK32) >> 8  # 24 bits
+    uniforms = (bits.float() + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(uniforms)
 
 
 def sample(
-    logits: Tensor, config: GenerationConfig, generators: Sequence[torch.Generator]
+    logits: Tensor, config: GenerationConfig, keys: Tensor, step: int
 ) -> tuple[Tensor, Tensor]:
-    """Next tokens and their log-probabilities from full-vocabulary logits [B, V]."""
+    """Next tokens and their log-probabilities from full-vocabulary logits [B, V].
+
+    `keys` are the sequences' streams (`sample_keys`), `step` the position in the response.
+    """
     logits = logits.float()
     if config.greedy:
         logp = torch.log_softmax(logits, dim=-1)
         tokens = logits.argmax(dim=-1)
         return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     logp = torch.log_softmax(logits / config.temperature, dim=-1)
-    probs, order = torch.sort(logp.exp(), dim=-1, descending=True, stable=True)
+    # argmax(p / E) = argmax(log p - log E): a draw from p, no sort, no host sync.
+    score = logp - torch.log(race_noise(keys, step, logits.shape[-1]))
     if config.top_p < 1.0:
+        probs, order = torch.sort(logp.exp(), dim=-1, descending=True, stable=True)
         before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
-        probs = probs.masked_fill(before >= config.top_p, 0.0)  # the most likely always stays
-    cdf = probs.cumsum(dim=-1)
-    uniforms = torch.stack([torch.rand((), generator=g) for g in generators]).to(logits.device)
-    pick = (cdf < (uniforms * cdf[:, -1]).unsqueeze(-1)).sum(dim=-1)
-    pick = pick.clamp(max=probs.shape[-1] - 1)
-    tokens = order.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+        dropped = before >= config.top_p  # in sorted order; back to vocabulary order:
+        outside = torch.zeros_like(dropped).scatter(-1, order, dropped)
+        score = score.masked_fill(outside, float("-inf"))  # the most likely always stays
+    tokens = score.argmax(dim=-1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -105,9 +144,9 @@ def generate(
     ctx = model.ctx
     batch, steps = len(prompts), config.max_new_tokens
     device = model.device
-    ids, mask = (t.to(device) for t in left_pad(prompts, config.pad_token_id))
+    ids, mask = left_pad(prompts, config.pad_token_id, device=device)
     width = ids.shape[1]
-    generators = sequence_generators(config.seed, sample_ids or range(batch))
+    keys = sample_keys(config.seed, sample_ids or range(batch), device)
     cache = model.new_cache(batch, width + steps)
     key_valid = torch.zeros((batch, width + steps), dtype=torch.bool, device=device)
     key_valid[:, :width] = mask.bool()
@@ -137,7 +176,7 @@ def generate(
         else:
             tp_ranks = ctx.layout.tp_group(ctx.stage, ctx.dp_rank)
             logits = all_gather_last_dim(model.lm_logits(hidden[:, -1]), ctx.tp_group, tp_ranks)
-            tokens, logprobs = sample(logits, config, generators)
+            tokens, logprobs = sample(logits, config, keys, step)
             picked = torch.stack([tokens.double(), logprobs.double()])
         picked = broadcast_from_last(ctx, picked)
         tokens, logprobs = picked[0].long(), picked[1].float()
@@ -147,6 +186,7 @@ def generate(
         lengths += (~done).long()
         if config.eos_token_id is not None:
             done |= tokens == config.eos_token_id
-        if bool(done.all()):
+        # Asking whether all have ended is a host sync: not every step.
+        if (step + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):
             break
     return GenerationOutput(tokens=out_tokens, logprobs=out_logprobs, lengths=lengths)

@@ -61,6 +61,14 @@ def attention_mask(key_valid: Tensor, query_index: Tensor, key_index: Tensor) ->
     return (allowed | itself.unsqueeze(0)).unsqueeze(1)
 
 
+def keys_are_prefixes(key_valid: Tensor) -> bool:
+    """Whether every row's valid keys come first (no left padding): then causal attention
+    alone hides the invalid ones, which only follow (right padding, the cache's unused
+    tail). One host sync per forward, not per layer."""
+    valid = key_valid.bool()
+    return bool((valid[:, 1:] <= valid[:, :-1]).all()) if valid.shape[1] > 1 else True
+
+
 @dataclass
 class KVCache:
     """Keys and values of this stage's layers for this rank's kv heads: [B, kv, S, head_dim]."""
@@ -153,9 +161,13 @@ class Decoder(nn.Module):
         cos, sin = rope_cos_sin(positions, cfg.shape.head_dim, cfg.rope_theta)
         steps = hidden.shape[1]
         device = hidden.device
-        query_index = torch.arange(cache_start, cache_start + steps, device=device)
-        key_index = torch.arange(cache_start + steps, device=device)
-        mask = attention_mask(key_valid.bool(), query_index, key_index)
+        mask = None
+        # A mask where left padding must be hidden, or where queries start inside the
+        # cache (is_causal aligns query 0 with key 0).
+        if (steps > 1 and cache_start > 0) or not keys_are_prefixes(key_valid):
+            query_index = torch.arange(cache_start, cache_start + steps, device=device)
+            key_index = torch.arange(cache_start + steps, device=device)
+            mask = attention_mask(key_valid.bool(), query_index, key_index)
         for layer in self.layers:
             if recompute and cache is None and torch.is_grad_enabled():
                 hidden = checkpoint(
@@ -171,7 +183,7 @@ class Decoder(nn.Module):
         h: Tensor,
         cos: Tensor,
         sin: Tensor,
-        mask: Tensor,
+        mask: Tensor | None,
         cache: KVCache | None,
         cache_start: int,
     ) -> Tensor:
@@ -196,10 +208,15 @@ class Decoder(nn.Module):
             cache.values[n][:, :, cache_start : cache_start + t] = v
             k = cache.keys[n][:, :, : cache_start + t]
             v = cache.values[n][:, :, : cache_start + t]
-        rep = self.local_heads // self.local_kv_heads
-        if rep > 1:
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # Grouped-query attention in the kernel (enable_gqa): no key/value copies per head.
+        # Without a mask the keys are causal and unpadded: is_causal lets SDPA pick its
+        # flash/cuDNN kernels (which take no mask tensor). A decode step's one query sees
+        # every key so far, so it needs neither.
+        gqa = self.local_heads != self.local_kv_heads
+        causal = mask is None and t > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa
+        )
         out = out.transpose(1, 2).reshape(b, t, self.local_heads * hd)
         h = h + reduce_from_tp(F.linear(out, self.p(pre + "self_attn.o_proj.weight")), group)
         x = copy_to_tp(rms_norm(h, self.p(pre + "post_attention_layernorm.weight"), eps), group)

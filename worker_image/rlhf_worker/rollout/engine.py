@@ -26,7 +26,14 @@ from torch import Tensor
 
 from rlhf_worker.engine import GenerationConfig, GenerationOutput
 from rlhf_worker.rollout.extension import QUALNAME
+from rlhf_worker.rollout.settings import (
+    EngineSettings,
+    llm_arguments,
+    memory_utilization,
+    sleep_level,
+)
 from rlhf_worker.rollout.weights import total_bytes
+from rlhf_worker.runtime.memory import hand_back_cached
 
 # vLLM reads these when it is imported; the job's values win if set.
 ENV_DEFAULTS = {
@@ -82,61 +89,140 @@ def _external_launcher_env() -> None:
     )
 
 
+def ipc_handles(bucket: list[tuple[str, Tensor]]) -> list[tuple[str, Any]]:
+    """A bucket of CUDA tensors as (name, (rebuild function, arguments)) pairs: pickled,
+    they carry a CUDA IPC handle to the tensor's memory instead of its bytes."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    return [(name, reduce_tensor(tensor.detach())) for name, tensor in bucket]
+
+
+# The pod's GPUs as this process saw them at start (before an engine narrows them).
+_VISIBLE_AT_START = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def _child_sees_this_gpu(device: torch.device) -> None:
+    """vLLM's tp = 1 model worker (a child process) takes its device 0: let the child see
+    this worker's GPU alone, whichever of the pod's GPUs that is."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    physical = _VISIBLE_AT_START.split(",")[index] if _VISIBLE_AT_START else str(index)
+    os.environ["CUDA_VISIBLE_DEVICES"] = physical  # read by the child only: CUDA is up here
+
+
+def unlink_cpu_shared_memory() -> list[str]:
+    """Unlink the names of this rank's vLLM CPU shared-memory segments once they are mapped.
+
+    On CPU, vLLM's tensor-parallel groups communicate through POSIX shared memory
+    named after the group alone ("-tp:0-[0-1]-cpushm_<rank>": the same name for
+    every job on a machine) and created exclusively; a worker that exits without
+    running vLLM's destructor leaves the segments behind, and the next engine on
+    the machine fails with "create shm in SHMManager failed. errno: 17". By the
+    time ``LLM()`` returns every rank of the group has mapped every segment (vLLM
+    joins them behind a barrier), so the names are no longer needed: unlinking
+    them now keeps the mappings and leaves nothing behind, however the process
+    ends. Returns the names unlinked (none on GPU, where NCCL is used instead).
+    """
+    from vllm.distributed import parallel_state
+
+    unlinked = []
+    for ref in list(parallel_state._groups.values()):
+        group = ref()
+        communicator = getattr(group, "device_communicator", None)
+        shm = getattr(communicator, "dist_module", None)
+        name = getattr(shm, "group_name", None)
+        if group is None or not isinstance(name, str):
+            continue
+        # shm_open drops leading slashes; the segment of a rank carries its group rank.
+        path = Path("/dev/shm") / f"{name.lstrip('/')}_{group.rank_in_group}"
+        if path.exists():
+            path.unlink()
+            unlinked.append(path.name)
+    return unlinked
+
+
+def generation_output(
+    outputs: Sequence[Any], spec: GenerationConfig, device: torch.device | str
+) -> GenerationOutput:
+    """vLLM's ``RequestOutput``s as the torch generator's tensors, each copied to `device` once."""
+    steps = spec.max_new_tokens
+    tokens, logprobs, lengths = [], [], []
+    for out in outputs:
+        completion = out.outputs[0]
+        ids = list(completion.token_ids)[:steps]
+        entries = (completion.logprobs or [])[: len(ids)]
+        row = [float(entry[ids[step]].logprob) for step, entry in enumerate(entries)]
+        tokens.append(ids + [spec.pad_token_id] * (steps - len(ids)))
+        logprobs.append(row + [0.0] * (steps - len(row)))
+        lengths.append(len(ids))
+    rows = len(outputs)
+    return GenerationOutput(
+        tokens=torch.tensor(tokens, dtype=torch.long, device=device).reshape(rows, steps),
+        logprobs=torch.tensor(logprobs, dtype=torch.float32, device=device).reshape(rows, steps),
+        lengths=torch.tensor(lengths, dtype=torch.long, device=device),
+    )
+
+
 class VllmEngine:
-    """A ``vllm.LLM`` over one model directory, with sequences of at most `max_model_len`."""
+    """A ``vllm.LLM`` over one model directory, started with `settings` (`rollout.settings`),
+    whose outputs land on `device` (the runtime's)."""
 
     def __init__(
         self,
         model_dir: Path,
-        max_model_len: int,
-        seed: int = 0,
-        dtype: str = "float32",
-        sleep_between_calls: bool = True,
-        tensor_parallel_size: int = 1,
+        settings: EngineSettings,
+        device: torch.device | str = "cpu",
     ):
         for key, value in ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
-        if tensor_parallel_size > 1:
+        self.settings = settings
+        self.device = torch.device(device)
+        self.in_process = settings.tensor_parallel_size > 1
+        if self.in_process:
             _external_launcher_env()
         from vllm import LLM
         from vllm.platforms import current_platform
 
         self.model_dir = Path(model_dir)
-        self.max_model_len = max_model_len
+        self.max_model_len = settings.max_model_len
         # Sleep mode frees the engine's device memory while training runs on the
         # same devices. vLLM offers it on CUDA/ROCm/XPU only: on CPU,
         # enable_sleep_mode raises "Sleep mode is not supported on current platform".
-        self.sleep_mode = sleep_between_calls and current_platform.is_sleep_mode_available()
-        self.asleep = False
-        # tp=1: a child process for the model worker, which initialises its own
-        # torch.distributed world of one rank, never the job's gloo world. tp>1:
-        # the model worker runs here, on the job's world (see the module docstring).
-        self.in_process = tensor_parallel_size > 1
-        backend = "external_launcher" if self.in_process else "mp"
+        self.sleep_mode = (
+            settings.sleep_between_calls and current_platform.is_sleep_mode_available()
+        )
+        self.asleep = 0  # the sleep level the engine is at; 0 awake
+        on_cuda = self.device.type == "cuda"
+        self.utilization, self.utilization_capped = None, False
+        if on_cuda and settings.memory_bytes:
+            hand_back_cached(self.device)  # vLLM measures free memory: torch's cache is free
+            free, total = torch.cuda.mem_get_info(self.device)
+            self.utilization, self.utilization_capped = memory_utilization(
+                settings.memory_bytes, total, free
+            )
+        if on_cuda and not self.in_process:
+            _child_sees_this_gpu(self.device)
+        arguments = llm_arguments(
+            settings, str(self.model_dir), on_cuda, self.sleep_mode, self.utilization, QUALNAME
+        )
         # An in-process engine seeds the global RNGs: keep the worker's own streams.
         with torch.random.fork_rng(devices=[]):
-            self.llm: Any = LLM(
-                model=str(self.model_dir),
-                dtype=dtype,
-                enforce_eager=True,  # no graph capture: CPU, and weights change under it
-                max_model_len=max_model_len,
-                seed=seed,
-                worker_extension_cls=QUALNAME,
-                tensor_parallel_size=tensor_parallel_size,
-                distributed_executor_backend=backend,
-                enable_prefix_caching=False,  # cached KV would outlive a weight update
-                enable_sleep_mode=self.sleep_mode,
-            )
+            self.llm: Any = LLM(**arguments)
         if self.in_process:
             _IN_PROCESS.append(self.llm)
+            unlink_cpu_shared_memory()
+        # tp = 1 on a GPU: the bucket's tensors travel as CUDA IPC handles to the child
+        # process, which maps the same device memory: no copy through the host.
+        self.ipc = on_cuda and not self.in_process
 
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
         spec: GenerationConfig,
         sample_ids: Sequence[int],
+        device: torch.device | str,
     ) -> GenerationOutput:
-        """Responses right-padded to ``max_new_tokens``, their log-probabilities, lengths.
+        """Responses right-padded to ``max_new_tokens``, their log-probabilities, lengths,
+        on `device` (the runtime's: what reads them next is the training engine).
 
         Same shapes as the torch generator's output; a response includes its EOS.
         Log-probabilities are vLLM's of the sampled token under the raw model
@@ -144,6 +230,9 @@ class VllmEngine:
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
+        if self.asleep:  # level 1: the same weights, back from host memory
+            self._wake()
 
         params = [
             SamplingParams(
@@ -162,18 +251,7 @@ class VllmEngine:
         ]
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        steps = spec.max_new_tokens
-        tokens = torch.full((len(prompts), steps), spec.pad_token_id, dtype=torch.long)
-        logprobs = torch.zeros((len(prompts), steps))
-        lengths = torch.zeros(len(prompts), dtype=torch.long)
-        for row, out in enumerate(outputs):
-            completion = out.outputs[0]
-            ids = list(completion.token_ids)[:steps]
-            tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            lengths[row] = len(ids)
-            for step, entry in enumerate((completion.logprobs or [])[: len(ids)]):
-                logprobs[row, step] = float(entry[ids[step]].logprob)
-        return GenerationOutput(tokens=tokens, logprobs=logprobs, lengths=lengths)
+        return generation_output(outputs, spec, device)
 
     def update_weights(self, weight_buckets: Iterable[list[tuple[str, Tensor]]]) -> UpdateStats:
         """Load new weights (buckets of Hugging Face name, full tensor) into the running engine.
@@ -184,33 +262,44 @@ class VllmEngine:
         start = time.perf_counter()
         count = nbytes = 0
         if self.asleep:  # weights' memory back first; the KV cache after the update
-            self.llm.wake_up(tags=["weights"])
+            self._wake(["weights"])
         self.llm.collective_rpc("rlhf_begin_update")
         for bucket in weight_buckets:
-            self.llm.collective_rpc("rlhf_load_bucket", args=(bucket,))
+            if self.ipc:
+                self.llm.collective_rpc("rlhf_load_bucket_ipc", args=(ipc_handles(bucket),))
+            else:
+                self.llm.collective_rpc("rlhf_load_bucket", args=(bucket,))
             count += 1
             nbytes += total_bytes(bucket)
         self.llm.collective_rpc("rlhf_finish_update")
         if self.asleep:
-            self.llm.wake_up(tags=["kv_cache"])
-            self.asleep = False
-        self._reset_prefix_cache()
+            self._wake(["kv_cache"])
+        self._reset_prefix_cache()  # cached prompts' KV was computed with the old weights
         return UpdateStats(time.perf_counter() - start, nbytes, count)
 
-    def sleep(self) -> None:
-        """Release the engine's device memory until the next update (where vLLM can).
+    def sleep(self, reloads_next: bool = True) -> None:
+        """Release the engine's device memory until its next use (where vLLM can sleep).
 
-        Level 2 drops the weights too: the next ``update_weights`` loads all of them.
+        `reloads_next`: the next use loads new weights anyway, so they are dropped
+        (level 2); otherwise they wait in host memory (level 1).
         """
         if self.sleep_mode and not self.asleep:
-            self.llm.sleep(level=2)
-            self.asleep = True
+            level = sleep_level(reloads_next)
+            self.llm.sleep(level=level)
+            self.asleep = level
+
+    def _wake(self, tags: list[str] | None = None) -> None:
+        """Wake (some of) the engine; torch's cached blocks go back to the device first,
+        or vLLM could not map its memory beside what training left cached."""
+        hand_back_cached(self.device)
+        self.llm.wake_up(tags=tags)
+        if tags is None or "kv_cache" in tags:
+            self.asleep = 0
 
     def weight_checksum(self) -> float:
         return float(self.llm.collective_rpc("rlhf_weight_checksum")[0])
 
     def _reset_prefix_cache(self) -> None:
-        # Prefix caching is off; reset anyway so a future change cannot reuse stale KV.
         reset = getattr(self.llm, "reset_prefix_cache", None)
         if reset is not None:
             reset()

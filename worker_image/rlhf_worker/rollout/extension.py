@@ -48,6 +48,19 @@ class WeightUpdateExtension:
             loaded = self.model_runner.get_model().load_weights(weights=iter(named))
         return len(loaded) if loaded is not None else len(named)
 
+    def rlhf_load_bucket_ipc(self, handles: list[tuple[str, Any]]) -> int:
+        """`rlhf_load_bucket` of tensors sent as CUDA IPC handles (`engine.ipc_handles`):
+        mapped from the sender's memory on this worker's device, loaded, unmapped."""
+        device = torch.cuda.current_device()
+        named = []
+        for name, (rebuild, args) in handles:
+            args = list(args)
+            args[6] = device  # the storage's device, as this process numbers it
+            named.append((name, rebuild(*args)))
+        count = self.rlhf_load_bucket(named)
+        torch.cuda.synchronize()  # the copies are done before the sender frees the bucket
+        return count
+
     def rlhf_finish_update(self) -> None:
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload

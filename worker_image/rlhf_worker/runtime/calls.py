@@ -69,7 +69,7 @@ def _infer(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
 
 
 def _last_index(mask: Tensor) -> Tensor:
-    positions = torch.arange(mask.shape[1]).unsqueeze(0).expand_as(mask)
+    positions = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0).expand_as(mask)
     return torch.where(mask.bool(), positions, torch.zeros_like(positions)).max(dim=1).values
 
 
@@ -81,16 +81,19 @@ def _score_with_function(
     per_prompt = 1 if greedy else rt.samples_per_prompt
     iteration_prompts = rt.iteration_prompts(iteration)
     prompts, responses = [], []
+    # The responses to the host once (the tokenizer and the reward function run there).
+    ids = source.tensors["input_ids"][:, rt.prompt_width :].tolist()
+    masks = source.tensors["attention_mask"][:, rt.prompt_width :].tolist()
     offset = 0
     for start, stop in source.segments:
         for r in range(start, stop):
             row = offset + r - start
             prompts.append(iteration_prompts[r // per_prompt].text)
-            mask = source.tensors["attention_mask"][row, rt.prompt_width :]
-            tokens = source.tensors["input_ids"][row, rt.prompt_width :][mask.bool()]
-            responses.append(rt.tokenizer.decode(tokens.tolist(), skip_special_tokens=True))
+            tokens = [t for t, keep in zip(ids[row], masks[row], strict=True) if keep]
+            responses.append(rt.tokenizer.decode(tokens, skip_special_tokens=True))
         offset += stop - start
-    return torch.tensor(score(fn, prompts, responses, name=spec), dtype=torch.float32)
+    scores = score(fn, prompts, responses, name=spec)
+    return torch.tensor(scores, dtype=torch.float32, device=rt.device)
 
 
 # --- training ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from rlhf_operator.api.dataflow import SEQUENCE_KEYS
+from rlhf_worker.runtime.devices import DeviceError
 from rlhf_worker.runtime.rows import plan_rows, rank_segments
 from rlhf_worker.runtime.state import LocalData, Runtime
 
@@ -49,6 +50,16 @@ def replicated_for(rt: Runtime, key: str, call: str) -> bool:
     reward normalisation), identically on every rank.
     """
     return key in SEQUENCE_KEYS or rt.calls[call].kind == "train"
+
+
+def on_runtime_device(rt: Runtime, tensor: torch.Tensor, what: str) -> torch.Tensor:
+    """`tensor`, refused if it is not on the runtime's device: NCCL sends only device memory,
+    and a host tensor here means a call left its output on the host."""
+    if tensor.device != rt.device:
+        raise DeviceError(
+            f"{what}: rows on {tensor.device} where this rank's data lives on {rt.device}"
+        )
+    return tensor
 
 
 def move_data(rt: Runtime, key: str, src_call: str, dst_call: str) -> int:
@@ -90,6 +101,7 @@ def move_data(rt: Runtime, key: str, src_call: str, dst_call: str) -> int:
         if t.src == rt.rank and t.dst == rt.rank:
             assert have is not None and out is not None
             for name, tensor in have.rows(*t.rows).items():
+                tensor = on_runtime_device(rt, tensor, f"{key}.{name}")
                 out.tensors[name][t.dst_offset : t.dst_offset + count].copy_(tensor)
         elif t.src == rt.rank:
             assert have is not None, f"rank {rt.rank} was asked to send {key} it does not hold"
@@ -97,7 +109,8 @@ def move_data(rt: Runtime, key: str, src_call: str, dst_call: str) -> int:
             # the key's tensors in key_tensors' order.
             rows_held = have.rows(*t.rows)
             for name in shapes:
-                ops.append(dist.P2POp(dist.isend, rows_held[name].contiguous(), t.dst))
+                tensor = on_runtime_device(rt, rows_held[name], f"{key}.{name}")
+                ops.append(dist.P2POp(dist.isend, tensor.contiguous(), t.dst))
         elif t.dst == rt.rank:
             assert out is not None
             for name in shapes:

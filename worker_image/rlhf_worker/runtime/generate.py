@@ -29,9 +29,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rlhf_operator.contract.plan import engine_memory_bytes
 from rlhf_worker.engine import GenerationConfig, forward_logprobs, generate
 from rlhf_worker.engine.generate import left_pad
 from rlhf_worker.rollout.engine import VllmEngine
+from rlhf_worker.rollout.settings import EngineSettings
 from rlhf_worker.rollout.weights import check_layout, gathered_buckets
 from rlhf_worker.runtime.rows import rank_segments
 from rlhf_worker.runtime.state import LocalData, Runtime
@@ -111,8 +113,10 @@ def _sequences(
 ) -> dict[str, Tensor]:
     """Prompts left-padded to maxPromptLength followed by the generated tokens, and the mask
     of both (the response's up to and including its EOS)."""
-    prompt_ids, prompt_mask = left_pad(prompts, rt.tokenizer.pad_token_id, rt.prompt_width)
-    steps = torch.arange(rt.response_width).unsqueeze(0)
+    prompt_ids, prompt_mask = left_pad(
+        prompts, rt.tokenizer.pad_token_id, rt.prompt_width, device=rt.device
+    )
+    steps = torch.arange(rt.response_width, device=rt.device).unsqueeze(0)
     response_mask = (steps < lengths.unsqueeze(1)).long()
     return {
         "input_ids": torch.cat([prompt_ids, tokens], dim=1),
@@ -141,21 +145,38 @@ _ENGINES: dict[Path, VllmEngine] = {}
 _LOADED: dict[Path, int] = {}
 
 
-def engine_for(rt: Runtime, role: str, tp: int) -> VllmEngine:
+def engine_settings(rt: Runtime, role: str) -> EngineSettings:
+    """How the role's engine starts: the job's dtype and widths, the generation layout's tp,
+    the plan's memory for it (the largest over the role's generation calls), and prefix
+    caching where prompts repeat (several samples per prompt share one)."""
+    generation = [c.name for c in rt.calls.values() if c.kind == "generate" and c.role == role]
+    return EngineSettings(
+        max_model_len=rt.prompt_width + rt.response_width,
+        dtype=rt.spec.models.present()[role].dtype,  # the job's, as the training copy's
+        seed=int(rt.spec.training.seed),
+        tensor_parallel_size=rt.layouts[generation[0]].tp,
+        memory_bytes=max(engine_memory_bytes(rt.plan.call(name)) for name in generation),
+        prefix_caching=rt.samples_per_prompt > 1,
+    )
+
+
+def engine_for(rt: Runtime, role: str) -> VllmEngine:
     """This process's engine for a role's model (started on first use: collective when tp>1)."""
     directory = rt.model_dirs[role]
     engine = _ENGINES.get(directory)
     if engine is None:
-        width = rt.prompt_width + rt.response_width
-        engine = VllmEngine(
-            directory,
-            max_model_len=width,
-            seed=int(rt.spec.training.seed),
-            tensor_parallel_size=tp,
-            dtype=rt.spec.models.present()[role].dtype,  # the job's, as the training copy's
-        )
+        engine = VllmEngine(directory, engine_settings(rt, role), rt.device)
         _ENGINES[directory] = engine
     return engine
+
+
+def reloads_next(rt: Runtime, name: str) -> bool:
+    """Whether the engine's next use after call `name` loads new weights: no later
+    generation call of the role in the iteration (ReMax's greedy one follows its sampled
+    one on the same weights), so the next use follows a training step."""
+    role, order = rt.calls[name].role, list(rt.calls)
+    later = order[order.index(name) + 1 :]
+    return not any(rt.calls[c].kind == "generate" and rt.calls[c].role == role for c in later)
 
 
 def shutdown_engines() -> None:
@@ -169,10 +190,15 @@ def _generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) ->
     call, layout = rt.calls[name], rt.layouts[name]
     check_layout(layout, rt.world_size)
     model = rt.roles[call.role].on(layout)
-    engine = engine_for(rt, call.role, layout.tp)
+    engine = engine_for(rt, call.role)
     directory = rt.model_dirs[call.role]
     metrics: dict[str, float] = {}
-    if _LOADED.get(directory) != iteration:
+    if engine.utilization is not None:
+        metrics["vllm_memory_utilization"] = engine.utilization
+        metrics["vllm_memory_capped"] = float(engine.utilization_capped)
+    # Level-2 sleep dropped the weights: load them whatever the iteration (a call order
+    # the sleep level did not foresee costs an update, never stale weights).
+    if _LOADED.get(directory) != iteration or engine.asleep == 2:
         shards = gathered_buckets(model.local_state(), model.config.shape, model.ctx)
         update = engine.update_weights(shards)
         _LOADED[directory] = iteration
@@ -183,7 +209,7 @@ def _generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) ->
     segments, _, row_prompts, sample_ids = _rows(rt, name, iteration, greedy)
     row_prompts = [ids[-p:] for ids in row_prompts]
     # All of this rank's rows in one call: vLLM batches them itself.
-    out = engine.generate(row_prompts, sampling(rt, greedy), sample_ids=sample_ids)
+    out = engine.generate(row_prompts, sampling(rt, greedy), sample_ids, rt.device)
     batch = _sequences(rt, row_prompts, out.tokens, out.lengths)
     rt.data[(call.outputs[0], name)] = LocalData(segments, batch)
 
@@ -198,7 +224,8 @@ def _generate_with_vllm(rt: Runtime, name: str, iteration: int, greedy: bool) ->
             metrics.update(mismatch(out.logprobs, recomputed, response_mask))
             logprobs = recomputed
         rt.data[(call.outputs[1], name)] = LocalData(segments, {"value": logprobs.contiguous()})
-    engine.sleep()  # training may use this device next (a no-op where vLLM cannot sleep)
+    # Training may use this device next (a no-op where vLLM cannot sleep).
+    engine.sleep(reloads_next(rt, name))
     return _counted(rt, name, batch, metrics)
 
 

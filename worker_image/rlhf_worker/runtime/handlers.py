@@ -14,6 +14,7 @@ from rlhf_operator.contract.plan import call_layout, home_layouts
 from rlhf_operator.controlplane import messages as m
 from rlhf_worker.agent import Handler, Invocation
 from rlhf_worker.runtime import calls, datamove, models, offload, persist
+from rlhf_worker.runtime.devices import device_checks
 from rlhf_worker.runtime.memory import hand_back_cached, measure_peak
 from rlhf_worker.runtime.state import Runtime, create_layout_groups, job_calls, seed_everything
 
@@ -82,7 +83,8 @@ def load_role(inv: Invocation) -> dict[str, Any]:
 
 def reallocate(inv: Invocation) -> dict[str, Any]:
     cmd = _command(inv, m.Reallocate)
-    return models.reallocate_role(_runtime(inv), cmd.role, cmd.src, cmd.dst)
+    with device_checks():
+        return models.reallocate_role(_runtime(inv), cmd.role, cmd.src, cmd.dst)
 
 
 def release(inv: Invocation) -> dict[str, Any]:
@@ -106,7 +108,8 @@ def restore_role(inv: Invocation) -> dict[str, Any]:
 
 def move_data(inv: Invocation) -> dict[str, Any]:
     cmd = _command(inv, m.MoveData)
-    received = datamove.move_data(_runtime(inv), cmd.key, cmd.src_call, cmd.dst_call)
+    with device_checks():
+        received = datamove.move_data(_runtime(inv), cmd.key, cmd.src_call, cmd.dst_call)
     return {"bytes_received": received}
 
 
@@ -115,7 +118,7 @@ def run_call(inv: Invocation) -> dict[str, Any]:
     rt = _runtime(inv)
     if rt.rank not in rt.layouts[cmd.name].ranks:
         return calls.run_call(rt, cmd.name, int(cmd.iteration))  # nothing to run or measure
-    with measure_peak(rt.device) as memory:
+    with measure_peak(rt.device) as memory, device_checks():
         metrics: dict[str, Any] = calls.run_call(rt, cmd.name, int(cmd.iteration))
     hand_back_cached(rt.device)
     metrics["peak_bytes"] = memory.peak  # every tensor this rank held during the call

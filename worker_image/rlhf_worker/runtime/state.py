@@ -158,7 +158,7 @@ class Runtime:
 
     def element_bytes(self, role: str) -> int:
         """Bytes per parameter element of a role (reallocation plans count bytes with it)."""
-        return torch.empty((), dtype=self.dtype(role)).element_size()
+        return self.dtype(role).itemsize
 
     def node_of(self, rank: int) -> int:
         return rank // self.plan.gpus_per_node
