@@ -220,7 +220,7 @@ def _call_cost(
         return tokens * h * b / pp_bw + pp_lat if pp > 1 else 0.0
 
     logits_tok = 4 * (a.vocab_size / tp if not role.value_head else 1)
-    saved_tok_layer = saved_layer_bytes(a, b, tp, seq)
+    saved_tok_layer = saved_layer_bytes(a, b, tp, seq, kv_copies=prof.kind == "gpu")
 
     def logits_bytes(tokens: float) -> float:
         """A micro-batch's log-probabilities (`parallel/tensor.py`): fp32 logits, shifted
@@ -310,7 +310,7 @@ def _call_cost(
     return CallCost(seconds + prof.call_overhead, weight_bytes, state_bytes, active, breakdown)
 
 
-def saved_layer_bytes(a: ModelShape, b: int, tp: int, seq: int) -> float:
+def saved_layer_bytes(a: ModelShape, b: int, tp: int, seq: int, kv_copies: bool = False) -> float:
     """Bytes one decoder layer keeps for its backward, per token (`model/decoder.py`, in
     the job dtype's `b` bytes unless said): the attention's query and output (query
     heads), keys and values (key/value heads: SDPA's enable_gqa, no copies per query
@@ -319,9 +319,11 @@ def saved_layer_bytes(a: ModelShape, b: int, tp: int, seq: int) -> float:
     itself); rotary cos/sin cast to the job dtype (none in float32); the boolean mask as
     the attention's additive mask, [T] per token (a batch without left padding needs no
     mask: then this is [T] per token too many); the attention's fp32 log-sum-exp per
-    head and the norms' fp32 scales."""
+    head and the norms' fp32 scales. On a GPU (`kv_copies`) a masked grouped-query
+    attention repeats its keys and values per query head (the decoder does, for
+    SDPA's memory-efficient kernel), so they are kept at the query heads' size."""
     q = a.num_heads * a.head_dim / tp
-    kv = a.num_kv_heads * a.head_dim / tp
+    kv = (a.num_heads if kv_copies else a.num_kv_heads) * a.head_dim / tp
     norms = 2 * (12 * a.hidden_size if b == 4 else 8 * a.hidden_size)
     rope = 4 * a.head_dim * b if b != 4 else 0
     return (

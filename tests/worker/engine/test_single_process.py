@@ -10,7 +10,14 @@ import torch
 from rlhf_operator.contract.sharding import Layout
 from rlhf_worker.engine import GenerationConfig, generate
 from rlhf_worker.engine.adamw import AdamWState, adamw_step
-from rlhf_worker.engine.generate import left_pad, race_noise, sample, sample_keys
+from rlhf_worker.engine.generate import (
+    UNIFORM_BITS,
+    left_pad,
+    race_noise,
+    sample,
+    sample_keys,
+    uniforms,
+)
 from rlhf_worker.model import Decoder, load_decoder
 
 PROMPTS = [[1, 30, 31, 32], [1, 40], [1, 50, 51, 52, 53, 54, 55]]
@@ -98,6 +105,24 @@ def test_the_exponential_race_draws_each_token_with_its_probability() -> None:
     # Streams differ by step and by sample, and the noise is a pure function of both.
     assert not torch.equal(race_noise(keys, 0, 4), race_noise(keys, 1, 4))
     assert torch.equal(race_noise(keys[5:9], 2, 4), race_noise(keys, 2, 4)[5:9])
+
+
+def test_the_race_s_noise_is_never_zero_so_no_unlikely_token_wins_by_it() -> None:
+    # The extremes of the hashed integers: u stays strictly inside (0, 1), E = -log(u) > 0.
+    # (With 24 bits the largest integer gave u == 1.0 in float32, E == 0: that token won
+    # whatever its probability, once per 2**24 draws: 47 of 5120 draws at a 152k vocabulary.)
+    bits = torch.tensor([0, 1, (1 << UNIFORM_BITS) - 2, (1 << UNIFORM_BITS) - 1])
+    u = uniforms(bits)
+    assert bool(((u > 0) & (u < 1)).all()) and bool((-torch.log(u) > 0).all())
+    noise = race_noise(sample_keys(0, range(64), "cpu"), 0, 50_000)
+    assert bool(torch.isfinite(noise).all()) and bool((noise > 0).all())
+    # A token of probability ~1e-13 is never drawn over 64 x 20 draws.
+    logits = torch.tensor([[30.0] + [0.0] * 4095]).repeat(64, 1)
+    keys = sample_keys(1, range(64), "cpu")
+    drawn = torch.cat(
+        [sample(logits, GenerationConfig(1, greedy=False), keys, t)[0] for t in range(20)]
+    )
+    assert bool(drawn.eq(0).all())
 
 
 def test_adamw_matches_torch() -> None:

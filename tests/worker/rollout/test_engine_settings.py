@@ -20,6 +20,7 @@ from rlhf_operator.planner import plan_job
 from rlhf_worker.rollout import engine as engine_module
 from rlhf_worker.rollout.settings import (
     START_MARGIN_BYTES,
+    EngineMemoryError,
     EngineSettings,
     memory_utilization,
     sleep_level,
@@ -86,7 +87,12 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 def test_utilization_is_the_plans_budget_capped_at_what_is_free() -> None:
     assert memory_utilization(20 * GIB, 80 * GIB, 70 * GIB) == (0.25, False)
     share, capped = memory_utilization(75 * GIB, 80 * GIB, 70 * GIB)
-    assert capped and share == round((70 * GIB - START_MARGIN_BYTES) / (80 * GIB), 4)
+    room = (70 * GIB - START_MARGIN_BYTES) / (80 * GIB)
+    assert capped and room - 1e-4 < share <= room  # rounded down, never above what is free
+    with pytest.raises(
+        EngineMemoryError, match=r"no device memory for the vLLM engine: 1\.00 GiB free"
+    ):
+        memory_utilization(20 * GIB, 80 * GIB, 1 * GIB)
     assert sleep_level(reloads_next=True) == 2 and sleep_level(reloads_next=False) == 1
 
 

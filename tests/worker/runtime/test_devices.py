@@ -37,6 +37,29 @@ def test_a_factory_without_a_device_in_the_project_is_refused() -> None:
     assert ids.tolist() == [[1, 2]]
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        "torch.as_tensor([1, 2])",
+        "torch.asarray([1, 2])",
+        "torch.normal(0.0, 1.0, (2,))",
+        "torch.scalar_tensor(1.0)",
+        "torch.arange(torch.tensor(3, device='meta'))",  # a tensor argument: still the host's
+        "torch.tril_indices(3, 3)",
+    ],
+)
+def test_every_host_factory_is_caught(call: str) -> None:
+    # As if the project's own code called it: a frame inside the package.
+    code = compile(call, str(Path(devices.PACKAGE) / "probe.py"), "eval")
+    with DeviceChecks(), pytest.raises(DeviceError, match="without a device"):
+        eval(code, {"torch": torch})
+    with DeviceChecks():  # of a tensor, torch.as_tensor keeps its device
+        eval(
+            compile("torch.as_tensor(torch.zeros(2, device='meta'))", code.co_filename, "eval"),
+            {"torch": torch},
+        )
+
+
 def test_an_op_mixing_devices_in_the_project_is_refused() -> None:
     mask = torch.ones(2, 3, dtype=torch.long, device=META)
     with DeviceChecks(), pytest.raises(DeviceError, match="mixes tensors on cpu, meta"):

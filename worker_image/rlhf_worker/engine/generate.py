@@ -100,9 +100,20 @@ def race_noise(keys: Tensor, step: int, vocab: int) -> Tensor:
     """E[b, v] = -log(u) with u uniform in (0, 1) hashed from (keys[b], step, v): [B, V] float32."""
     at_step = _mix32((keys + step * 0x27D4EB2F) & _MASK32)
     tokens = torch.arange(vocab, dtype=torch.long, device=keys.device)
-    bits = _mix32((at_step.unsqueeze(1) + tokens * 0x61C88647) & _MASK32) >> 8  # 24 bits
-    uniforms = (bits.float() + 0.5) * (1.0 / (1 << 24))
-    return -torch.log(uniforms)
+    bits = _mix32((at_step.unsqueeze(1) + tokens * 0x61C88647) & _MASK32) >> (32 - UNIFORM_BITS)
+    return -torch.log(uniforms(bits))
+
+
+# float32 holds 24 significant bits, so (bits + 0.5) is exact below 2**23 only: with 24
+# bits the largest value rounds up to 1.0, E = -log(1) = 0, and that token wins the race
+# whatever its probability (one draw in 2**24 per vocabulary entry: ~1% of the steps at a
+# vocabulary of 150k).
+UNIFORM_BITS = 23
+
+
+def uniforms(bits: Tensor) -> Tensor:
+    """Uniform floats strictly inside (0, 1) from integers in [0, 2**UNIFORM_BITS)."""
+    return (bits.float() + 0.5) * (1.0 / (1 << UNIFORM_BITS))
 
 
 def sample(

@@ -211,8 +211,16 @@ class Decoder(nn.Module):
         # Grouped-query attention in the kernel (enable_gqa): no key/value copies per head.
         # Without a mask the keys are causal and unpadded: is_causal lets SDPA pick its
         # flash/cuDNN kernels (which take no mask tensor). A decode step's one query sees
-        # every key so far, so it needs neither.
+        # every key so far, so it needs neither. On CUDA a mask leaves only the
+        # memory-efficient kernel, which takes no grouped keys: SDPA would fall back to its
+        # math kernel ([B, H, L, S] scores kept for the backward), so there the keys and
+        # values are repeated per query head instead (`saved_layer_bytes(kv_copies=)` in the
+        # planner counts them).
         gqa = self.local_heads != self.local_kv_heads
+        if gqa and mask is not None and q.device.type == "cuda":
+            group_size = self.local_heads // self.local_kv_heads
+            k, v = k.repeat_interleave(group_size, dim=1), v.repeat_interleave(group_size, dim=1)
+            gqa = False
         causal = mask is None and t > 1
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa

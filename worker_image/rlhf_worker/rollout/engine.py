@@ -94,6 +94,9 @@ def ipc_handles(bucket: list[tuple[str, Tensor]]) -> list[tuple[str, Any]]:
     they carry a CUDA IPC handle to the tensor's memory instead of its bytes."""
     from torch.multiprocessing.reductions import reduce_tensor
 
+    for name, tensor in bucket:
+        if not tensor.is_cuda:
+            raise ValueError(f"{name}: a CUDA IPC handle needs a CUDA tensor, not {tensor.device}")
     return [(name, reduce_tensor(tensor.detach())) for name, tensor in bucket]
 
 
@@ -204,8 +207,10 @@ class VllmEngine:
         arguments = llm_arguments(
             settings, str(self.model_dir), on_cuda, self.sleep_mode, self.utilization, QUALNAME
         )
-        # An in-process engine seeds the global RNGs: keep the worker's own streams.
-        with torch.random.fork_rng(devices=[]):
+        # An in-process engine seeds the global RNGs (and, on CUDA, this device's):
+        # keep the worker's own streams.
+        cuda_rng = on_cuda and torch.cuda.is_available()
+        with torch.random.fork_rng(devices=[self.device] if cuda_rng else []):
             self.llm: Any = LLM(**arguments)
         if self.in_process:
             _IN_PROCESS.append(self.llm)
@@ -231,6 +236,10 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if self.asleep == 2:
+            raise RuntimeError(
+                "the engine slept at level 2 (weights dropped): update its weights first"
+            )
         if self.asleep:  # level 1: the same weights, back from host memory
             self._wake()
 

@@ -49,8 +49,12 @@ class WeightUpdateExtension:
         return len(loaded) if loaded is not None else len(named)
 
     def rlhf_load_bucket_ipc(self, handles: list[tuple[str, Any]]) -> int:
-        """`rlhf_load_bucket` of tensors sent as CUDA IPC handles (`engine.ipc_handles`):
-        mapped from the sender's memory on this worker's device, loaded, unmapped."""
+        """`rlhf_load_bucket` of tensors sent as CUDA IPC handles (`engine.ipc_handles`),
+        mapped from the sender's memory on this worker's device. vLLM's layerwise reload
+        may keep the mapped tensors until its layer is complete (or the update is
+        finished) and copy from them then: this is safe because at tp = 1 the bucket's
+        tensors are the sender's live compute weights, which outlive the update. A
+        bucket of temporaries would have to be cloned here."""
         device = torch.cuda.current_device()
         named = []
         for name, (rebuild, args) in handles:
@@ -58,7 +62,7 @@ class WeightUpdateExtension:
             args[6] = device  # the storage's device, as this process numbers it
             named.append((name, rebuild(*args)))
         count = self.rlhf_load_bucket(named)
-        torch.cuda.synchronize()  # the copies are done before the sender frees the bucket
+        torch.cuda.synchronize()  # the copies made so far are done
         return count
 
     def rlhf_finish_update(self) -> None:

@@ -24,14 +24,21 @@ On a GPU the engine shares its device with the training copies, as verl runs it:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from rlhf_operator.contract.plan import vllm_batched_tokens
 
-# Free device memory left unclaimed when vLLM's share is capped at start-up: what
-# torch's allocator and NCCL take between the check and the first training step.
-START_MARGIN_BYTES = 512 * 2**20
+# Free device memory left unclaimed when vLLM's share is capped at start-up. The share
+# is measured here, before vLLM's model-worker process exists; vLLM checks it in that
+# process after its CUDA context and distributed setup (0.4-0.7 GB), and torch's
+# allocator and NCCL take some more before the first training step.
+START_MARGIN_BYTES = 3 * 2**29  # 1.5 GiB
+
+
+class EngineMemoryError(RuntimeError):
+    """No room on the device for the engine (the message says how much there is)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,15 @@ def memory_utilization(budget: int, total: int, free: int) -> tuple[float, bool]
     room = max(free - START_MARGIN_BYTES, 0)
     capped = budget > room
     share = min(budget, room) / total
-    return round(min(share, 0.98), 4), capped
+    # Rounded down: a share rounded up could claim a few MB more than is free.
+    share = math.floor(min(share, 0.98) * 10_000) / 10_000
+    if share <= 0:
+        raise EngineMemoryError(
+            f"no device memory for the vLLM engine: {free / 2**30:.2f} GiB free of "
+            f"{total / 2**30:.1f} GiB, {START_MARGIN_BYTES / 2**30:.1f} GiB kept free at start-up"
+            " (the plan gives it more than the training roles leave)"
+        )
+    return share, capped
 
 
 def llm_arguments(

@@ -38,19 +38,28 @@ ENV = "RLHF_DEVICE_CHECKS"
 # and `Tensor.new_*` ones follow their argument and are fine.
 FACTORIES = {
     torch.arange,
+    torch.as_tensor,
+    torch.asarray,
     torch.empty,
     torch.empty_strided,
     torch.eye,
     torch.full,
     torch.linspace,
+    torch.logspace,
+    torch.normal,
     torch.ones,
     torch.rand,
     torch.randint,
     torch.randn,
     torch.randperm,
+    torch.scalar_tensor,
     torch.tensor,
+    torch.tril_indices,
+    torch.triu_indices,
     torch.zeros,
 }
+# Of these, the ones that keep a tensor argument's device (torch.arange(t) does not).
+KEEP_A_TENSOR_S_DEVICE = {torch.tensor, torch.as_tensor, torch.asarray}
 
 
 class DeviceError(RuntimeError):
@@ -102,7 +111,9 @@ class DeviceChecks(TorchFunctionMode):
         if where is None:
             return func(*args, **kwargs)
         # torch.tensor(t) of a tensor keeps its device; anything else is the host's.
-        of_tensor = bool(args) and isinstance(args[0], torch.Tensor)
+        of_tensor = (
+            func in KEEP_A_TENSOR_S_DEVICE and bool(args) and isinstance(args[0], torch.Tensor)
+        )
         if func in FACTORIES and kwargs.get("device") is None and not of_tensor:
             raise DeviceError(
                 f"torch.{_name(func)}() without a device at {where}: it makes a host"
