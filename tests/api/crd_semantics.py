@@ -57,28 +57,43 @@ def _program(rule: str) -> Any:
     return _ENV.program(_ENV.compile(rule))
 
 
-def cel_violations(manifest: dict[str, Any]) -> list[str]:
-    """Messages of the CRD's x-kubernetes-validations rules that the (defaulted) manifest breaks."""
+def cel_violations(manifest: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """Messages of the CRD's x-kubernetes-validations rules that the (defaulted) manifest
+    breaks; with `old`, an update from that object: transition rules (those reading
+    oldSelf) run too, where the old object has the value, as the API server runs them."""
     out: list[str] = []
-    _walk(crd_schema(), apply_defaults(crd_schema(), manifest), "", out)
+    previous = apply_defaults(crd_schema(), old) if old is not None else _ABSENT
+    _walk(crd_schema(), apply_defaults(crd_schema(), manifest), previous, "", out)
     return out
 
 
-def _walk(schema: dict[str, Any], obj: Any, path: str, out: list[str]) -> None:
+_ABSENT = object()
+
+
+def _walk(schema: dict[str, Any], obj: Any, old: Any, path: str, out: list[str]) -> None:
     for rule in schema.get("x-kubernetes-validations", []):
-        result = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(obj)})
+        activation = {"self": celpy.json_to_cel(obj)}
+        if "oldSelf" in rule["rule"]:
+            if old is _ABSENT:
+                continue  # a create, or the value is new: transition rules do not run
+            activation["oldSelf"] = celpy.json_to_cel(old)
+        result = _program(rule["rule"]).evaluate(activation)
         # Only a real `true` passes: an evaluation error (a missing field, say)
         # fails the rule, as it does in the API server.
         if not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
             out.append(f"{path or '<root>'}: {rule['message']}")
     if isinstance(obj, dict):
+        before = old if isinstance(old, dict) else {}
         for name, sub in schema.get("properties", {}).items():
             if name in obj:
-                _walk(sub, obj[name], f"{path}.{name}" if path else name, out)
+                child = f"{path}.{name}" if path else name
+                _walk(sub, obj[name], before.get(name, _ABSENT), child, out)
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
             for key, value in obj.items():
-                _walk(extra, value, f"{path}.{key}", out)
+                _walk(extra, value, before.get(key, _ABSENT), f"{path}.{key}", out)
     elif isinstance(obj, list) and "items" in schema:
+        # List items are matched by position only for these tests (no listType=map here).
         for i, value in enumerate(obj):
-            _walk(schema["items"], value, f"{path}[{i}]", out)
+            prior = old[i] if isinstance(old, list) and i < len(old) else _ABSENT
+            _walk(schema["items"], value, prior, f"{path}[{i}]", out)

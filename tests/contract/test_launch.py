@@ -7,7 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from rlhf_operator.contract.launch import SettingsError, WorkerSettings, worker_command
+from rlhf_operator.contract.launch import (
+    SettingsError,
+    WorkerSettings,
+    launcher_command,
+    worker_command,
+)
 from tests.contract.launches import LOCAL
 
 POD = WorkerSettings(
@@ -17,12 +22,22 @@ POD = WorkerSettings(
     master_addr="job-a-worker-0.job-a",
     master_port=29500,
     token_file="/var/run/rlhf/token",
+    local_world_size=2,
 )
 
 
 def test_command_runs_the_worker_module() -> None:
     assert worker_command("python") == ["python", "-m", "rlhf_worker"]
     assert worker_command() == [sys.executable, "-m", "rlhf_worker"]
+    assert launcher_command("python") == ["python", "-m", "rlhf_worker.launcher"]
+
+
+def test_a_pod_s_launcher_starts_its_local_world_of_ranks() -> None:
+    assert list(POD.for_rank(2, node_rank=1).pod_ranks()) == [2, 3]
+    with pytest.raises(
+        SettingsError, match="RANK=3 with LOCAL_WORLD_SIZE=2 runs past WORLD_SIZE=4"
+    ):
+        POD.for_rank(3).pod_ranks()
 
 
 def test_env_of_a_pod_rank() -> None:
@@ -34,6 +49,7 @@ def test_env_of_a_pod_rank() -> None:
         "WORLD_SIZE": "4",
         "LOCAL_RANK": "1",
         "NODE_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
         "MASTER_ADDR": "job-a-worker-0.job-a",
         "MASTER_PORT": "29500",
         "RLHF_DEVICE": "cpu",
@@ -52,7 +68,7 @@ def test_env_of_a_local_rank_carries_the_local_settings() -> None:
         handler_modules=("a.b", "c"),
         log_level="DEBUG",
     )
-    env = local.for_rank(1, local_rank=1).to_env()
+    env = local.for_rank(1, local_rank=1, local_world_size=2).to_env()
     assert env["RLHF_TOKEN"] == "s3cret" and "RLHF_TOKEN_FILE" not in env
     assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "lo"
     assert env["OMP_NUM_THREADS"] == "1"
@@ -65,7 +81,7 @@ def test_env_of_a_local_rank_carries_the_local_settings() -> None:
 @pytest.mark.parametrize(
     "settings",
     [
-        LOCAL.for_rank(2, local_rank=1, node_rank=1),
+        LOCAL.for_rank(2, local_rank=1, node_rank=1, local_world_size=2),
         replace(
             LOCAL,
             device="cuda",
@@ -112,6 +128,8 @@ def test_token_from_a_mounted_secret_file(tmp_path) -> None:
         ({"RANK": "two"}, "RANK='two' is not an integer"),
         ({"RANK": "4"}, "RANK=4 is out of range for WORLD_SIZE=4"),
         ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
+        ({"LOCAL_WORLD_SIZE": "9"}, "LOCAL_WORLD_SIZE=9 must be between 1 and WORLD_SIZE="),
+        ({"LOCAL_RANK": "1"}, "LOCAL_RANK=1 is out of range for LOCAL_WORLD_SIZE=1"),
         (
             {"RLHF_COORDINATOR_ADDR": "coordinator"},
             "RLHF_COORDINATOR_ADDR='coordinator' is not host:port",

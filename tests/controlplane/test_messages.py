@@ -98,7 +98,14 @@ def test_a_bad_prepare_names_what_is_wrong():
 
 def test_a_registration_says_who_the_launch_settings_made():
     settings = worker_settings(
-        job_id="job-a", world_size=8, rank=5, local_rank=1, node_rank=2, device="cuda", token="t0k"
+        job_id="job-a",
+        world_size=8,
+        rank=5,
+        local_rank=1,
+        node_rank=2,
+        local_world_size=4,
+        device="cuda",
+        token="t0k",
     )
     reg = m.Registration.of(settings, host="node-2", pid=77)
     assert (reg.job_id, reg.rank, reg.world_size, reg.local_rank, reg.node_rank) == (

@@ -54,7 +54,12 @@ class LocalWorkers:
             if rank in self.procs:  # a restart: reap the old process first
                 self.procs[rank].kill()
                 self.procs[rank].communicate(timeout=10)
-            env = {**os.environ, **self.launch.for_rank(rank, local_rank=rank).to_env()}
+            env = {
+                **os.environ,
+                **self.launch.for_rank(
+                    rank, local_rank=rank, local_world_size=self.launch.world_size
+                ).to_env(),
+            }
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
             self.procs[rank] = subprocess.Popen(
                 worker_command(),

@@ -25,7 +25,9 @@ from kubernetes.client.exceptions import ApiException
 
 from rlhf_operator.api import GROUP, PLURAL, VERSION
 from rlhf_operator.k8s.config import OperatorConfig
+from rlhf_operator.k8s.inventory import node_gpus
 from rlhf_operator.k8s.kube import Kube
+from rlhf_operator.k8s.pods import pod_gpus
 from rlhf_operator.k8s.run import operate, settings_for
 from rlhf_operator.k8s.status import iso, now_utc
 
@@ -230,10 +232,26 @@ class Cluster:
         self.kube.call("POST", "/api/v1/nodes", node)
 
 
-class FakeKubelet:
-    """Marks every new pod Running (what kubelet would report once it started)."""
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
+KUEUE_MANAGED = "kueue.x-k8s.io/managed"
 
-    def __init__(self, cluster: Cluster) -> None:
+
+class FakeKubelet:
+    """Plays the scheduler and the kubelets: binds each new pod that requests GPUs to
+    the first node with that many free (allocatable less the GPUs of the pods bound
+    there), or leaves it Pending as Unschedulable until one has; then marks it Running.
+
+    With `kueue=True` it also plays Kueue's pod integration: a pod with a queue label
+    is taken in (the managed label and finalizer its webhook adds) and stays Pending,
+    SchedulingGated, until the test admits its group (`admit`); `preempt` stops a
+    group as Kueue does (TerminationTarget, then the pods fail), and the finalizer of
+    a pod that ended is removed once its group is finished (a pod marked
+    retriable-in-group: false)."""
+
+    def __init__(self, cluster: Cluster, kueue: bool = False) -> None:
+        self.kueue = kueue
+        self.admitted: set[str] = set()
         self.cluster = cluster
         self.stop_flag = threading.Event()
         self.paused = threading.Event()
@@ -245,15 +263,98 @@ class FakeKubelet:
             if self.paused.is_set():
                 continue
             try:
+                pods = self.cluster.all_pods()
+                if self.kueue:
+                    pods = [p for p in pods if self._kueue(p)]
                 new = [
-                    p["metadata"]
-                    for p in self.cluster.all_pods()
-                    if (p.get("status") or {}).get("phase") is None
+                    p
+                    for p in pods
+                    if (p.get("status") or {}).get("phase") in (None, "Pending")
                     and not p["metadata"].get("deletionTimestamp")
                 ]
+                placed = [p["metadata"] for p in new if self._bind(p, pods)]
             except ApiException:
                 continue
-            list(self._pool.map(self._start, new))
+            list(self._pool.map(self._start, placed))
+
+    def _kueue(self, pod: dict[str, Any]) -> bool:
+        """Kueue's part in one pass; False for a pod it holds back (gated)."""
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        group = labels.get(KUEUE_GROUP)
+        if not labels.get(KUEUE_QUEUE) or group is None:
+            return True
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        merge = "application/merge-patch+json"
+        with contextlib.suppress(ApiException):
+            if labels.get(KUEUE_MANAGED) != "true":
+                taken = {"labels": {KUEUE_MANAGED: "true"}, "finalizers": [KUEUE_MANAGED]}
+                self.cluster.kube.call("PATCH", path, {"metadata": taken}, merge)
+            phase = (pod.get("status") or {}).get("phase")
+            finished = (meta.get("annotations") or {}).get("kueue.x-k8s.io/retriable-in-group")
+            if meta.get("deletionTimestamp") and (phase in ("Succeeded", "Failed") or finished):
+                self.cluster.kube.call("PATCH", path, {"metadata": {"finalizers": None}}, merge)
+                return False
+            if group not in self.admitted and phase in (None, "Pending"):
+                gated = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}
+                if not any(c.get("reason") == "SchedulingGated" for c in _conditions(pod)):
+                    status = {"phase": "Pending", "conditions": [gated]}
+                    self.cluster.kube.call("PATCH", f"{path}/status", {"status": status}, merge)
+                return False
+        return True
+
+    def admit(self, group: str) -> None:
+        self.admitted.add(group)
+
+    def preempt(self, group: str, namespace: str = "default") -> None:
+        """Kueue stops an admitted group: TerminationTarget on each pod, which then fails."""
+        self.admitted.discard(group)
+        merge = "application/merge-patch+json"
+        for pod in self.cluster.pods(namespace=namespace):
+            meta = pod["metadata"]
+            if (meta.get("labels") or {}).get(KUEUE_GROUP) != group:
+                continue
+            condition = {
+                "type": "TerminationTarget",
+                "status": "True",
+                "reason": "Preempted",
+                "message": "Preempted to accommodate a workload of higher priority",
+            }
+            status = {"phase": "Failed", "conditions": [condition]}
+            path = f"/api/v1/namespaces/{namespace}/pods/{meta['name']}/status"
+            self.cluster.kube.call("PATCH", path, {"status": status}, merge)
+
+    def _bind(self, pod: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+        gpus = pod_gpus(pod)
+        if gpus == 0 or (pod.get("spec") or {}).get("nodeName"):
+            return True
+        nodes = [node_gpus(n) for n in self.cluster.items("/api/v1/nodes")]
+        free = {n.name: n.gpus for n in nodes if n.ready and n.schedulable}
+        for p in pods:
+            node = (p.get("spec") or {}).get("nodeName")
+            if node in free and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                free[node] -= pod_gpus(p)
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        merge = "application/merge-patch+json"
+        node = next((n for n, left in free.items() if left >= gpus), None)
+        if node is None:
+            said = (pod.get("status") or {}).get("conditions") or []
+            if any(c.get("reason") == "Unschedulable" for c in said):
+                return False  # said already; tried again on the next pass
+            condition = {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": f"0/{len(nodes)} nodes are available: Insufficient nvidia.com/gpu.",
+            }
+            status = {"phase": "Pending", "conditions": [condition]}
+            with contextlib.suppress(ApiException):
+                self.cluster.kube.call("PATCH", f"{path}/status", {"status": status}, merge)
+            return False
+        self.cluster.kube.call("PATCH", path, {"spec": {"nodeName": node}}, merge)
+        pod.setdefault("spec", {})["nodeName"] = node  # the next pod of this pass sees it
+        return True
 
     def _start(self, meta: dict[str, Any]) -> None:
         with contextlib.suppress(ApiException):  # deleted between the list and the patch
@@ -267,6 +368,10 @@ class FakeKubelet:
         self.stop_flag.set()
         self.thread.join(10)
         self._pool.shutdown(wait=True)
+
+
+def _conditions(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((pod.get("status") or {}).get("conditions") or [])
 
 
 def config(**changes: Any) -> OperatorConfig:

@@ -17,7 +17,8 @@ What a pod would find in a cluster, and how it is played here:
 - ports: every pod has its own IP in a cluster, here all share 127.0.0.1, so
   each containerPort of a job's pods gets a free local port; `host:port`
   values and variables named `*_PORT` holding a declared port are rewritten;
-- devices: GPUs become CPU slots: RLHF_DEVICE=cpu, gloo/NCCL on `lo`,
+- devices: a pod's GPUs become CPU slots (its launcher starts one process per
+  GPU, as on a GPU node): RLHF_DEVICE=cpu, gloo/NCCL on `lo`,
   one thread per process;
 - the API: processes get KUBECONFIG (the emulator), where a pod would use its
   ServiceAccount (in-cluster config);
@@ -30,6 +31,7 @@ What a pod would find in a cluster, and how it is played here:
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shlex
@@ -48,6 +50,11 @@ from .cluster import Cluster
 
 JOB_LABEL = "rlhf.dev/job"
 DNS = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+\.(?P<ns>[a-z0-9-]+)\.svc(\.cluster\.local)?$")
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
 
 
 def free_port() -> int:
@@ -108,8 +115,20 @@ class PodExecutor:
             self._terminate(pod)
 
     def kill(self, name: str, namespace: str = "default") -> None:
-        """SIGKILL a pod's process (a crashed rank); the pod then reports Failed."""
+        """SIGKILL a pod's main process (as when its container dies): its worker
+        processes die with it; the pod then reports Failed."""
         self.pods[(namespace, name)].process.send_signal(signal.SIGKILL)
+
+    def kill_rank(self, name: str, rank: int, namespace: str = "default") -> None:
+        """SIGKILL one worker process of a pod (a crashed rank): the pod's launcher
+        stops the others and the pod reports Failed with that rank's reason."""
+        launcher = self.pods[(namespace, name)].process.pid
+        for pid in _children(launcher):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"RANK={rank}".encode() in environ:
+                os.kill(pid, signal.SIGKILL)
+                return
+        raise AssertionError(f"{name} runs no rank {rank}")
 
     def log_of(self, name: str, namespace: str = "default") -> str:
         pod = self.pods.get((namespace, name))
@@ -155,6 +174,8 @@ class PodExecutor:
             self.cluster.set_pod_phase(obj["metadata"]["name"], "Running", namespace=key[0])
 
     def _terminate(self, pod: RunningPod) -> None:
+        """A deleted pod: SIGTERM to its main process, SIGKILL to all it left after 10 s
+        (its process group stands for the container)."""
         if pod.process.poll() is None:
             pod.process.terminate()
             try:
@@ -162,6 +183,8 @@ class PodExecutor:
             except subprocess.TimeoutExpired:
                 pod.process.kill()
                 pod.process.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pod.process.pid, signal.SIGKILL)
 
     # --- starting a pod --------------------------------------------------------
     def _run(self, pod: dict[str, Any]) -> RunningPod:
@@ -205,7 +228,12 @@ class PodExecutor:
             out.write(f"$ {shlex.join(command)}\n".encode())
             out.flush()
             process = subprocess.Popen(
-                command, env=env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
+                command,
+                env=env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its process group: what the container holds
             )
         logs_on_error = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
         return RunningPod(ns, name, meta["uid"], process, log, termination_log, logs_on_error)

@@ -38,18 +38,20 @@ def test_worker_pod_env_is_the_launch_contract_plus_nccl():
     job = model(gpu_job("ppo", gpus=16, gpus_per_node=8))
     topo = builders.topology_for(job)
     assert (topo.nodes, topo.per_node, topo.world_size, topo.gpu) == (2, 8, 16, True)
-    pod = builders.build_worker_pod(REF, job, CONFIG, topo, rank=11, attempt=2)
+    pod = builders.build_worker_pod(REF, job, CONFIG, topo, node=1, attempt=2)
     container = pod["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "rlhf_worker"]
+    assert container["command"] == ["python", "-m", "rlhf_worker.launcher"]
     env = env_of(container)
+    # The pod's settings: its launcher starts ranks 8..15 with LOCAL_RANK 0..7.
     expected = WorkerSettings(
         job_id="ppo",
-        coordinator_addr="ppo-coordinator.ppo.team-a.svc:50051",
+        coordinator_addr="ppo-coordinator-2.ppo.team-a.svc:50051",
         world_size=16,
-        master_addr="ppo-worker-0.ppo.team-a.svc",
+        local_world_size=8,
+        master_addr="ppo-worker-0-2.ppo.team-a.svc",
         master_port=29500,
-        rank=11,
-        local_rank=0,  # one visible GPU per pod
+        rank=8,
+        local_rank=0,
         node_rank=1,
         device="cuda",
         token_file="/var/run/secrets/rlhf/token",
@@ -57,20 +59,26 @@ def test_worker_pod_env_is_the_launch_contract_plus_nccl():
         log_level="INFO",
     ).to_env()
     assert {k: env[k] for k in expected} == expected
+    assert list(
+        WorkerSettings.from_env({**env, "RLHF_TOKEN": "t", "RLHF_TOKEN_FILE": ""}).pod_ranks()
+    ) == list(range(8, 16))
     assert env["NCCL_SOCKET_IFNAME"] == "eth0" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
     assert pod["metadata"]["labels"][names.LABEL_ATTEMPT] == "2"
-    assert pod["metadata"]["labels"][names.LABEL_NODE_SLOT] == "1"
-    assert pod["spec"]["hostname"] == "ppo-worker-11" and pod["spec"]["subdomain"] == "ppo"
+    assert pod["metadata"]["annotations"][names.ANNOTATION_NODE] == "1"
+    assert pod["metadata"]["name"] == "ppo-worker-1-2"
+    assert pod["spec"]["hostname"] == "ppo-worker-1-2" and pod["spec"]["subdomain"] == "ppo"
     assert pod["spec"]["restartPolicy"] == "Never"
 
 
-def test_worker_pod_resources_volumes_and_security():
+def test_a_worker_pod_holds_a_node_s_gpus_with_requests_sized_from_the_plan():
     job = model(gpu_job("ppo", gpus=8, gpus_per_node=8))
-    pod = builders.build_worker_pod(REF, job, CONFIG, builders.topology_for(job), 0, 0)
+    topo = builders.topology_for(job)
+    (pod,) = builders.build_worker_pods(REF, job, CONFIG, topo, 0, host_bytes_per_device=2 << 30)
     c = pod["spec"]["containers"][0]
+    # 4 CPUs and 16 GiB per GPU, plus the 2 GiB per GPU the plan keeps in host memory.
     assert c["resources"] == {
-        "limits": {"nvidia.com/gpu": "1"},
-        "requests": {"nvidia.com/gpu": "1"},
+        "requests": {"cpu": "32", "memory": "144Gi", "nvidia.com/gpu": "8"},
+        "limits": {"memory": "144Gi", "nvidia.com/gpu": "8"},
     }
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
@@ -85,27 +93,48 @@ def test_worker_pod_resources_volumes_and_security():
     }
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500}]
-    # Ranks of one plan node share a host.
-    term = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        0
-    ]
-    assert term["labelSelector"]["matchLabels"] == {
-        "rlhf.dev/job": "ppo",
-        "rlhf.dev/node-slot": "0",
+    assert "affinity" not in pod["spec"]  # one pod per node: nothing to keep together
+
+
+def test_the_job_s_cpu_memory_and_rdma_requests():
+    manifest = gpu_job("ppo", gpus=16, gpus_per_node=8)
+    manifest["spec"]["resources"].update(
+        cpuPerGpu="6500m",
+        memoryPerGpu="40Gi",
+        rdma={"resourceName": "rdma/rdma_shared_device_a", "count": 2},
+    )
+    job = model(manifest)
+    pods = builders.build_worker_pods(REF, job, CONFIG, builders.topology_for(job), 0, 10 << 30)
+    assert [p["metadata"]["name"] for p in pods] == ["ppo-worker-0-0", "ppo-worker-1-0"]
+    c = pods[1]["spec"]["containers"][0]
+    assert c["resources"] == {
+        "requests": {
+            "cpu": "52",
+            "memory": "320Gi",
+            "nvidia.com/gpu": "8",
+            "rdma/rdma_shared_device_a": "2",
+        },
+        "limits": {"memory": "320Gi", "nvidia.com/gpu": "8", "rdma/rdma_shared_device_a": "2"},
     }
-    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    # Every worker pod declares the rendezvous port (node 0's rank 0 listens): one shape.
+    assert c["ports"] == pods[0]["spec"]["containers"][0]["ports"]
 
 
-def test_local_mode_pods_use_cpu_and_no_gpu():
+def test_local_mode_runs_every_slot_in_one_cpu_pod():
     job = model(local_job("ppo", slots=3))
     topo = builders.topology_for(job)
-    pods = builders.build_worker_pods(REF, job, CONFIG, topo, 0)
-    assert [p["metadata"]["name"] for p in pods] == ["ppo-worker-0", "ppo-worker-1", "ppo-worker-2"]
-    for rank, pod in enumerate(pods):
-        env = env_of(pod["spec"]["containers"][0])
-        assert env[launch.DEVICE] == "cpu" and env[launch.LOCAL_RANK] == str(rank)
-        assert "resources" not in pod["spec"]["containers"][0]
-        assert "affinity" not in pod["spec"]
+    (pod,) = builders.build_worker_pods(REF, job, CONFIG, topo, 0)
+    assert pod["metadata"]["name"] == "ppo-worker-0-0"
+    c = pod["spec"]["containers"][0]
+    env = env_of(c)
+    assert env[launch.DEVICE] == "cpu" and env[launch.LOCAL_WORLD_SIZE] == "3"
+    assert env[launch.RANK] == "0" and env[launch.LOCAL_RANK] == "0"
+    assert c["resources"] == {
+        "requests": {"cpu": "3", "memory": "6Gi"},
+        "limits": {"memory": "6Gi"},
+    }
+    assert "affinity" not in pod["spec"]
 
 
 def test_user_placement_and_pod_template_are_merged():
@@ -144,7 +173,9 @@ def test_user_placement_and_pod_template_are_merged():
     assert spec["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
-    assert "nodeAffinity" in spec["affinity"] and "podAffinity" in spec["affinity"]
+    assert spec["affinity"] == {
+        "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
+    }
     assert spec["priorityClassName"] == "high"
     assert (
         pod["metadata"]["labels"]["team"] == "a"
@@ -154,18 +185,28 @@ def test_user_placement_and_pod_template_are_merged():
     env = env_of(c)
     assert env["NCCL_DEBUG"] == "INFO" and env["X"] == "1" and env["RANK"] == "1"
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "64Gi"}
+    assert c["resources"]["requests"] == {"nvidia.com/gpu": "1", "cpu": "4", "memory": "16Gi"}
     assert {m["name"] for m in c["volumeMounts"]} == {"dshm", "token", "ckpt"}
     assert {v["name"] for v in spec["volumes"]} == {"dshm", "token", "ckpt"}
-    # The coordinator mounts the same checkpoint volume, and nothing GPU-side.
+    # The coordinator mounts the same checkpoint volume and goes where the job's pods
+    # may go (its node selector and tolerations), but takes nothing GPU-side.
     coord = builders.build_coordinator_pod(REF, job, CONFIG, topo, 0)
     assert {v["name"] for v in coord["spec"]["volumes"]} == {"config", "token", "ckpt"}
-    assert "nodeSelector" not in coord["spec"] and "priorityClassName" not in coord["spec"]
+    assert coord["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert coord["spec"]["tolerations"] == spec["tolerations"]
+    assert "priorityClassName" not in coord["spec"] and "affinity" not in coord["spec"]
 
 
 def test_coordinator_pod_env_mounts_and_rbac():
-    job = model(gpu_job("ppo", gpus=2, gpus_per_node=1))
+    manifest = gpu_job("ppo", gpus=2, gpus_per_node=1)
+    manifest["spec"]["resources"].update(
+        imagePullSecrets=["registry"], coordinator={"cpu": "2", "memory": "4Gi"}
+    )
+    job = model(manifest)
     topo = builders.topology_for(job)
     pod = builders.build_coordinator_pod(REF, job, CONFIG, topo, 0)
+    assert pod["metadata"]["name"] == "ppo-coordinator-0"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
     c = pod["spec"]["containers"][0]
     assert c["command"] == ["python", "-m", "rlhf_operator.coordinator"]
     assert c["image"] == "c:1"
@@ -173,12 +214,17 @@ def test_coordinator_pod_env_mounts_and_rbac():
     settings = CoordinatorSettings(job_name="ppo", namespace="team-a", output_dir="/var/lib/rlhf")
     assert {k: env[k] for k in settings.to_env()} == settings.to_env()
     assert CoordinatorSettings.from_env(env) == settings
-    assert env[WORKER_HOSTS] == "ppo-worker-0.ppo.team-a.svc,ppo-worker-1.ppo.team-a.svc"
+    assert env[WORKER_HOSTS] == "ppo-worker-0-0.ppo.team-a.svc,ppo-worker-1-0.ppo.team-a.svc"
+    assert c["resources"] == {
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"memory": "4Gi"},
+    }
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert mounts == {"/etc/rlhf": "config", "/var/run/secrets/rlhf": "token"}
     assert pod["spec"]["serviceAccountName"] == "ppo-coordinator"
-    sa, role, binding = builders.build_coordinator_rbac(REF)
+    sa, role, binding = builders.build_coordinator_rbac(REF, job)
     assert (sa["kind"], role["kind"], binding["kind"]) == ("ServiceAccount", "Role", "RoleBinding")
+    assert sa["imagePullSecrets"] == [{"name": "registry"}]
     assert role["rules"] == [
         {
             "apiGroups": ["rlhf.dev"],
@@ -203,7 +249,7 @@ def test_every_container_leaves_its_exit_reason_where_the_kubelet_reads_it():
     topo = builders.topology_for(job)
     pods = [
         builders.build_coordinator_pod(REF, job, CONFIG, topo, 0),
-        builders.build_worker_pod(REF, job, CONFIG, topo, rank=1, attempt=0),
+        builders.build_worker_pod(REF, job, CONFIG, topo, node=1, attempt=0),
     ]
     for pod in pods:
         (c,) = pod["spec"]["containers"]
@@ -247,15 +293,15 @@ def test_gang_scheduling(scheduling, mode):
     job = model(local_job("ppo", runPolicy={"scheduling": scheduling}))
     assert builders.scheduling_mode(job) == mode
     pod = builders.build_worker_pod(REF, job, CONFIG, builders.topology_for(job), 0, 0)
-    group = builders.build_pod_group(REF, job, 3)
+    group = builders.build_pod_group(REF, job, 2)
     if mode == "kueue":
         assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
-        assert pod["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "ppo"
-        assert pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "3"
-        assert pod["spec"]["schedulingGates"] == [{"name": "kueue.x-k8s.io/admission"}]
+        assert pod["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "ppo-0"
+        assert pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "2"
+        assert "schedulingGates" not in pod["spec"]  # Kueue's webhook adds its gate
     if mode == "coscheduling":
         assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and group["spec"] == {
-            "minMember": 3
+            "minMember": 2
         }
         assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "ppo"
     if mode == "volcano":
@@ -281,12 +327,15 @@ def test_merge_rules():
     assert base["a"]["c"] == [1]  # inputs untouched
 
 
-def node(name, gpus, labels=None, taints=None, unschedulable=False):
+def node(name, gpus, labels=None, taints=None, unschedulable=False, ready="True"):
     return node_gpus(
         {
             "metadata": {"name": name, "labels": labels or {}},
             "spec": {"taints": taints or [], "unschedulable": unschedulable},
-            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": str(gpus)},
+                "conditions": [{"type": "Ready", "status": ready}],
+            },
         }
     )
 
@@ -303,6 +352,7 @@ def test_inventory_counts_eligible_node_slots():
         node("wrong-pool", 8, {"pool": "b"}),
         node("too-small", 4, {"pool": "a"}),
         node("cordoned", 8, {"pool": "a"}, unschedulable=True),
+        node("lost", 8, {"pool": "a"}, ready="Unknown"),
         node("a100", 8, {"pool": "a", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}),
     ]
     cap = capacity(job, nodes)

@@ -14,6 +14,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from rlhf_operator import metrics_names
+from rlhf_operator.api import validate_object
 from rlhf_operator.k8s import builders, metrics  # noqa: F401  (registers the metrics)
 from rlhf_operator.k8s.config import OperatorConfig
 
@@ -94,8 +95,13 @@ def test_chart_namespaced_install_uses_roles_in_the_watched_namespaces(cluster):
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster_rules = rules_of(docs, "ClusterRole")
-    assert cluster_rules == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}
+    assert cluster_rules == [  # cluster-scoped reads only: the inventory and the queue's order
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": ["scheduling.k8s.io"],
+            "resources": ["priorityclasses"],
+            "verbs": ["list", "watch"],
+        },
     ]
     assert any(d["kind"] == "ServiceMonitor" for d in docs)
     env = {
@@ -155,13 +161,19 @@ def exercise_every_code_path(cluster: Cluster) -> None:
         )
     )
     wait_for(lambda: cluster.status("plugins").get("phase") == "Running", "plugins to run")
-    cluster.set_pod_phase("plugins-worker-0", "Failed", exit_code=1)
+    cluster.set_pod_phase("plugins-worker-0-0", "Failed", exit_code=1)
     wait_for(lambda: cluster.status("plugins").get("restarts") == 1, "a restart")
     wait_for(lambda: cluster.status("plugins").get("phase") == "Running", "plugins to run again")
-    cluster.set_pod_phase("plugins-coordinator", "Succeeded")
+    cluster.set_pod_phase("plugins-coordinator-1", "Succeeded")
     wait_for(lambda: cluster.job("plugins") is None, "the ttl to delete the job")
     wait_for(lambda: cluster.status("bad").get("phase") == "Failed", "the bad job to fail")
     wait_for(lambda: cluster.status("volcano").get("phase") == "Running", "volcano to run")
+    cluster.apply_job(local_job("kueue", runPolicy={"scheduling": {"queue": "team-a"}}))
+    wait_for(lambda: cluster.status("kueue").get("phase") == "Running", "kueue to run")
+    cluster.set_pod_phase("kueue-coordinator-0", "Succeeded")  # its pods: not retriable
+    wait_for(lambda: cluster.status("kueue").get("phase") == "Succeeded", "kueue to finish")
+    cluster.patch_job("volcano", {"spec": {"training": {"iterations": 99}}})  # refused
+    wait_for(lambda: cluster.condition("volcano", "SpecAccepted"), "the edit to be refused")
 
 
 @needs_helm
@@ -172,7 +184,9 @@ def test_chart_rbac_is_exactly_what_the_operator_uses(cluster, operator, kubelet
     granted = granted_permissions(rules_of(docs, "ClusterRole"))
     # The coordinator's per-job Role grants these; RBAC lets the operator create
     # it only when the operator holds them itself.
-    (_, role, _) = builders.build_coordinator_rbac(builders.JobRef("x", NAMESPACE, "u"))
+    job, _ = validate_object(local_job("x") | {"metadata": {"name": "x", "namespace": NAMESPACE}})
+    assert job is not None
+    (_, role, _) = builders.build_coordinator_rbac(builders.JobRef("x", NAMESPACE, "u"), job)
     delegated = granted_permissions(role["rules"])
     assert used <= granted, f"missing from the chart: {sorted(used - granted)}"
     assert granted - delegated <= used, (

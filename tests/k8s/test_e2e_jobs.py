@@ -1,18 +1,22 @@
 """End to end through Kubernetes: the real operator against the emulator, and
 every pod it creates run as local processes by the pod executor (the
-coordinator pod runs `python -m rlhf_operator.coordinator`, the worker pods
-`python -m rlhf_worker`, on CPU slots).
+coordinator pod runs `python -m rlhf_operator.coordinator`, the worker pod its
+launcher, `python -m rlhf_worker.launcher`, which runs one `python -m rlhf_worker`
+per CPU slot).
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from rlhf_operator.k8s.status import iso, now_utc
 
 from .cluster import NAMESPACE, Cluster, OperatorThread, config, wait_for
 from .conftest import ROOT, example
@@ -78,13 +82,17 @@ def test_a_killed_worker_restarts_the_job_from_its_checkpoint(cluster, operator,
         "a first checkpoint",
         TRAINING_TIMEOUT,
     )
-    executor.kill("crash-worker-1")
+    # One rank of the worker pod dies: its launcher stops the other and fails the pod
+    # with that rank's reason; the restart's pods have new names.
+    executor.kill_rank("crash-worker-0-0", 1)
     wait_for(lambda: cluster.status("crash").get("restarts") == 1, "the restart")
     status = finished(cluster, executor, "crash")
     assert status["iteration"] == 6 and status["restarts"] == 1
     assert status["lastCheckpoint"]["iteration"] == 6
     reason = next(e for e in cluster.events() if e.get("reason") == "PodFailed")["message"]
-    assert "crash-worker-1" in reason and "exit code" in reason
+    assert reason.startswith(
+        "crash-worker-0-0 (Error, exit code 137: rlhf-launcher: rank 1: killed by SIGKILL"
+    ), reason
 
 
 def test_a_worker_that_cannot_start_fails_the_job_with_its_reason(cluster, executor):
@@ -99,9 +107,11 @@ def test_a_worker_that_cannot_start_fails_the_job_with_its_reason(cluster, execu
         failed = cluster.condition("nohandlers", "Failed")
         assert failed["reason"] == "BackoffLimitExceeded"
         # Either rank may be the first to fail (and the other miss the settle time).
+        # Either rank may be the first to fail: the launcher reports that one.
         assert re.search(
-            r"nohandlers-worker-\d \(Error, exit code 2: rlhf-worker: ", failed["message"]
-        )
+            r"nohandlers-worker-0-0 \(Error, exit code 2: rlhf-launcher: rank \d: rlhf-worker: ",
+            failed["message"],
+        ), failed["message"]
         assert "cannot import 'no_such_handlers'" in failed["message"]
     finally:
         op.stop()
@@ -116,7 +126,10 @@ def test_a_worker_that_crashes_leaves_the_end_of_its_log(cluster, operator, tmp_
         "raise RuntimeError('boom in rank ' + __import__('os').environ['RANK'])",
     ]
     ex = PodExecutor(
-        cluster, tmp_path / "pods", ROOT / "examples", replace_modules={"rlhf_worker": crash}
+        cluster,
+        tmp_path / "pods",
+        ROOT / "examples",
+        extra_env={"RLHF_WORKER_COMMAND": shlex.join(crash)},
     ).start()
     try:
         job = tiny("boom")
@@ -125,8 +138,10 @@ def test_a_worker_that_crashes_leaves_the_end_of_its_log(cluster, operator, tmp_
         wait_for(lambda: phase(cluster, "boom") == "Failed", "the job to fail")
         message = cluster.condition("boom", "Failed")["message"]
         assert re.search(
-            r"boom-worker-(\d) \(Error, exit code 1: RuntimeError: boom in rank \1\)", message
-        )
+            r"boom-worker-0-0 \(Error, exit code 1: rlhf-launcher: rank (\d): "
+            r"RuntimeError: boom in rank \1\)",
+            message,
+        ), message
     finally:
         ex.stop()
 
@@ -170,3 +185,32 @@ def test_an_operator_restart_mid_job_leaves_it_running_to_completion(cluster, ex
         }
     finally:
         second.stop()
+
+
+def test_a_kueue_preemption_requeues_the_job_which_resumes_from_its_checkpoint(
+    cluster, operator, executor
+):
+    job = tiny("preempted", iterations=6, interval=2)
+    job["spec"]["runPolicy"] = {"backoffLimit": 0, "scheduling": {"queue": "team-a"}}
+    cluster.apply_job(job)
+    wait_for(
+        lambda: (cluster.status("preempted").get("lastCheckpoint") or {}).get("iteration", 0) >= 2,
+        "a first checkpoint",
+        TRAINING_TIMEOUT,
+    )
+    # Kueue preempts the group: each pod marked TerminationTarget, then deleted; Kueue's
+    # finalizer keeps it, Terminating, while its processes are stopped.
+    merge = "application/merge-patch+json"
+    pods = f"/api/v1/namespaces/{NAMESPACE}/pods"
+    condition = {"type": "TerminationTarget", "status": "True", "reason": "Preempted"}
+    for name in cluster.pod_names("preempted"):
+        status = {"status": {"conditions": [condition]}}
+        cluster.kube.call("PATCH", f"{pods}/{name}/status", status, merge)
+        deleting = {"deletionTimestamp": iso(now_utc()), "finalizers": ["kueue.x-k8s.io/managed"]}
+        cluster.kube.call("PATCH", f"{pods}/{name}", {"metadata": deleting}, merge)
+    wait_for(lambda: cluster.status("preempted").get("restarts") == 1, "the requeue")
+    status = finished(cluster, executor, "preempted")
+    # backoffLimit 0, and yet it finished: the preemption counted as a disruption only.
+    assert status["iteration"] == 6 and status["disruptions"] == 1
+    log = executor.log_of("preempted-coordinator-1")
+    assert re.search(r"starting at iteration ([3-9]) \(resumed\)", log), log[-2000:]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import datetime
 
 from rlhf_operator.controlplane import exits
+from rlhf_operator.k8s.inventory import NodeGPUs
 from rlhf_operator.k8s.pods import (
     PodView,
     causes_first,
     describe_failures,
     failures_settled,
     gone,
+    holds_gpus,
     is_disruption,
     pod_view,
+    why_waiting,
 )
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -151,3 +154,69 @@ def test_a_pod_gone_from_the_gang_is_reported_with_what_is_known_of_it():
     assert gone("j-worker-1", 2, leaving).reason == "deleted"
     preempted = PodView("j-worker-1", "worker", 1, 2, "Running", True, "PreemptionByScheduler")
     assert gone("j-worker-1", 2, preempted) == preempted
+
+
+def pending(name: str, status: dict) -> PodView:
+    return pod_view({"metadata": {"name": name}, "status": {"phase": "Pending", **status}})
+
+
+def test_why_pods_wait_is_the_most_telling_of_their_own_reasons() -> None:
+    gated = pending(
+        "j-worker-1-0",
+        {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]},
+    )
+    unschedulable = pending(
+        "j-worker-0-0",
+        {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    )
+    pulling = pending(
+        "j-coordinator-0",
+        {
+            "containerStatuses": [
+                {
+                    "state": {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": 'Back-off pulling image "rlhf:typo"',
+                        }
+                    }
+                }
+            ]
+        },
+    )
+    assert (unschedulable.waiting, gated.waiting, pulling.waiting) == (
+        "Unschedulable",
+        "SchedulingGated",
+        "ImagePullBackOff",
+    )
+    assert why_waiting([gated, unschedulable, pulling]) == (
+        "ImagePullBackOff",
+        '1 pod(s) ImagePullBackOff: j-coordinator-0 (Back-off pulling image "rlhf:typo")',
+        True,
+    )
+    assert why_waiting([gated, unschedulable])[0] == "Unschedulable"  # type: ignore[index]
+    assert why_waiting([gated]) == (
+        "SchedulingGated",
+        "1 pod(s) SchedulingGated: j-worker-1-0",
+        False,
+    )
+    assert why_waiting([running("j-worker-0-0")]) is None
+
+
+def test_only_pods_bound_to_a_ready_node_hold_gpus() -> None:
+    nodes = [NodeGPUs("up", 8), NodeGPUs("lost", 8, ready=False)]
+    on_up = PodView("a", "worker", 0, 0, "Running", node_name="up", gpus=8)
+    on_lost = PodView("b", "worker", 1, 0, "Running", deleting=True, node_name="lost", gpus=8)
+    unbound = PodView("c", "worker", 2, 0, "Pending", gpus=8)
+    finished = PodView("d", "worker", 3, 0, "Failed", node_name="up", gpus=8)
+    coordinator = PodView("e", "coordinator", None, 0, "Running", node_name="up")
+    assert holds_gpus([on_up, on_lost, unbound, finished, coordinator], nodes) == [on_up]

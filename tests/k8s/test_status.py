@@ -56,12 +56,13 @@ def test_pod_view_reads_labels_phase_and_exit_code():
     view = pod_view(
         {
             "metadata": {
-                "name": "j-worker-3",
-                "labels": {
-                    "rlhf.dev/component": "worker",
-                    "rlhf.dev/rank": "3",
-                    "rlhf.dev/attempt": "2",
-                },
+                "name": "j-worker-3-2",
+                "labels": {"rlhf.dev/component": "worker", "rlhf.dev/attempt": "2"},
+                "annotations": {"rlhf.dev/node": "3"},
+            },
+            "spec": {
+                "nodeName": "gpu-7",
+                "containers": [{"resources": {"limits": {"nvidia.com/gpu": "8"}}}],
             },
             "status": {
                 "phase": "Failed",
@@ -71,13 +72,14 @@ def test_pod_view_reads_labels_phase_and_exit_code():
             },
         }
     )
-    assert (view.name, view.component, view.rank, view.attempt, view.phase) == (
-        "j-worker-3",
+    assert (view.name, view.component, view.node, view.attempt, view.phase) == (
+        "j-worker-3-2",
         "worker",
         3,
         2,
         "Failed",
     )
+    assert (view.node_name, view.gpus) == ("gpu-7", 8)
     assert view.reason == "OOMKilled, exit code 137"
 
 

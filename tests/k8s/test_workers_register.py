@@ -1,5 +1,6 @@
 """The pods the operator builds, run as processes: the real worker processes
-(`python -m rlhf_worker`, from each worker pod's command and environment)
+(`python -m rlhf_worker`, started by each worker pod's launcher from its
+command and environment: one pod of three CPU slots here)
 register with a coordinator over the pods' DNS names and ports, with the token
 from the job's Secret; the coordinator's status report reaches the RLHFJob.
 The coordinator is a stand-in that checks the workers in and waits for a
@@ -40,7 +41,7 @@ def executor(cluster, tmp_path):
 
 def registered(executor: PodExecutor, job: str, ranks: int) -> bool:
     expected = f"registered ranks: {list(range(ranks))}"
-    return expected in executor.log_of(f"{job}-coordinator")
+    return expected in executor.log_of(f"{job}-coordinator-0")
 
 
 def finish(executor: PodExecutor, job: str) -> None:
@@ -71,5 +72,6 @@ def test_worker_pods_register_with_the_coordinator_pod(cluster, operator, execut
     # Workers exit 0 after the coordinator's Shutdown (any still running when the
     # job finished were removed by the operator).
     phases = {p["metadata"]["name"]: p["status"]["phase"] for p in cluster.pods("hello")}
-    assert phases["hello-coordinator"] == "Succeeded"
+    assert phases["hello-coordinator-0"] == "Succeeded"
+    assert set(phases) == {"hello-coordinator-0", "hello-worker-0-0"}  # one pod, three ranks
     assert set(phases.values()) == {"Succeeded"}, phases

@@ -120,7 +120,7 @@ def test_init_process_group_binds_the_gpu_so_nccl_starts_at_once(monkeypatch, de
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     msg = m.command_to_pb(m.Envelope(1, m.InitProcessGroup(timeout_s=9.0), {}))
-    config = replace(CONFIG, device=device, local_rank=1)
+    config = replace(CONFIG, device=device, local_rank=1, local_world_size=2)
     outcome = dispatch(builtin_handlers(), msg, WorkerContext(config), lambda _: None)
     assert outcome.ok, outcome.error
     if device == "cuda":
@@ -227,7 +227,7 @@ def test_a_cuda_worker_without_its_gpu_says_so(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     msg = m.command_to_pb(m.Envelope(1, m.InitProcessGroup(timeout_s=9.0), {}))
-    config = replace(CONFIG, device="cuda", local_rank=1)
+    config = replace(CONFIG, device="cuda", local_rank=1, local_world_size=2)
     outcome = dispatch(builtin_handlers(), msg, WorkerContext(config), lambda _: None)
     assert outcome.error == (
         "RuntimeError: RLHF_DEVICE=cuda and LOCAL_RANK=1, but this machine has 1 CUDA device(s)"

@@ -42,12 +42,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["rlhf.dev"]
   resources: ["rlhfjobs/status"]
   verbs: ["get", "patch"]
+# patch: a finished Kueue pod group's pods are marked not retriable (its quota goes back).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete", "patch"]
 - apiGroups: [""]
   resources: ["configmaps", "secrets", "services", "serviceaccounts"]
   verbs: ["create"]
+# The plan's job.yaml, read back when a running job's spec was edited (refused).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -124,6 +124,33 @@ class Images(ApiModel):
     """Coordinator image (the operator image)."""
 
 
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
+Quantity = Annotated[str, Field(min_length=1, max_length=32, pattern=QUANTITY_PATTERN)]
+EXTENDED_RESOURCE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+
+
+class Rdma(ApiModel):
+    """RDMA network devices (InfiniBand, RoCE) for NCCL between nodes."""
+
+    resource_name: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=EXTENDED_RESOURCE_PATTERN)
+    ]
+    """The device plugin's extended resource, e.g. rdma/rdma_shared_device_a or nvidia.com/hostdev."""
+    count: Annotated[int, Field(ge=1, le=64)] = 1
+    """Devices each worker pod requests (one pod per node)."""
+
+
+class CoordinatorResources(ApiModel):
+    """What the coordinator pod requests (it runs no model: a CPU and some memory)."""
+
+    cpu: Quantity = "500m"
+    """CPU request."""
+    memory: Quantity = "1Gi"
+    """Memory request and limit."""
+
+
 class LocalDevices(ApiModel):
     """Run on CPU slots without GPUs: one worker process per slot, gloo between them."""
 
@@ -156,13 +183,25 @@ class Resources(ApiModel):
     images: Images = Field(default_factory=Images)
     """Container images."""
     node_selector: dict[str, str] = Field(default_factory=dict)
-    """Node labels the worker pods require."""
+    """Node labels the worker pods (and the coordinator) require."""
     tolerations: list[Toleration] = Field(default_factory=list)
-    """Tolerations of the worker pods."""
+    """Tolerations of the worker pods (and the coordinator)."""
     affinity: FreeForm | None = None
     """Kubernetes affinity of the worker pods."""
     pod_template: FreeForm | None = None
     """Extra fields merged into every worker pod (metadata and spec), e.g. volumes, env, priority."""
+    cpu_per_gpu: Quantity | None = None
+    """CPU request of a worker pod per GPU it holds (per worker process); default 4 (1 per CPU slot)."""
+    memory_per_gpu: Quantity | None = None
+    """Memory request and limit of a worker pod per GPU; default 16Gi plus the host memory the plan keeps per GPU (offloaded roles); 2Gi per CPU slot."""
+    rdma: Rdma | None = None
+    """RDMA devices for each worker pod (adds the IPC_LOCK capability NCCL needs to pin memory)."""
+    image_pull_secrets: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list
+    )
+    """Secrets (names) to pull the images with: every pod of the job and its coordinator's ServiceAccount."""
+    coordinator: CoordinatorResources = Field(default_factory=CoordinatorResources)
+    """The coordinator pod's requests (it also takes the job's nodeSelector, tolerations and pull secrets)."""
 
 
 MESH_PATTERN = r"^[0-9]{1,5}(-[0-9]{1,5})?(:[0-9]{1,2}(-[0-9]{1,2})?)?$"
@@ -263,8 +302,42 @@ class Scheduling(ApiModel):
     """PriorityClass of the job's pods."""
 
 
+# Once a job exists only these fields of its spec may change: the operator reads them at
+# every reconcile. Everything else is what the job was planned with (its ConfigMap's
+# job.yaml, which its coordinator runs): a change would leave the two apart. The CRD's
+# transition rules refuse the others (`immutable_rules`); the operator refuses what an
+# older CRD let through (`k8s.frozen`).
+MUTABLE_FIELDS = (
+    "suspend",
+    "runPolicy.backoffLimit",
+    "runPolicy.activeDeadlineSeconds",
+    "runPolicy.ttlSecondsAfterFinished",
+)
+IMMUTABLE = (
+    "cannot change once the job exists (only suspend and runPolicy's backoffLimit, "
+    "activeDeadlineSeconds and ttlSecondsAfterFinished can): delete the job and apply it again"
+)
+
+
+def immutable_rules(fields: tuple[str, ...], path: str) -> list[tuple[str, str, str]]:
+    """CEL transition rules (oldSelf: run on updates only) keeping each field as it was,
+    present or absent."""
+    return [
+        (
+            f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
+            f"{path}.{f} {IMMUTABLE}",
+            f".{f}",
+        )
+        for f in fields
+    ]
+
+
 class RunPolicy(ApiModel):
     """Failure handling and lifetime."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(*immutable_rules(("scheduling",), "spec.runPolicy"))
+    )
 
     backoff_limit: Annotated[int, Field(ge=0, le=1000)] = 3
     """Restarts of the job's pods (resuming from the last checkpoint) after failures
@@ -278,8 +351,25 @@ class RunPolicy(ApiModel):
     """Batch-scheduler integration."""
 
 
+IMMUTABLE_SPEC_FIELDS = (
+    "models",
+    "algorithm",
+    "rollout",
+    "data",
+    "training",
+    "resources",
+    "placement",
+    "checkpoint",
+    "export",
+)
+
+
 class RLHFJobSpec(ApiModel):
     """The desired RLHF training run."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(*immutable_rules(IMMUTABLE_SPEC_FIELDS, "spec"))
+    )
 
     models: Models
     """Models by role."""

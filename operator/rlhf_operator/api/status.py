@@ -9,10 +9,26 @@ from pydantic import ConfigDict, Field
 from .base import ApiModel
 
 Phase = Literal[
-    "Pending", "Planning", "Starting", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
+    "Pending",
+    "Queued",
+    "Planning",
+    "Starting",
+    "Running",
+    "Restarting",
+    "Suspended",
+    "Succeeded",
+    "Failed",
 ]
 ConditionType = Literal[
-    "Valid", "Planned", "PodsReady", "Running", "Suspended", "Succeeded", "Failed"
+    "Valid",
+    "SpecAccepted",
+    "Planned",
+    "Admitted",
+    "PodsReady",
+    "Running",
+    "Suspended",
+    "Succeeded",
+    "Failed",
 ]
 
 
@@ -63,6 +79,8 @@ class PlanSummary(ApiModel):
     """Estimated seconds per iteration."""
     tokens_per_second: float | None = None
     """Estimated throughput."""
+    host_bytes_per_device: int | None = None
+    """Host memory the plan keeps per device (offloaded roles): what sizes the worker pods' memory."""
     calls: list[CallSummary] = Field(default_factory=list)
     """Each call's placement."""
 
@@ -97,7 +115,7 @@ class RLHFJobStatus(ApiModel):
     model_config = ConfigDict(extra="allow")
 
     phase: Phase | None = None
-    """Lifecycle phase."""
+    """Lifecycle phase: Pending (planning, or the cluster has too few GPUs for it), Queued (waiting for its GPUs to be free), Starting, Running, Restarting, Suspended, Succeeded or Failed."""
     conditions: list[Condition] = Field(default_factory=list)
     """Conditions with reasons."""
     observed_generation: int | None = None
@@ -106,6 +124,10 @@ class RLHFJobStatus(ApiModel):
     """Summary of the plan."""
     iteration: int | None = None
     """Iterations completed."""
+    attempt: int | None = None
+    """The pods' attempt (in their names and the rlhf.dev/attempt label): one more at every restart and resume."""
+    pod_group: str | None = None
+    """The Kueue pod group (Workload) the pods belong to: a new one after each resume."""
     restarts: int | None = None
     """Times the job's pods were restarted after a failure or a disruption."""
     disruptions: int | None = None

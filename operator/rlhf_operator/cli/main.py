@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .. import __version__
-from . import crd, operator, plan, profile, run, validate
+from . import crd, manifests, operator, plan, profile, run, validate
 
-SUBCOMMANDS = [validate, crd, plan, run, profile, operator]
+SUBCOMMANDS = [validate, crd, plan, manifests, run, profile, operator]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,14 +22,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and memory, the reallocations, the iteration time and throughput, and the baselines' "
         "estimates. Exits 1 when the job does not fit in memory on any plan.",
     )
-    parser.add_argument("file", metavar="JOB.yaml", help="job manifest ('-' reads standard input)")
-    parser.add_argument("--gpus", type=_positive, help="plan for this many GPUs instead")
-    parser.add_argument("--gpus-per-node", type=_positive, help="GPUs per node")
-    parser.add_argument("--gpu-type", help="device profile (H100, H200, A100-80GB, L40S, cpu, ...)")
+    add_job_and_devices(parser)
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--seed", type=int, help="search seed (default: the job's training seed)")
     parser.add_argument("--search-seconds", type=float, help="search time budget")
     parser.set_defaults(func=run)
+
+
+def add_job_and_devices(parser: argparse.ArgumentParser) -> None:
+    """The job file and the cluster shape to plan it for instead of its spec's."""
+    parser.add_argument("file", metavar="JOB.yaml", help="job manifest ('-' reads standard input)")
+    parser.add_argument("--gpus", type=_positive, help="plan for this many GPUs instead")
+    parser.add_argument("--gpus-per-node", type=_positive, help="GPUs per node")
+    parser.add_argument("--gpu-type", help="device profile (H100, H200, A100-80GB, L40S, cpu, ...)")
 
 
 def _positive(text: str) -> int:

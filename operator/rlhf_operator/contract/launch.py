@@ -1,10 +1,15 @@
 """How a worker process is launched: its command line and its settings, as environment.
 
-One definition shared by everything that starts or is a worker. Local mode
-spawns the processes itself (merging `WorkerSettings.to_env` over its own
-environment); the Kubernetes pod builders put `worker_command` and `to_env` into
-each worker container; the worker reads them back with `WorkerSettings.from_env`
-(`python -m rlhf_worker`) and registers with the coordinator with what they say
+One definition shared by everything that starts or is a worker. A worker pod
+holds one node's GPUs (or an aligned block of them) and runs `launcher_command`:
+the launcher (`python -m rlhf_worker.launcher`) reads the pod's settings, whose
+RANK is the pod's first rank and LOCAL_WORLD_SIZE its number of processes, and
+starts one worker (`worker_command`, `python -m rlhf_worker`) per GPU with
+`for_rank(RANK + i, local_rank=i)`. Local mode runs the same launcher for its
+one node (merging `WorkerSettings.to_env` over its own environment), and the
+Kubernetes pod builders put `launcher_command` and `to_env` into each worker
+container. A worker reads its copy back with `WorkerSettings.from_env` and
+registers with the coordinator with what it says
 (`controlplane.messages.Registration.of`). Pure and torch-free.
 
 The variables (required unless a default is given):
@@ -18,6 +23,8 @@ The variables (required unless a default is given):
   MASTER_ADDR            torch.distributed rendezvous host (where rank 0 listens)
   MASTER_PORT            torch.distributed rendezvous port
   LOCAL_RANK             slot on this node: the GPU index with cuda (default 0)
+  LOCAL_WORLD_SIZE       worker processes of this pod (default 1); the launcher starts
+                         ranks RANK .. RANK + LOCAL_WORLD_SIZE - 1 (torchrun's name)
   NODE_RANK              index of this node (default 0)
   RLHF_DEVICE            cpu (gloo) or cuda (nccl); default cpu
   RLHF_CONNECT_TIMEOUT   seconds to keep retrying the coordinator (default 300)
@@ -25,6 +32,10 @@ The variables (required unless a default is given):
                          name -> handler added to (or overriding) the built-in table:
                          the extension hook, used by tests to add test-only commands
   RLHF_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR or CRITICAL
+  RLHF_LOG_DIR           the launcher's only: write each worker's output to
+                         worker-<rank>.log there instead of the pod's log (local mode)
+  RLHF_WORKER_COMMAND    the launcher's only: each worker's command line (shell words)
+                         instead of `worker_command` (a profiler around it; test stand-ins)
   GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME (both set from one value), OMP_NUM_THREADS
                          read by torch itself (never an error here: OpenMP has forms of
                          its own, such as "4,2"); local mode sets the first two to `lo`
@@ -37,6 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 WORKER_MODULE = "rlhf_worker"
+LAUNCHER_MODULE = "rlhf_worker.launcher"
 
 JOB_ID = "RLHF_JOB_ID"
 COORDINATOR_ADDR = "RLHF_COORDINATOR_ADDR"
@@ -45,6 +57,7 @@ TOKEN_FILE = "RLHF_TOKEN_FILE"
 RANK = "RANK"
 WORLD_SIZE = "WORLD_SIZE"
 LOCAL_RANK = "LOCAL_RANK"
+LOCAL_WORLD_SIZE = "LOCAL_WORLD_SIZE"
 NODE_RANK = "NODE_RANK"
 MASTER_ADDR = "MASTER_ADDR"
 MASTER_PORT = "MASTER_PORT"
@@ -52,6 +65,8 @@ DEVICE = "RLHF_DEVICE"
 CONNECT_TIMEOUT = "RLHF_CONNECT_TIMEOUT"
 HANDLERS = "RLHF_WORKER_HANDLERS"
 LOG_LEVEL = "RLHF_LOG_LEVEL"
+LOG_DIR = "RLHF_LOG_DIR"
+WORKER_COMMAND = "RLHF_WORKER_COMMAND"
 SOCKET_IFNAMES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 THREADS = "OMP_NUM_THREADS"
 
@@ -86,6 +101,8 @@ class WorkerSettings:
     local_rank: int = 0
     """The slot on its node: the GPU index with cuda."""
     node_rank: int = 0
+    local_world_size: int = 1
+    """Worker processes of the pod (one per GPU); the launcher starts them."""
     device: str = "cpu"
     """cpu (gloo) or cuda (nccl)."""
     token: str | None = field(default=None, repr=False)  # never in logs or reprs
@@ -125,6 +142,16 @@ class WorkerSettings:
         for name, value in ((LOCAL_RANK, self.local_rank), (NODE_RANK, self.node_rank)):
             if value < 0:
                 return f"{name}={value} must be >= 0"
+        if not 1 <= self.local_world_size <= self.world_size:
+            return (
+                f"{LOCAL_WORLD_SIZE}={self.local_world_size} must be between 1 and "
+                f"{WORLD_SIZE}={self.world_size}"
+            )
+        if self.local_rank >= self.local_world_size:
+            return (
+                f"{LOCAL_RANK}={self.local_rank} is out of range for "
+                f"{LOCAL_WORLD_SIZE}={self.local_world_size}"
+            )
         if not 1 <= self.master_port <= 65535:
             return f"{MASTER_PORT}={self.master_port} is not a TCP port"
         if self.device not in DEVICES:
@@ -143,9 +170,30 @@ class WorkerSettings:
     def who(self) -> str:
         return f"rank {self.rank} of job {self.job_id!r}"
 
-    def for_rank(self, rank: int, local_rank: int = 0, node_rank: int = 0) -> WorkerSettings:
-        """The settings of the worker with global rank `rank` (SettingsError if out of range)."""
-        return replace(self, rank=rank, local_rank=local_rank, node_rank=node_rank)
+    def for_rank(
+        self,
+        rank: int,
+        local_rank: int = 0,
+        node_rank: int = 0,
+        local_world_size: int | None = None,
+    ) -> WorkerSettings:
+        """The settings of the worker with global rank `rank` (SettingsError if out of
+        range); the pod's local world size stays unless given."""
+        size = self.local_world_size if local_world_size is None else local_world_size
+        return replace(
+            self, rank=rank, local_rank=local_rank, node_rank=node_rank, local_world_size=size
+        )
+
+    def pod_ranks(self) -> range:
+        """The global ranks a launcher with these settings starts (SettingsError if some
+        fall outside the world)."""
+        last = self.rank + self.local_world_size
+        if last > self.world_size:
+            raise SettingsError(
+                f"{RANK}={self.rank} with {LOCAL_WORLD_SIZE}={self.local_world_size} runs past "
+                f"{WORLD_SIZE}={self.world_size}"
+            )
+        return range(self.rank, last)
 
     def to_env(self) -> dict[str, str]:
         """The environment variables of this worker. A token file, when there is one, is
@@ -157,6 +205,7 @@ class WorkerSettings:
             WORLD_SIZE: str(self.world_size),
             LOCAL_RANK: str(self.local_rank),
             NODE_RANK: str(self.node_rank),
+            LOCAL_WORLD_SIZE: str(self.local_world_size),
             MASTER_ADDR: self.master_addr,
             MASTER_PORT: str(self.master_port),
             DEVICE: self.device,
@@ -198,6 +247,7 @@ class WorkerSettings:
             rank=rank,
             local_rank=_int(environ, LOCAL_RANK, default=0),
             node_rank=_int(environ, NODE_RANK, default=0),
+            local_world_size=_int(environ, LOCAL_WORLD_SIZE, default=1),
             device=environ.get(DEVICE, "").strip() or "cpu",
             token=token,
             token_file=token_file,
@@ -217,8 +267,14 @@ def _seconds(value: float) -> str:
 
 
 def worker_command(python: str = sys.executable) -> list[str]:
-    """The worker process's command line (a pod uses its image's `python`)."""
+    """One worker process's command line (what the launcher starts per GPU)."""
     return [python, "-m", WORKER_MODULE]
+
+
+def launcher_command(python: str = sys.executable) -> list[str]:
+    """A worker pod's command line (a pod uses its image's `python`): the launcher of
+    its LOCAL_WORLD_SIZE workers."""
+    return [python, "-m", LAUNCHER_MODULE]
 
 
 def _required(environ: Mapping[str, str], name: str) -> str:

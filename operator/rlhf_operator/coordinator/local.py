@@ -1,9 +1,9 @@
 """Local mode: one job on this machine, without Kubernetes (`rlhfctl run`).
 
-The coordinator runs in this process; one worker process per slot is started
-with exactly the command and environment a worker pod gets
-(`contract.launch`: `worker_command`, `WorkerSettings.to_env`), on CPU with gloo when there
-is no GPU. A worker that dies fails the iteration (the control plane notices
+The coordinator runs in this process; the node's workers are started as a worker
+pod starts them: one launcher with exactly the command and environment a worker pod
+gets (`contract.launch`: `launcher_command`, `WorkerSettings.to_env`), which starts
+one worker process per slot, on CPU with gloo when there is no GPU. A worker that dies fails the iteration (the control plane notices
 its broken stream at once); all workers are then restarted and the job resumes
 from its newest complete checkpoint, up to `runPolicy.backoffLimit` times.
 Ctrl-C finishes the running iteration, writes a checkpoint and stops; a
@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from rlhf_operator.api.job import RLHFJob
 from rlhf_operator.contract import launch
-from rlhf_operator.contract.launch import SettingsError, WorkerSettings, worker_command
+from rlhf_operator.contract.launch import SettingsError, WorkerSettings, launcher_command
 from rlhf_operator.contract.plan import Plan
 from rlhf_operator.controlplane.tokens import new_token
 from rlhf_operator.coordinator.errors import CommandFailed, CommandTimeout, WorkerLost
@@ -148,34 +148,36 @@ class LocalRun:
             runner.shutdown()
 
     def _start_workers(self, address: str, token: str) -> None:
+        """The node's launcher (`launcher_command`), as in a worker pod: it starts one
+        worker per slot, each logging to logs/worker-<rank>.log."""
         self._stop_workers()
         try:
             settings = self._worker_settings(address, token)
         except SettingsError as err:  # e.g. a bad RLHF_LOG_LEVEL in this console
             raise JobFailed(f"cannot start the workers: {err}") from None
         self.output.logs.mkdir(parents=True, exist_ok=True)
-        for rank in range(self.world_size):
-            env = {
-                **os.environ,
-                # Huge pages for torch's CPU allocations: fresh shards (transient copies
-                # made by reallocation) fill about 4x faster than on 4 KiB pages.
-                "THP_MEM_ALLOC_ENABLE": "1",
-                **self.extra_env,
-                **settings.for_rank(rank, local_rank=rank).to_env(),
-            }
-            log = (self.output.logs / f"worker-{rank}.log").open("ab")
-            # Own session: a Ctrl-C in the terminal reaches the coordinator only,
-            # which then stops the workers in order.
-            self._workers.append(
-                subprocess.Popen(
-                    worker_command(),
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+        env = {
+            **os.environ,
+            # Huge pages for torch's CPU allocations: fresh shards (transient copies
+            # made by reallocation) fill about 4x faster than on 4 KiB pages.
+            "THP_MEM_ALLOC_ENABLE": "1",
+            **self.extra_env,
+            **settings.to_env(),
+            launch.LOG_DIR: str(self.output.logs),
+        }
+        log = (self.output.logs / "launcher.log").open("ab")
+        # Own session: a Ctrl-C in the terminal reaches the coordinator only,
+        # which then stops the workers in order.
+        self._workers.append(
+            subprocess.Popen(
+                launcher_command(),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-            log.close()
+        )
+        log.close()
 
     def _worker_settings(self, address: str, token: str) -> WorkerSettings:
         """What every worker of this start is launched with (a fresh rendezvous port)."""
@@ -183,6 +185,7 @@ class LocalRun:
             job_id=self.job.metadata.name,
             coordinator_addr=address,
             world_size=self.world_size,
+            local_world_size=self.world_size,  # one node: every rank in one launcher
             master_addr="127.0.0.1",
             master_port=free_port(),
             # CPU slots (resources.local) run on gloo; a job that asks for GPUs gets one

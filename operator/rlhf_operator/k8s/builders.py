@@ -3,18 +3,18 @@
 Nothing here talks to the API server, so every manifest is unit-tested as
 data. The handlers only decide which of these to create or delete.
 
-Worker pods: one pod per rank, each with `nvidia.com/gpu: 1` (or one CPU slot
-in local mode) running exactly `worker_command()` with `WorkerSettings.to_env()`
-(`contract.launch`) — the launch contract local mode uses, one process per pod. Why per rank and not
-one pod per node running gpusPerNode processes: a failed rank is one failed
-pod (its exit code and logs are its own, `kubectl logs job-worker-5`), no
-process supervisor is needed inside the container, and the contract stays
-one process = one environment. The plan's node locality (tensor parallelism
-over NVLink inside a node) is kept by a required pod affinity: the ranks of
-plan node n carry the label `rlhf.dev/node-slot: n` and must share a host
-with the pods carrying the same label (the first one matches itself, which
-Kubernetes allows). Inside a pod the one visible GPU is cuda:0, so
-LOCAL_RANK is 0 in GPU pods.
+Worker pods: one pod per plan node (`gpusPerNode` GPUs of one node, or the
+job's whole block of a node when it uses part of one), requesting that many
+GPUs and running `launcher_command()`: the launcher (`rlhf_worker.launcher`)
+starts one worker process per GPU with `WorkerSettings.for_rank` and exits with
+the failing rank's reason if any dies. Why a pod per node and not per rank:
+containers in different pods cannot use NVLink/P2P or shared memory with each
+other, so NCCL would send tensor-parallel traffic inside a node over the
+network while the planner assumes NVLink bandwidth; and all worker pods have
+one shape, so a Kueue Workload has two PodSets (coordinator, workers) at any
+scale. Inside a pod its GPUs are cuda:0..G-1 and LOCAL_RANK is the index.
+Memory-backed /dev/shm (NCCL's intra-node transport and vLLM use it), CPU and
+memory requests from the job (defaults sized from the plan: `worker_resources`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import yaml
 from ..api import API_VERSION, KIND, PLURAL, RLHFJob
 from ..api.job import GROUP
 from ..contract import launch
-from ..contract.launch import WorkerSettings, worker_command
+from ..contract.launch import WorkerSettings, launcher_command
 from ..controlplane import exits
 from ..coordinator_env import (
     CONFIG_DIR,
@@ -43,6 +43,7 @@ from . import names
 from .config import OperatorConfig
 from .inventory import GPU_RESOURCE
 from .merge import merge
+from .quantity import cpu_quantity, memory_quantity, parse_quantity
 
 COORDINATOR_MODULE = "rlhf_operator.coordinator"
 RUN_AS_USER = 10001  # the images' non-root user
@@ -52,10 +53,8 @@ CONFIG_VOLUME = "config"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
-KUEUE_GATE = "kueue.x-k8s.io/admission"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
-HOST_TOPOLOGY = "kubernetes.io/hostname"
 
 
 @dataclass(frozen=True)
@@ -69,12 +68,12 @@ class JobRef:
 
 @dataclass(frozen=True)
 class Topology:
-    """The plan's shape: nodes x devices per node (one worker pod per device)."""
+    """The plan's shape: nodes x devices per node (one worker pod per node)."""
 
     nodes: int
     per_node: int
     gpu: bool
-    """True: one nvidia.com/gpu per worker pod; False: CPU slots (local mode)."""
+    """True: per_node nvidia.com/gpu per worker pod; False: CPU slots (local mode)."""
 
     @property
     def world_size(self) -> int:
@@ -167,18 +166,22 @@ def build_service(ref: JobRef) -> dict[str, Any]:
     }
 
 
-def build_coordinator_rbac(ref: JobRef) -> list[dict[str, Any]]:
+def build_coordinator_rbac(ref: JobRef, job: RLHFJob) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding of one job's coordinator: it may read
-    its own RLHFJob and patch its status, nothing else (resourceNames)."""
+    its own RLHFJob and patch its status, nothing else (resourceNames). The
+    ServiceAccount carries the job's image pull secrets."""
     name = names.coordinator_name(ref.name)
     labels = {names.LABEL_COMPONENT: names.COORDINATOR}
+    account: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(ref, name, labels),
+        "automountServiceAccountToken": True,
+    }
+    if job.spec.resources.image_pull_secrets:
+        account["imagePullSecrets"] = [{"name": n} for n in job.spec.resources.image_pull_secrets]
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _meta(ref, name, labels),
-            "automountServiceAccountToken": True,
-        },
+        account,
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -251,7 +254,9 @@ def scheduling_mode(job: RLHFJob) -> str:
 
     A schedulerName of `volcano` gets a Volcano PodGroup; any other scheduler
     name gets a scheduler-plugins (coscheduling) PodGroup; a queue without a
-    scheduler name gets Kueue's plain-pod-group labels and admission gate."""
+    scheduler name makes the job's pods one Kueue plain-pod group (its labels and
+    total count): Kueue's pod webhook gates them and Kueue admits the group whole.
+    Only "none" is admitted by the operator itself (`admission`)."""
     s = job.spec.run_policy.scheduling
     if s.scheduler_name == "volcano":
         return "volcano"
@@ -262,7 +267,9 @@ def scheduling_mode(job: RLHFJob) -> str:
     return "none"
 
 
-def _gang_metadata(ref: JobRef, job: RLHFJob, size: int) -> tuple[dict[str, str], dict[str, str]]:
+def _gang_metadata(
+    ref: JobRef, job: RLHFJob, size: int, kueue_group: str | None
+) -> tuple[dict[str, str], dict[str, str]]:
     """Labels and annotations every pod of the job carries for its gang scheduler."""
     mode = scheduling_mode(job)
     group = names.pod_group_name(ref.name)
@@ -273,7 +280,10 @@ def _gang_metadata(ref: JobRef, job: RLHFJob, size: int) -> tuple[dict[str, str]
     if mode == "kueue":
         queue = job.spec.run_policy.scheduling.queue or ""
         return (
-            {KUEUE_QUEUE_LABEL: queue, KUEUE_GROUP_LABEL: group},
+            {
+                KUEUE_QUEUE_LABEL: queue,
+                KUEUE_GROUP_LABEL: kueue_group or names.kueue_group_name(ref.name, 0),
+            },
             {KUEUE_COUNT_ANNOTATION: str(size)},
         )
     return {}, {}
@@ -312,8 +322,9 @@ def _base_pod(
     name: str,
     labels: dict[str, str],
     size: int,
+    kueue_group: str | None = None,
 ) -> dict[str, Any]:
-    gang_labels, gang_annotations = _gang_metadata(ref, job, size)
+    gang_labels, gang_annotations = _gang_metadata(ref, job, size, kueue_group)
     meta = _meta(ref, name, {**labels, **gang_labels})
     if gang_annotations:
         meta["annotations"] = gang_annotations
@@ -329,26 +340,45 @@ def _base_pod(
         spec["schedulerName"] = s.scheduler_name
     if s.priority_class_name:
         spec["priorityClassName"] = s.priority_class_name
-    if scheduling_mode(job) == "kueue":
-        spec["schedulingGates"] = [{"name": KUEUE_GATE}]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
-def worker_hosts(ref: JobRef, size: int) -> list[str]:
+def worker_hosts(ref: JobRef, topology: Topology, attempt: int) -> list[str]:
+    """The worker pods' DNS names, in node order."""
     return [
-        names.pod_dns(ref.name, names.worker_name(ref.name, r), ref.namespace) for r in range(size)
+        names.pod_dns(ref.name, names.worker_name(ref.name, n, attempt), ref.namespace)
+        for n in range(topology.nodes)
     ]
 
 
-def coordinator_address(ref: JobRef) -> str:
-    host = names.pod_dns(ref.name, names.coordinator_name(ref.name), ref.namespace)
-    return f"{host}:{DEFAULT_CONTROL_PORT}"
+def coordinator_address(ref: JobRef, attempt: int) -> str:
+    pod = names.coordinator_pod_name(ref.name, attempt)
+    return f"{names.pod_dns(ref.name, pod, ref.namespace)}:{DEFAULT_CONTROL_PORT}"
+
+
+def _placement(job: RLHFJob) -> dict[str, Any]:
+    """Pod spec fields every pod of the job takes from it: node selector, tolerations,
+    image pull secrets."""
+    res = job.spec.resources
+    out: dict[str, Any] = {}
+    if res.node_selector:
+        out["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        out["tolerations"] = [t.to_manifest() for t in res.tolerations]
+    if res.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": n} for n in res.image_pull_secrets]
+    return out
 
 
 def build_coordinator_pod(
-    ref: JobRef, job: RLHFJob, config: OperatorConfig, topology: Topology, attempt: int
+    ref: JobRef,
+    job: RLHFJob,
+    config: OperatorConfig,
+    topology: Topology,
+    attempt: int,
+    kueue_group: str | None = None,
 ) -> dict[str, Any]:
-    name = names.coordinator_name(ref.name)
+    name = names.coordinator_pod_name(ref.name, attempt)
     settings = CoordinatorSettings(
         job_name=ref.name,
         namespace=ref.namespace,
@@ -356,7 +386,7 @@ def build_coordinator_pod(
     )
     env = {
         **settings.to_env(),
-        WORKER_HOSTS: ",".join(worker_hosts(ref, topology.world_size)),
+        WORKER_HOSTS: ",".join(worker_hosts(ref, topology, attempt)),
         launch.LOG_LEVEL: config.log_level,
         "PYTHONUNBUFFERED": "1",
     }
@@ -365,7 +395,8 @@ def build_coordinator_pod(
         job,
         name,
         {names.LABEL_COMPONENT: names.COORDINATOR, names.LABEL_ATTEMPT: str(attempt)},
-        topology.world_size + 1,
+        pod_count(topology),
+        kueue_group,
     )
     pod["metadata"].setdefault("annotations", {}).update(
         {
@@ -374,9 +405,10 @@ def build_coordinator_pod(
             "prometheus.io/path": "/metrics",
         }
     )
+    wanted = job.spec.resources.coordinator
     pod["spec"].update(
         {
-            "serviceAccountName": name,
+            "serviceAccountName": names.coordinator_name(ref.name),
             "containers": [
                 {
                     "name": names.COORDINATOR,
@@ -387,7 +419,10 @@ def build_coordinator_pod(
                         {"name": names.CONTROL_PORT_NAME, "containerPort": settings.control_port},
                         {"name": names.METRICS_PORT_NAME, "containerPort": settings.metrics_port},
                     ],
-                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+                    "resources": {
+                        "requests": {"cpu": wanted.cpu, "memory": wanted.memory},
+                        "limits": {"memory": wanted.memory},
+                    },
                     "volumeMounts": [
                         {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
                         {"name": TOKEN_VOLUME, "mountPath": SECRET_DIR, "readOnly": True},
@@ -402,6 +437,7 @@ def build_coordinator_pod(
                 },
                 _token_volume(ref),
             ],
+            **_placement(job),
         }
     )
     return _with_shared_storage(pod, job)
@@ -420,107 +456,162 @@ def _with_shared_storage(pod: dict[str, Any], job: RLHFJob) -> dict[str, Any]:
     return merge(pod, {"spec": {"volumes": volumes, "containers": [{"volumeMounts": mounts}]}})
 
 
+# Defaults of a worker pod's requests, per GPU (per worker process) or per CPU slot.
+DEFAULT_CPU_PER_GPU = 4.0
+DEFAULT_MEMORY_PER_GPU = 16 * 2**30  # the process, CUDA context, vLLM's host side, loading
+DEFAULT_CPU_PER_SLOT = 1.0
+DEFAULT_MEMORY_PER_SLOT = 2 * 2**30
+
+
+def pod_count(topology: Topology) -> int:
+    """Pods of one attempt: the coordinator and one worker pod per node."""
+    return topology.nodes + 1
+
+
+def worker_resources(
+    job: RLHFJob, topology: Topology, host_bytes_per_device: int
+) -> dict[str, Any]:
+    """A worker pod's requests and limits: its GPUs (and RDMA devices), and per process
+    the job's cpuPerGpu / memoryPerGpu, or defaults sized from the plan (the host
+    memory it keeps per device on top of what any worker needs). Memory's limit is its
+    request (a worker past it is OOM-killed, never a neighbour); CPU has no limit
+    (throttling a rank stalls the whole gang)."""
+    res = job.spec.resources
+    per = topology.per_node
+    if topology.gpu:
+        cpu = parse_quantity(res.cpu_per_gpu) if res.cpu_per_gpu else DEFAULT_CPU_PER_GPU
+        memory = (
+            parse_quantity(res.memory_per_gpu)
+            if res.memory_per_gpu
+            else DEFAULT_MEMORY_PER_GPU + host_bytes_per_device
+        )
+    else:
+        cpu = parse_quantity(res.cpu_per_gpu) if res.cpu_per_gpu else DEFAULT_CPU_PER_SLOT
+        memory = (
+            parse_quantity(res.memory_per_gpu) if res.memory_per_gpu else DEFAULT_MEMORY_PER_SLOT
+        )
+    requests: dict[str, str] = {
+        "cpu": cpu_quantity(cpu * per),
+        "memory": memory_quantity(memory * per),
+    }
+    limits: dict[str, str] = {"memory": requests["memory"]}
+    if topology.gpu:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(per)
+    if res.rdma is not None:
+        requests[res.rdma.resource_name] = limits[res.rdma.resource_name] = str(res.rdma.count)
+    return {"requests": requests, "limits": limits}
+
+
 def build_worker_pod(
     ref: JobRef,
     job: RLHFJob,
     config: OperatorConfig,
     topology: Topology,
-    rank: int,
+    node: int,
     attempt: int,
+    host_bytes_per_device: int = 0,
+    kueue_group: str | None = None,
 ) -> dict[str, Any]:
-    name = names.worker_name(ref.name, rank)
-    node_rank = rank // topology.per_node
+    """The worker pod of plan node `node`: its launcher runs ranks
+    node * per_node .. (node + 1) * per_node - 1, one process per GPU."""
+    name = names.worker_name(ref.name, node, attempt)
     settings = WorkerSettings(
         job_id=ref.name,
-        coordinator_addr=coordinator_address(ref),
+        coordinator_addr=coordinator_address(ref, attempt),
         world_size=topology.world_size,
-        master_addr=names.pod_dns(ref.name, names.worker_name(ref.name, 0), ref.namespace),
+        local_world_size=topology.per_node,
+        master_addr=names.pod_dns(ref.name, names.worker_name(ref.name, 0, attempt), ref.namespace),
         master_port=DEFAULT_MASTER_PORT,
         device="cuda" if topology.gpu else "cpu",
         token_file=f"{SECRET_DIR}/{names.SECRET_KEY_TOKEN}",
         socket_ifname=config.socket_ifname,
         log_level=config.log_level,
     )
-    local_rank = 0 if topology.gpu else rank % topology.per_node
-    env = settings.for_rank(rank, local_rank=local_rank, node_rank=node_rank).to_env()
+    env = settings.for_rank(node * topology.per_node, node_rank=node).to_env()
     if topology.gpu:
         env.update(
-            {
-                "NCCL_DEBUG": "WARN",
-                "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
-                "NCCL_IB_DISABLE": "0",
-            }
+            {"NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_IB_DISABLE": "0"}
         )
     env.update(config.extra_worker_env)
-    labels = {
-        names.LABEL_COMPONENT: names.WORKER,
-        names.LABEL_RANK: str(rank),
-        names.LABEL_NODE_SLOT: str(node_rank),
-        names.LABEL_ATTEMPT: str(attempt),
-    }
-    pod = _base_pod(ref, job, name, labels, topology.world_size + 1)
+    labels = {names.LABEL_COMPONENT: names.WORKER, names.LABEL_ATTEMPT: str(attempt)}
+    pod = _base_pod(ref, job, name, labels, pod_count(topology), kueue_group)
+    pod["metadata"].setdefault("annotations", {})[names.ANNOTATION_NODE] = str(node)
     shm: dict[str, Any] = {"medium": "Memory"}
     if config.shm_size:
         shm["sizeLimit"] = config.shm_size
+    security = _container_security()
+    if job.spec.resources.rdma is not None:
+        # Verbs pin (mlock) NCCL's buffers; nothing else is added back.
+        security["capabilities"]["add"] = ["IPC_LOCK"]
     container: dict[str, Any] = {
         "name": names.WORKER,
         "image": job.spec.resources.images.worker or config.worker_image,
-        "command": worker_command("python"),
+        "command": launcher_command("python"),
         **_exit_reason_fields(env),
+        "resources": worker_resources(job, topology, host_bytes_per_device),
         "volumeMounts": [
             {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
             {"name": TOKEN_VOLUME, "mountPath": SECRET_DIR, "readOnly": True},
         ],
-        "securityContext": _container_security(),
+        "securityContext": security,
     }
-    if rank == 0:
-        container["ports"] = [
-            {"name": names.RENDEZVOUS_PORT_NAME, "containerPort": DEFAULT_MASTER_PORT}
-        ]
-    if topology.gpu:
-        container["resources"] = {"limits": {GPU_RESOURCE: "1"}, "requests": {GPU_RESOURCE: "1"}}
+    # Node 0's rank 0 listens there; every worker pod declares it, so all have one shape.
+    container["ports"] = [
+        {"name": names.RENDEZVOUS_PORT_NAME, "containerPort": DEFAULT_MASTER_PORT}
+    ]
     res = job.spec.resources
     pod["spec"].update(
         {
             "automountServiceAccountToken": False,  # workers never call the API
             "containers": [container],
             "volumes": [{"name": SHM_VOLUME, "emptyDir": shm}, _token_volume(ref)],
+            **_placement(job),
         }
     )
-    if res.node_selector:
-        pod["spec"]["nodeSelector"] = dict(res.node_selector)
-    if res.tolerations:
-        pod["spec"]["tolerations"] = [t.to_manifest() for t in res.tolerations]
-    affinity = dict(res.affinity or {})
-    if topology.gpu and topology.nodes * topology.per_node > 1:
-        affinity = merge(affinity, {"podAffinity": _same_host_as_slot(ref, node_rank)})
-    if affinity:
-        pod["spec"]["affinity"] = affinity
+    if res.affinity:
+        pod["spec"]["affinity"] = dict(res.affinity)
     if res.pod_template:
         pod = merge(pod, res.pod_template)
     return pod
 
 
-def _same_host_as_slot(ref: JobRef, node_rank: int) -> dict[str, Any]:
-    return {
-        "requiredDuringSchedulingIgnoredDuringExecution": [
-            {
-                "labelSelector": {
-                    "matchLabels": {
-                        names.LABEL_JOB: ref.name,
-                        names.LABEL_NODE_SLOT: str(node_rank),
-                    }
-                },
-                "topologyKey": HOST_TOPOLOGY,
-            }
-        ]
-    }
-
-
 def build_worker_pods(
-    ref: JobRef, job: RLHFJob, config: OperatorConfig, topology: Topology, attempt: int
+    ref: JobRef,
+    job: RLHFJob,
+    config: OperatorConfig,
+    topology: Topology,
+    attempt: int,
+    host_bytes_per_device: int = 0,
+    kueue_group: str | None = None,
 ) -> list[dict[str, Any]]:
     return [
-        build_worker_pod(ref, job, config, topology, rank, attempt)
-        for rank in range(topology.world_size)
+        build_worker_pod(
+            ref, job, config, topology, node, attempt, host_bytes_per_device, kueue_group
+        )
+        for node in range(topology.nodes)
     ]
+
+
+def build_children(
+    ref: JobRef,
+    job: RLHFJob,
+    config: OperatorConfig,
+    topology: Topology,
+    attempt: int,
+    token: str,
+    host_bytes_per_device: int = 0,
+    kueue_group: str | None = None,
+) -> list[dict[str, Any]]:
+    """Everything one attempt of the job runs with besides its ConfigMap (made when
+    it is planned): Secret, Service, the coordinator's RBAC, the gang's PodGroup if
+    any, then the pods (coordinator first). What the operator creates and
+    `rlhfctl manifests` prints."""
+    objects = [build_secret(ref, token), build_service(ref), *build_coordinator_rbac(ref, job)]
+    group = build_pod_group(ref, job, pod_count(topology))
+    if group is not None:
+        objects.append(group)
+    objects.append(build_coordinator_pod(ref, job, config, topology, attempt, kueue_group))
+    objects += build_worker_pods(
+        ref, job, config, topology, attempt, host_bytes_per_device, kueue_group
+    )
+    return objects

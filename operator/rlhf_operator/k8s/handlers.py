@@ -23,6 +23,7 @@ import kopf
 
 from ..api import GROUP, PLURAL, VERSION
 from . import metrics, names
+from .admission import Admissions, Decision, GpuPod, QueueEntry, gpu_pod, queue_entry
 from .config import OperatorConfig
 from .inventory import NodeGPUs, node_gpus
 from .kube import Kube
@@ -54,7 +55,34 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, kube: Kube
     def gpu_nodes(body: Any, **_: Any) -> dict[Any, NodeGPUs]:
         return {None: node_gpus(dict(body))}
 
-    def run(body: Any, memo: Any, job_pods: Any, gpu_nodes: Any, **_: Any) -> Result:
+    # Admission's view of the cluster: every pod holding GPUs, the jobs it queues, and
+    # the PriorityClasses' values (the queue's order).
+    @kopf.index("pods", id="gpu_pods", registry=registry)
+    def gpu_pods(body: Any, **_: Any) -> dict[Any, GpuPod]:
+        pod = gpu_pod(dict(body))
+        return {None: pod} if pod is not None else {}
+
+    @kopf.index(*resource, id="job_queue", registry=registry)
+    def job_queue(body: Any, **_: Any) -> dict[Any, QueueEntry]:
+        entry = queue_entry(dict(body))
+        return {None: entry} if entry is not None else {}
+
+    @kopf.index("scheduling.k8s.io", "v1", "priorityclasses", id="priorities", registry=registry)
+    def priorities(name: str, body: Any, **_: Any) -> dict[Any, int]:
+        return {name: int(dict(body).get("value") or 0)}
+
+    admissions = Admissions()
+
+    def run(
+        body: Any,
+        memo: Any,
+        job_pods: Any,
+        gpu_nodes: Any,
+        gpu_pods: Any,
+        job_queue: Any,
+        priorities: Any,
+        **_: Any,
+    ) -> Result:
         raw = {k: v for k, v in dict(body).items()}
         meta = raw.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
@@ -66,11 +94,17 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, kube: Kube
         def emit(type_: str, reason: str, message: str) -> None:
             kopf.event(body, type=type_, reason=reason, message=message)
 
+        def admit(entry: QueueEntry) -> Decision:
+            values = {name: next(iter(store), 0) for name, store in priorities.items()}
+            return admissions.decide(
+                entry, nodes, list(gpu_pods.get(None, [])), list(job_queue.get(None, [])), values
+            )
+
         t0 = time.monotonic()
         outcome = "error"
         try:
             with _job_lock(str(meta.get("uid"))):
-                result = reconcile(raw, pods, nodes, kube, config, memo, emit, now_utc())
+                result = reconcile(raw, pods, nodes, kube, config, memo, emit, now_utc(), admit)
             outcome = result.outcome
             return result
         finally:

@@ -6,8 +6,9 @@ every NoSchedule/NoExecute taint on it is tolerated by the job, its
 `nvidia.com/gpu.product` label (when present) names the job's GPU type, and it
 has at least gpusPerNode allocatable `nvidia.com/gpu`. The plan's node slots
 are gpusPerNode GPUs on one node each; a node with 16 GPUs and gpusPerNode 8
-offers two. Allocatable, not free, GPUs are counted: sharing the cluster with
-other workloads is the scheduler's (or Kueue's) business, not the planner's.
+offers two. Allocatable GPUs are counted here: whether the cluster could ever
+run the job (else it waits as Pending, InsufficientGPUs). Whether they are free
+now is admission's question (`admission`, phase Queued).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import RLHFJob
-from ..api.spec import Toleration
+from ..api.spec import Resources, Toleration
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -33,6 +34,8 @@ class NodeGPUs:
     labels: dict[str, str] = field(default_factory=dict)
     taints: tuple[dict[str, str], ...] = ()
     schedulable: bool = True
+    ready: bool = True
+    """Its Ready condition is True (a lost node's turns Unknown)."""
 
 
 def node_gpus(node: dict[str, Any]) -> NodeGPUs:
@@ -58,7 +61,17 @@ def node_gpus(node: dict[str, Any]) -> NodeGPUs:
         labels=labels,
         taints=taints,
         schedulable=not spec.get("unschedulable", False),
+        ready=_ready(status),
     )
+
+
+def _ready(status: dict[str, Any]) -> bool:
+    """Ready unless its Ready condition says otherwise (a node without conditions, as
+    some test clusters have, counts as Ready)."""
+    for c in status.get("conditions") or []:
+        if isinstance(c, dict) and c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return True
 
 
 def tolerates(tolerations: list[Toleration], taint: dict[str, str]) -> bool:
@@ -84,9 +97,9 @@ def product_matches(gpu_type: str, product: str | None) -> bool:
     return all(t.upper() in have for t in gpu_type.split("-"))
 
 
-def eligible(job: RLHFJob, node: NodeGPUs) -> bool:
-    res = job.spec.resources
-    if not node.schedulable:
+def eligible(res: Resources, node: NodeGPUs) -> bool:
+    """Whether the job's worker pods (with these resources) may run on the node."""
+    if not node.schedulable or not node.ready:
         return False
     if any(node.labels.get(k) != v for k, v in res.node_selector.items()):
         return False
@@ -132,6 +145,6 @@ def capacity(job: RLHFJob, nodes: list[NodeGPUs]) -> Capacity:
     total = res.gpus or 0
     per_node = min(res.gpus_per_node, total) if total else res.gpus_per_node
     needed = math.ceil(total / per_node) if per_node else 0
-    usable = [n for n in nodes if eligible(job, n) and n.gpus >= per_node]
+    usable = [n for n in nodes if eligible(res, n) and n.gpus >= per_node]
     slots = sum(n.gpus // per_node for n in usable)
     return Capacity(total, per_node, needed, slots, tuple(sorted(n.name for n in usable)))

@@ -93,6 +93,32 @@ class Kube:
             raise
         return True
 
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when there is none (404)."""
+        prefix, plural = KINDS[kind]
+        try:
+            return dict(self.call("GET", f"{prefix}/namespaces/{namespace}/{plural}/{name}"))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        """Merge-patch; False when it is gone (404)."""
+        prefix, plural = KINDS[kind]
+        try:
+            self.call(
+                "PATCH",
+                f"{prefix}/namespaces/{namespace}/{plural}/{name}",
+                patch,
+                "application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background; False when it is gone already (404)."""
         prefix, plural = KINDS[kind]

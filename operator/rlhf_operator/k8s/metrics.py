@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from .. import metrics_names as m
+from ..api.status import Phase
 
-PHASES = (
-    "Pending",
-    "Planning",
-    "Starting",
-    "Running",
-    "Restarting",
-    "Suspended",
-    "Succeeded",
-    "Failed",
-)
+PHASES = get_args(Phase)  # every phase gets a series, zero when no job is in it
 
 RECONCILES = Counter(
     m.RECONCILE_TOTAL.removesuffix("_total"),

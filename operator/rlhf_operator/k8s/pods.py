@@ -25,7 +25,12 @@ from typing import Any
 
 from ..controlplane import exits
 from . import names
+from .inventory import GPU_RESOURCE, NodeGPUs
 from .status import TERMINAL, parse_time
+
+DISRUPTION_CONDITIONS = ("DisruptionTarget", "TerminationTarget")
+KUEUE_MANAGED_LABEL = "kueue.x-k8s.io/managed"
+KUEUE_RETRIABLE = "kueue.x-k8s.io/retriable-in-group"
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,8 @@ class PodView:
 
     name: str
     component: str
-    rank: int | None
+    node: int | None
+    """A worker pod's plan node (annotation `rlhf.dev/node`); None for the coordinator."""
     attempt: int
     phase: str
     deleting: bool = False
@@ -46,14 +52,27 @@ class PodView:
     message: str = ""
     """The last line of the reason the process left (`exits.ending`), if any."""
     disrupted: bool = False
-    """Kubernetes marked it DisruptionTarget: evicted, preempted, drained; not its own failure."""
+    """Kubernetes marked it DisruptionTarget (evicted, preempted, drained) or Kueue
+    TerminationTarget (preempted): not its own failure."""
+    node_name: str = ""
+    """The Node it is bound to ("" until scheduled)."""
+    gpus: int = 0
+    """The nvidia.com/gpu its containers request."""
+    waiting: str = ""
+    """Why it is not running yet, as Kubernetes says (Unschedulable, SchedulingGated,
+    ImagePullBackOff, ContainerCreating...); "" if it runs or has ended."""
+    waiting_message: str = ""
+    kueue_managed: bool = False
+    """Kueue's webhook took it in (its label `kueue.x-k8s.io/managed: "true"`)."""
+    not_retriable: bool = False
+    """Marked `kueue.x-k8s.io/retriable-in-group: "false"`: its Kueue group is finished."""
 
 
 def pod_view(body: dict[str, Any]) -> PodView:
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
     status = body.get("status") or {}
-    rank = labels.get(names.LABEL_RANK)
+    node = (meta.get("annotations") or {}).get(names.ANNOTATION_NODE)
     # A pod evicted by the kubelet says why in its status (reason Evicted).
     reason = str(status.get("reason") or "")
     message = _last_line(str(status.get("message") or ""))
@@ -69,13 +88,14 @@ def pod_view(body: dict[str, Any]) -> PodView:
         if exit_code not in (None, 0):
             reason = f"{term.get('reason') or 'Error'}, exit code {exit_code}"
     # Preempted, evicted, drained or lost with its node: Kubernetes marks the pod
-    # DisruptionTarget first. That is the cause; what the process printed as it
-    # was stopped is not.
+    # DisruptionTarget first, and Kueue marks the pods it stops (a preemption, an
+    # eviction of the Workload) TerminationTarget. That is the cause; what the process
+    # printed as it was stopped is not.
     disruption = next(
         (
             c
             for c in status.get("conditions") or []
-            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+            if c.get("type") in DISRUPTION_CONDITIONS and c.get("status") == "True"
         ),
         None,
     )
@@ -85,7 +105,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
     return PodView(
         name=str(meta.get("name")),
         component=str(labels.get(names.LABEL_COMPONENT, "")),
-        rank=int(rank) if rank is not None and str(rank).isdigit() else None,
+        node=int(node) if node is not None and str(node).isdigit() else None,
         attempt=int(labels.get(names.LABEL_ATTEMPT, "0") or 0),
         phase=str(status.get("phase") or "Pending"),
         deleting=bool(meta.get("deletionTimestamp")),
@@ -94,7 +114,96 @@ def pod_view(body: dict[str, Any]) -> PodView:
         finished_at=finished_at,
         message=message,
         disrupted=disruption is not None,
+        node_name=str((body.get("spec") or {}).get("nodeName") or ""),
+        gpus=pod_gpus(body),
+        kueue_managed=labels.get(KUEUE_MANAGED_LABEL) == "true",
+        not_retriable=(meta.get("annotations") or {}).get(KUEUE_RETRIABLE) == "false",
+        **_waiting(status),
     )
+
+
+def _waiting(status: dict[str, Any]) -> dict[str, str]:
+    """A pending pod's own reason: a container's waiting state (image pulls, bad
+    config, creation) over the scheduler's (Unschedulable, SchedulingGated)."""
+    if (status.get("phase") or "Pending") != "Pending":
+        return {}
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting and waiting.get("reason"):
+            return {
+                "waiting": str(waiting["reason"]),
+                "waiting_message": _last_line(str(waiting.get("message") or "")),
+            }
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason"):
+            return {
+                "waiting": str(c["reason"]),
+                "waiting_message": _last_line(str(c.get("message") or "")),
+            }
+    return {"waiting": "Pending", "waiting_message": ""}
+
+
+# Waiting reasons that need someone to act (a Warning), most telling first; any other
+# reason (ContainerCreating, PodInitializing, SchedulingGated, Pending) is a Normal wait.
+PROBLEMS = (
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CrashLoopBackOff",
+    "Unschedulable",
+)
+_NORMAL_ORDER = ("SchedulingGated", "ContainerCreating", "PodInitializing", "Pending")
+
+
+def why_waiting(pods: list[PodView]) -> tuple[str, str, bool] | None:
+    """(reason, message, is_a_problem) for a condition and an event, from the pods
+    that are not running yet: the most telling reason, with how many pods have it
+    and the first one's message. None when none waits."""
+    waiting = [p for p in pods if p.waiting]
+    if not waiting:
+        return None
+
+    def rank(reason: str) -> int:
+        if reason in PROBLEMS:
+            return PROBLEMS.index(reason)
+        if reason in _NORMAL_ORDER:
+            return len(PROBLEMS) + 1 + _NORMAL_ORDER.index(reason)
+        return len(PROBLEMS)  # a reason this list does not know: likely worth reading
+
+    reason = min((p.waiting for p in waiting), key=rank)
+    these = sorted((p for p in waiting if p.waiting == reason), key=lambda p: p.name)
+    first = these[0]
+    message = f"{len(these)} pod(s) {reason}: {first.name}"
+    if first.waiting_message:
+        message += f" ({first.waiting_message})"
+    return reason, message, rank(reason) <= len(PROBLEMS)
+
+
+def pod_gpus(body: dict[str, Any]) -> int:
+    """The GPUs a pod holds while it runs: its containers' nvidia.com/gpu requests
+    (or limits, which Kubernetes copies into requests for extended resources)."""
+    total = 0
+    for c in (body.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        raw = (res.get("requests") or {}).get(GPU_RESOURCE) or (res.get("limits") or {}).get(
+            GPU_RESOURCE
+        )
+        try:
+            total += int(str(raw or 0))
+        except ValueError:
+            continue
+    return total
+
+
+def holds_gpus(pods: list[PodView], nodes: list[NodeGPUs]) -> list[PodView]:
+    """The pods among `pods` whose GPUs are not free yet: bound to a node that is
+    there and Ready, not finished. A pod stuck Terminating on a lost node (not Ready,
+    or gone) holds nothing a new pod could use; neither does one never bound."""
+    ready = {n.name for n in nodes if n.ready}
+    return [p for p in pods if p.gpus > 0 and p.node_name in ready and p.phase not in TERMINAL]
 
 
 def _last_line(text: str, limit: int = 240) -> str:

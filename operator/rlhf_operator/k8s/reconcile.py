@@ -4,9 +4,9 @@ its pods (from kopf's index) and the nodes (idem), never at what happened
 before, so running it twice, or after an operator restart, changes nothing.
 
 The order of checks is the job's lifecycle: finished -> valid -> suspended ->
-planned (enough GPUs) -> deadline -> pods (failed: once the failures settle,
-restart the gang or fail past backoffLimit; coordinator succeeded: done; all
-running: Running).
+planned (enough GPUs in the cluster) -> admitted (its GPUs free now, `admission`;
+else Queued) -> deadline -> pods (failed: once the failures settle, restart the
+gang or fail past backoffLimit; coordinator succeeded: done; all running: Running).
 """
 
 from __future__ import annotations
@@ -20,31 +20,40 @@ from typing import Any
 
 from ..api import validate_object
 from ..api.manifests import one_line
+from ..api.spec import IMMUTABLE
 from ..controlplane.tokens import new_token
 from ..planner import PlanError, plan_job
-from . import metrics, names
+from . import frozen, metrics, names
+from .admission import Decision, QueueEntry, queue_entry
 from .builders import (
     JobRef,
     Topology,
+    build_children,
     build_config_map,
-    build_coordinator_pod,
-    build_coordinator_rbac,
-    build_pod_group,
-    build_secret,
-    build_service,
-    build_worker_pods,
     job_manifest_yaml,
+    pod_count,
+    scheduling_mode,
     topology_for,
 )
 from .config import OperatorConfig
 from .inventory import NodeGPUs, capacity
 from .kube import Kube
-from .pods import PodView, describe_failures, failures_settled, gone, is_disruption
-from .status import TERMINAL, StatusUpdate, is_true, iso, parse_time, plan_summary
+from .pods import (
+    KUEUE_RETRIABLE,
+    PodView,
+    describe_failures,
+    failures_settled,
+    gone,
+    holds_gpus,
+    is_disruption,
+    why_waiting,
+)
+from .status import TERMINAL, StatusUpdate, condition, is_true, iso, parse_time, plan_summary
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
+Admit = Callable[[QueueEntry], Decision]  # admission.Admissions.decide over the indexes
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,27 @@ def _delete_pods(kube: Kube, namespace: str, pods: list[PodView]) -> int:
     return count
 
 
+def _end_pods(kube: Kube, namespace: str, spec: dict[str, Any], pods: list[PodView]) -> None:
+    """Pods of a job that is done with them (finished, failed, past its deadline,
+    suspended). A Kueue pod group is first marked not retriable, so that Kueue
+    finishes its Workload once they end and releases the quota; without the mark
+    it would wait for replacement pods and hold the quota for good."""
+    if is_kueue(spec):
+        for p in pods:
+            if not p.not_retriable:
+                kube.patch("Pod", namespace, p.name, NOT_RETRIABLE)
+    _delete_pods(kube, namespace, [p for p in pods if p.phase not in TERMINAL])
+
+
+NOT_RETRIABLE = {"metadata": {"annotations": {KUEUE_RETRIABLE: "false"}}}
+
+
+def is_kueue(spec: dict[str, Any]) -> bool:
+    """The job's pods are a Kueue pod group (`builders.scheduling_mode`), from its spec."""
+    scheduling = (spec.get("runPolicy") or {}).get("scheduling") or {}
+    return bool(scheduling.get("queue")) and not scheduling.get("schedulerName")
+
+
 def reconcile(
     body: dict[str, Any],
     pods: list[PodView],
@@ -82,12 +112,13 @@ def reconcile(
     memo: MutableMapping[str, Any],
     emit: Emit,
     now: datetime.datetime,
+    admit: Admit | None = None,
 ) -> Result:
     meta = body.get("metadata") or {}
     ref = JobRef(str(meta.get("name")), str(meta.get("namespace")), str(meta.get("uid")))
     update = StatusUpdate(body.get("status"), int(meta.get("generation") or 1), now)
     try:
-        result = _reconcile(body, ref, update, pods, nodes, kube, config, memo, emit, now)
+        result = _reconcile(body, ref, update, pods, nodes, kube, config, memo, emit, now, admit)
     finally:
         patch = update.patch()
         if patch is not None and not memo.get("deleted"):
@@ -107,6 +138,7 @@ def _reconcile(
     memo: MutableMapping[str, Any],
     emit: Emit,
     now: datetime.datetime,
+    admit: Admit | None,
 ) -> Result:
     status = update.after
 
@@ -120,12 +152,17 @@ def _reconcile(
         _fail(update, "InvalidSpec", message, emit)
         return DONE
     update.set_condition("Valid", "True", "Validated", "the spec is valid")
+    if is_true(update.before, "Planned"):
+        job, body = _as_planned(body, job, ref, update, kube, memo, emit)
 
     if job.spec.suspend:
-        return _suspend(ref, update, pods, kube, emit)
+        return _suspend(ref, body.get("spec") or {}, update, pods, kube, emit)
     if is_true(status, "Suspended"):
         update.set_condition("Suspended", "False", "Resumed", "the job was resumed")
         update.set("startTime", None)  # the deadline counts from the resume
+        update.set("attempt", current_attempt(status) + 1)  # new pods, new names
+        # The suspended Kueue pod group finished (its quota released): a new one.
+        update.set("podGroup", names.kueue_group_name(ref.name, current_attempt(status)))
         emit("Normal", "Resumed", "pods are created again; the job resumes from its checkpoint")
 
     if not is_true(status, "Planned"):
@@ -133,17 +170,79 @@ def _reconcile(
         if result is not None:
             return result
 
+    entry = queue_entry(body)
+    if entry is not None and status.get("startTime") and not condition(status, "Admitted"):
+        # Started before admission existed (an operator upgrade): it holds its GPUs.
+        update.set_condition("Admitted", "True", "Started", "the job started before admission")
+    if admit is not None and entry is not None and not is_true(status, "Admitted"):
+        decision = admit(entry)
+        if not decision.admit:
+            if update.set_condition("Admitted", "False", decision.reason, decision.message):
+                emit("Normal", decision.reason, decision.message)
+            update.set_phase("Queued")
+            return Result("wait", decision.message, -1.0)
+        update.set_condition("Admitted", "True", "GPUsFree", decision.message)
+        emit("Normal", "Admitted", decision.message)
+
     deadline = job.spec.run_policy.active_deadline_seconds
     started = parse_time(status.get("startTime"))
     if deadline and started and (now - started).total_seconds() > deadline:
-        _delete_pods(kube, ref.namespace, pods)
+        _end_pods(kube, ref.namespace, body.get("spec") or {}, pods)
         message = f"the job ran longer than activeDeadlineSeconds ({deadline} s)"
         _fail(update, "DeadlineExceeded", message, emit)
         return DONE
 
     # The planner's cluster is the spec's (planner.cluster_for): nodes x per node.
     topology = topology_for(job)
-    return _run(ref, job, update, topology, pods, kube, config, memo, emit, now)
+    return _run(ref, job, update, topology, pods, nodes, kube, config, memo, emit, now)
+
+
+def _as_planned(
+    body: dict[str, Any],
+    job: Any,
+    ref: JobRef,
+    update: StatusUpdate,
+    kube: Kube,
+    memo: MutableMapping[str, Any],
+    emit: Emit,
+) -> tuple[Any, dict[str, Any]]:
+    """The job as it was planned, with the fields meant to change from its spec now
+    (`frozen`): an edit an older CRD let through is refused here, not acted on."""
+    refused = condition(update.before, "SpecAccepted")
+    edited = update.generation != update.before.get("observedGeneration")
+    if not edited and not (refused and refused.get("status") == "False"):
+        return job, body  # nothing changed since the spec was last accepted
+    if "planned_spec" not in memo:
+        config_map = kube.get("ConfigMap", ref.namespace, names.config_map_name(ref.name))
+        manifest = frozen.planned_manifest(config_map, names.CONFIG_KEY_JOB)
+        planned, _ = validate_object(manifest) if manifest is not None else (None, [])
+        if planned is None:
+            return job, body  # no plan to hold on to (it was deleted): take the spec as it is
+        memo["planned_spec"] = planned.to_manifest()["spec"]
+    planned_spec = memo["planned_spec"]
+    current = job.to_manifest()["spec"]
+    changed = frozen.changed_fields(planned_spec, current)
+    if not changed:
+        if refused is not None:
+            update.set_condition("SpecAccepted", "True", "Reverted", "the spec is as planned again")
+        return job, body
+    message = one_line(
+        f"{', '.join(changed)} changed after the job was planned: refused, the job runs the "
+        f"spec it was planned with ({IMMUTABLE})"
+    )
+    if update.set_condition("SpecAccepted", "False", "ImmutableFieldChanged", message):
+        emit("Warning", "ImmutableFieldChanged", message)
+    update.generation = int(update.before.get("observedGeneration") or 0)  # not acted upon
+    body = {**body, "spec": frozen.effective_spec(planned_spec, current)}
+    effective, _ = validate_object(_job_object(body))
+    return (effective if effective is not None else job), body
+
+
+def current_attempt(status: dict[str, Any]) -> int:
+    """The attempt the job's pods belong to (their names and `rlhf.dev/attempt`): one
+    more at every restart and every resume. A status written before the field was
+    there counts its restarts."""
+    return int(status.get("attempt", status.get("restarts")) or 0)
 
 
 def _fail(update: StatusUpdate, reason: str, message: str, emit: Emit) -> None:
@@ -165,8 +264,8 @@ def _finished(
     now: datetime.datetime,
 ) -> Result:
     """A finished job keeps no running pods; after ttlSecondsAfterFinished it is deleted."""
-    _delete_pods(kube, ref.namespace, [p for p in pods if p.phase not in TERMINAL])
     spec = body.get("spec") or {}
+    _end_pods(kube, ref.namespace, spec, pods)
     ttl = (spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
     done = parse_time(update.after.get("completionTime"))
     if ttl is None or done is None:
@@ -180,11 +279,18 @@ def _finished(
 
 
 def _suspend(
-    ref: JobRef, update: StatusUpdate, pods: list[PodView], kube: Kube, emit: Emit
+    ref: JobRef,
+    spec: dict[str, Any],
+    update: StatusUpdate,
+    pods: list[PodView],
+    kube: Kube,
+    emit: Emit,
 ) -> Result:
     """Pods go; the ConfigMap, Secret, Service and checkpoints stay for the resume."""
-    _delete_pods(kube, ref.namespace, pods)
+    _end_pods(kube, ref.namespace, spec, pods)
     message = "spec.suspend is true: pods removed, checkpoints kept"
+    if is_true(update.after, "Admitted"):  # its GPUs go back; a resume queues again
+        update.set_condition("Admitted", "False", "Suspended", message)
     if update.set_condition("Suspended", "True", "Suspended", message):
         emit("Normal", "Suspended", message)
     update.set_condition("PodsReady", "False", "Suspended", message)
@@ -241,6 +347,7 @@ def _run(
     update: StatusUpdate,
     topology: Topology,
     pods: list[PodView],
+    nodes: list[NodeGPUs],
     kube: Kube,
     config: OperatorConfig,
     memo: MutableMapping[str, Any],
@@ -248,13 +355,13 @@ def _run(
     now: datetime.datetime,
 ) -> Result:
     status = update.after
-    attempt = int(status.get("restarts") or 0)
+    attempt = current_attempt(status)
     current = [p for p in pods if p.attempt == attempt and not p.deleting]
     stale = [p for p in pods if p.attempt != attempt or p.deleting]
 
     coordinator = next((p for p in current if p.component == names.COORDINATOR), None)
     if coordinator is not None and coordinator.phase == "Succeeded":
-        _delete_pods(kube, ref.namespace, [p for p in pods if p.phase not in TERMINAL])
+        _end_pods(kube, ref.namespace, job.spec.to_manifest(), pods)
         message = "the coordinator finished the training"
         update.set_condition("Succeeded", "True", "Completed", message)
         update.set_condition("Running", "False", "Completed", message)
@@ -264,7 +371,7 @@ def _run(
         update.set_phase("Succeeded")
         return DONE
 
-    expected = topology.world_size + 1
+    expected = pod_count(topology)
     failed = [p for p in current if p.phase == "Failed"]
     # A pod of this attempt that vanished or is being deleted after all were
     # running failed too (deleted by hand, evicted, preempted): the gang cannot go
@@ -272,8 +379,8 @@ def _run(
     if not failed and is_true(status, "PodsReady") and len(current) < expected:
         present = {p.name for p in current}
         leaving = {p.name: p for p in pods if p.attempt == attempt and p.deleting}
-        wanted = [names.coordinator_name(ref.name)] + [
-            names.worker_name(ref.name, r) for r in range(topology.world_size)
+        wanted = [names.coordinator_pod_name(ref.name, attempt)] + [
+            names.worker_name(ref.name, n, attempt) for n in range(topology.nodes)
         ]
         failed = [gone(n, attempt, leaving.get(n)) for n in wanted if n not in present]
     if failed:
@@ -284,19 +391,36 @@ def _run(
         return _restart(ref, job, update, attempt, failed, pods, kube, memo, emit)
 
     if stale:
-        # An earlier attempt's pods must be gone before their names are reused.
         _delete_pods(kube, ref.namespace, stale)
-        return Result("wait", f"waiting for {len(stale)} pod(s) of an earlier attempt to go", 1.0)
+        # Names carry the attempt, so the new pods need only the GPUs the old ones hold:
+        # a pod stuck Terminating on a lost (not Ready) node, or never bound, holds none.
+        holding = holds_gpus(stale, nodes)
+        if holding:
+            return Result(
+                "wait",
+                f"waiting for {len(holding)} pod(s) of an earlier attempt to free their GPUs",
+                1.0,
+            )
 
     if len(current) < expected:
-        _create_children(ref, job, topology, config, attempt, current, kube)
+        host_bytes = int((status.get("plan") or {}).get("hostBytesPerDevice") or 0)
+        group = status.get("podGroup")
+        if group is None and scheduling_mode(job) == "kueue":
+            group = names.kueue_group_name(ref.name, attempt)
+            update.set("podGroup", group)
+        _create_children(ref, job, topology, config, attempt, current, kube, host_bytes, group)
         if not status.get("startTime"):
             update.set("startTime", iso(now))
-        update.set_phase("Starting" if attempt == 0 else "Restarting")
+        update.set_phase("Restarting" if status.get("restarts") else "Starting")
         update.set_condition(
             "PodsReady", "False", "Creating", f"creating {expected} pods (attempt {attempt})"
         )
         return DONE
+
+    if scheduling_mode(job) == "kueue":
+        queued = _kueue_admission(job, update, current, emit)
+        if queued is not None:
+            return queued
 
     running = [p for p in current if p.phase == "Running"]
     if len(running) == expected:
@@ -310,10 +434,50 @@ def _run(
         update.set_phase("Running")
     else:
         waiting = expected - len(running)
-        update.set_condition(
-            "PodsReady", "False", "Waiting", f"{waiting} of {expected} pods not running yet"
-        )
+        message = f"{waiting} of {expected} pods not running yet"
+        why = why_waiting(current)
+        reason = "Waiting"
+        if why is not None:
+            reason, detail, problem = why
+            message = f"{message}: {detail}"
+            if update.set_condition("PodsReady", "False", reason, message):
+                emit("Warning" if problem else "Normal", reason, message)
+        update.set_condition("PodsReady", "False", reason, message)
     return DONE
+
+
+def _kueue_admission(
+    job: Any, update: StatusUpdate, current: list[PodView], emit: Emit
+) -> Result | None:
+    """Kueue admits a pod group by lifting the scheduling gate its webhook put on every
+    pod: while any is gated the job is Queued (after a preemption too: Kueue stops the
+    group and the replacement pods wait for it again). Pods Kueue never took in (no
+    `kueue.x-k8s.io/managed` label) run without its quota: said once, as a warning."""
+    queue = job.spec.run_policy.scheduling.queue
+    gated = [p for p in current if p.waiting == "SchedulingGated"]
+    if gated:
+        message = (
+            f"waiting for Kueue to admit the pod group (LocalQueue {queue}): "
+            f"{len(gated)} of {len(current)} pod(s) gated"
+        )
+        if update.set_condition("Admitted", "False", "WaitingForKueue", message):
+            emit("Normal", "WaitingForKueue", message)
+        update.set_phase("Queued")
+        return Result("wait", message, -1.0)
+    if current and not any(p.kueue_managed for p in current):
+        message = (
+            "Kueue did not take the pods in (no kueue.x-k8s.io/managed label): the namespace "
+            "is outside its managedJobsNamespaceSelector or its pod integration is off; "
+            "the job runs without Kueue's quota"
+        )
+        if update.set_condition("Admitted", "True", "NotManagedByKueue", message):
+            emit("Warning", "NotManagedByKueue", message)
+        return None
+    if current and update.set_condition(
+        "Admitted", "True", "AdmittedByKueue", f"Kueue admitted the pod group (LocalQueue {queue})"
+    ):
+        emit("Normal", "AdmittedByKueue", f"Kueue admitted the pod group (LocalQueue {queue})")
+    return None
 
 
 def _restart(
@@ -334,13 +498,17 @@ def _restart(
     limit = job.spec.run_policy.backoff_limit
     disruptions = int(update.after.get("disruptions") or 0)
     disrupted = is_disruption(failed)
-    failures = attempt - disruptions  # restarts so far that counted
-    _delete_pods(kube, ref.namespace, pods)
+    restarts = int(update.after.get("restarts") or 0)
+    failures = restarts - disruptions  # restarts so far that counted
     if not disrupted and failures >= limit:
+        _end_pods(kube, ref.namespace, job.spec.to_manifest(), pods)
+        _delete_pods(kube, ref.namespace, [p for p in pods if p.phase in TERMINAL])
         message = f"{what}; backoffLimit {limit} reached after {failures} restart(s) for failures"
         update.set_condition("PodsReady", "False", "BackoffLimitExceeded", message)
         _fail(update, "BackoffLimitExceeded", message, emit)
         return DONE
+    # Replacement pods of a Kueue group keep its Workload and quota: nothing to mark.
+    _delete_pods(kube, ref.namespace, pods)
     if memo.get("restarted_attempt") == attempt:
         return DONE  # this failure was handled; the status patch is on its way
     memo["restarted_attempt"] = attempt
@@ -350,9 +518,10 @@ def _restart(
         else f"failure {failures + 1} of backoffLimit {limit}"
     )
     message = (
-        f"{what}: restarting all pods from the last checkpoint (restart {attempt + 1}, {counted})"
+        f"{what}: restarting all pods from the last checkpoint (restart {restarts + 1}, {counted})"
     )
-    update.set("restarts", attempt + 1)
+    update.set("restarts", restarts + 1)
+    update.set("attempt", attempt + 1)
     if disrupted:
         update.set("disruptions", disruptions + 1)
     reason = "PodDisrupted" if disrupted else "PodFailed"
@@ -372,19 +541,15 @@ def _create_children(
     attempt: int,
     current: list[PodView],
     kube: Kube,
+    host_bytes_per_device: int,
+    kueue_group: str | None,
 ) -> None:
     """Everything the pods need, then the missing pods. Creates answering 409
     (there already) are the normal case after a restart of the operator."""
-    kube.create(build_secret(ref, new_token()))
-    kube.create(build_service(ref))
-    for obj in build_coordinator_rbac(ref):
-        kube.create(obj)
-    group = build_pod_group(ref, job, topology.world_size + 1)
-    if group is not None:
-        kube.create(group)
     present = {p.name for p in current}
-    wanted = [build_coordinator_pod(ref, job, config, topology, attempt)]
-    wanted += build_worker_pods(ref, job, config, topology, attempt)
-    for pod in wanted:
-        if pod["metadata"]["name"] not in present:
-            kube.create(pod)
+    objects = build_children(
+        ref, job, config, topology, attempt, new_token(), host_bytes_per_device, kueue_group
+    )
+    for obj in objects:
+        if obj["kind"] != "Pod" or obj["metadata"]["name"] not in present:
+            kube.create(obj)

@@ -19,6 +19,8 @@ OPERATOR_FIELDS = (
     "phase",
     "conditions",
     "observedGeneration",
+    "attempt",
+    "podGroup",
     "restarts",
     "disruptions",
     "plan",
@@ -113,6 +115,15 @@ class StatusUpdate:
         return {"status": diff} if diff else None
 
 
+def host_bytes_per_device(plan: Plan) -> int:
+    """Host memory a device's worker keeps for the plan: each offloaded role's largest
+    share of one device (its copy in host memory between the calls that use it)."""
+    per_role: dict[str, int] = {}
+    for o in plan.offloads:
+        per_role[o.role] = max(per_role.get(o.role, 0), int(o.bytes))
+    return sum(per_role.values())
+
+
 def plan_summary(plan: Plan, config_map: str) -> dict[str, Any]:
     """status.plan: the strategy, estimates and each call's placement."""
     return {
@@ -120,6 +131,7 @@ def plan_summary(plan: Plan, config_map: str) -> dict[str, Any]:
         "configMap": config_map,
         "iterationSeconds": round(plan.iteration_seconds, 6),
         "tokensPerSecond": round(plan.tokens_per_second, 3),
+        "hostBytesPerDevice": host_bytes_per_device(plan),
         "calls": [
             {
                 "name": c.name,
