@@ -34,12 +34,9 @@ def edited(change: dict[str, Any], base: dict[str, Any] = OLD) -> dict[str, Any]
 
 def test_the_rules_decide_every_field_of_the_spec() -> None:
     spec_fields = {f.alias for f in RLHFJobSpec.model_fields.values()}
-    mutable = {f for f in MUTABLE_FIELDS if "." not in f}
-    assert spec_fields == set(IMMUTABLE_SPEC_FIELDS) | mutable | {"runPolicy"}
     policy = {f"runPolicy.{f.alias}" for f in RunPolicy.model_fields.values()}
-    assert policy == {f for f in MUTABLE_FIELDS if f.startswith("runPolicy.")} | {
-        "runPolicy.scheduling"
-    }
+    decided = set(IMMUTABLE_SPEC_FIELDS) | set(MUTABLE_FIELDS)
+    assert decided == (spec_fields - {"runPolicy"}) | policy
 
 
 @pytest.mark.parametrize(
@@ -77,6 +74,15 @@ def test_adding_or_removing_an_optional_field_is_a_change_too() -> None:
     with_export = edited({"export": {"path": "/out"}})
     assert cel_violations(edited({"export": None}, with_export), old=with_export)
     assert cel_violations(with_export, old=edited({"export": None}, with_export))
+    # runPolicy itself is optional: its scheduling may not come or go with it (as
+    # `kubectl apply` removes a runPolicy the new manifest leaves out).
+    queued = edited({"runPolicy": {"scheduling": {"queue": "team-a"}}})
+    without_policy = edited({"runPolicy": None}, queued)
+    messages = cel_violations(without_policy, old=queued)
+    assert any("spec.runPolicy.scheduling cannot change" in m for m in messages), messages
+    assert cel_violations(queued, old=without_policy)
+    bare = edited({"runPolicy": None}, edited({"runPolicy": {"backoffLimit": 1}}))
+    assert cel_violations(edited({"runPolicy": {"backoffLimit": 5}}), old=bare) == []
 
 
 def test_a_create_runs_no_transition_rule() -> None:

@@ -124,3 +124,46 @@ def test_index_entries_from_objects() -> None:
     kueue = {**body, "spec": {**body["spec"], "runPolicy": {"scheduling": {"queue": "q"}}}}
     assert queue_entry(kueue) is None  # Kueue admits it
     assert queue_entry({**body, "spec": {"resources": {"local": {"slots": 2}}}}) is None
+
+
+def test_a_job_that_cannot_fit_the_cluster_at_all_holds_no_queue() -> None:
+    big = job("big", gpus=32, waiting=True)  # 4 pods of 8; the nodes have 2
+    decision = decide(big, NODES, [], [big], {})
+    assert (decision.admit, decision.reason) == (False, "InsufficientGPUs")
+    # Only nodes a waiting job could use are its: 8 per pod never fit a 4-GPU node.
+    small_nodes = [NodeGPUs("s1", 4), NodeGPUs("s2", 4)]
+    wide = job("wide", gpus=16, waiting=True)
+    narrow = QueueEntry(
+        "ns",
+        "narrow",
+        "2026-01-02T00:00:00Z",
+        None,
+        Resources(gpus=2, gpus_per_node=1),
+        2,
+        1,
+        admitted=False,
+        waiting=False,
+    )
+    assert decide(narrow, small_nodes, [], [wide, narrow], {}).admit
+
+
+def test_an_admitted_job_s_unbound_pods_are_reserved_where_they_can_run() -> None:
+    # The A100 node (the most free GPUs) is not the H100 job's: its pod is reserved on h100.
+    nodes = [
+        NodeGPUs("h100", 8, product="NVIDIA-H100-80GB-HBM3"),
+        NodeGPUs("a100", 16, product="NVIDIA-A100-SXM4-80GB"),
+    ]
+    h100_only = job("h", admitted=True, resources={"gpuType": "H100"})
+    other = job("other", created="2026-01-02T00:00:00Z", resources={"gpuType": "H100"})
+    assert not decide(other, nodes, [], [h100_only, other], {}).admit
+
+
+def test_a_denied_job_gives_back_what_the_ledger_held_for_it() -> None:
+    admissions = Admissions()
+    x = job("x", created="2026-01-01T00:00:00Z")
+    assert admissions.decide(x, NODES[:1], [], [x], {}).admit  # its status patch is lost
+    y = job("y", created="2026-01-01T00:05:00Z", waiting=True, priority_class="high")
+    # x asks again (its status never said Admitted) and loses to y, which is ahead now...
+    assert not admissions.decide(x, NODES[:1], [], [x, y], {"high": 10}).admit
+    # ...and no longer holds the GPUs y needs.
+    assert admissions.decide(y, NODES[:1], [], [x, y], {"high": 10}).admit

@@ -63,6 +63,8 @@ from .agent import EXIT_CONFIG
 GRACE_SECONDS = 20.0
 """How long the workers get to end after SIGTERM (Kubernetes gives the pod 30 s)."""
 POLL_SECONDS = 0.1
+COPY_SECONDS = 5.0
+"""How long the ended workers' last output may take to be copied."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -93,9 +95,16 @@ def failure_message(worker: Worker) -> str:
     code = worker.process.returncode
     reason = worker.reason()
     if code < 0:
-        how = f"killed by {signal.Signals(-code).name}"
+        how = f"killed by {_signal_name(-code)}"
         return f"rank {worker.rank}: {how}" + (f" ({reason})" if reason else "")
     return f"rank {worker.rank}: {reason}" if reason else f"rank {worker.rank}: exit code {code}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 def first_failure(ended: list[Worker]) -> Worker | None:
@@ -128,6 +137,7 @@ class Launcher:
         self.stopping: int | None = None  # the signal that asked us to stop
         self._out_lock = threading.Lock()
         self._dir = Path(tempfile.mkdtemp(prefix="rlhf-launcher-"))
+        self._copiers: list[threading.Thread] = []
 
     def start(self) -> None:
         log_dir = self.environ.get(LOG_DIR)
@@ -154,12 +164,14 @@ class Launcher:
         # Output threads start after every fork (no thread runs while preexec_fn does).
         for worker in self.workers:
             sink = (Path(log_dir) / f"worker-{worker.rank}.log").open("ab") if log_dir else None
-            threading.Thread(
+            copier = threading.Thread(
                 target=self._copy_output,
                 args=(worker, sink),
                 daemon=True,
                 name=f"rank-{worker.rank}",
-            ).start()
+            )
+            copier.start()
+            self._copiers.append(copier)
 
     def _copy_output(self, worker: Worker, sink: IO[bytes] | None) -> None:
         assert worker.process.stdout is not None
@@ -196,9 +208,11 @@ class Launcher:
                 if failure is not None and alive:
                     self.signal_all(signal.SIGTERM)
                     self._kill_after(GRACE_SECONDS)
-        for w in self.workers:
-            if w.process.stdout is not None:
-                w.process.stdout.close()
+        # Their last lines may be the failing rank's reason. A process a worker left
+        # behind (an engine's child) may hold its pipe open: wait a little, not for it.
+        deadline = time.monotonic() + COPY_SECONDS
+        for copier in self._copiers:
+            copier.join(max(0.0, deadline - time.monotonic()))
         if failure is not None:
             code = exit_code(failure.process.returncode)
             return exits.ending(code, f"rlhf-launcher: {failure_message(failure)}", self.environ)
@@ -224,12 +238,12 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     except SettingsError as err:
         return exits.ending(EXIT_CONFIG, f"rlhf-launcher: {err}", environ)
     launcher = Launcher(settings, environ)
-    signal.signal(signal.SIGTERM, launcher.on_signal)
-    signal.signal(signal.SIGINT, launcher.on_signal)
     # A stop signal that came while a worker was between fork and exec would be lost
     # to it (the child still had the launcher's handler): held back until every worker
-    # runs, then forwarded.
+    # runs, then forwarded. (One before this line stops the launcher alone: no worker yet.)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.signal(signal.SIGTERM, launcher.on_signal)
+    signal.signal(signal.SIGINT, launcher.on_signal)
     try:
         launcher.start()
     except OSError as err:

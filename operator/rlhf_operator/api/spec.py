@@ -319,25 +319,26 @@ IMMUTABLE = (
 )
 
 
-def immutable_rules(fields: tuple[str, ...], path: str) -> list[tuple[str, str, str]]:
-    """CEL transition rules (oldSelf: run on updates only) keeping each field as it was,
-    present or absent."""
-    return [
-        (
-            f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
-            f"{path}.{f} {IMMUTABLE}",
-            f".{f}",
-        )
-        for f in fields
-    ]
+def immutable_rules(paths: tuple[str, ...], prefix: str) -> list[tuple[str, str, str]]:
+    """CEL transition rules (oldSelf: run on updates only) keeping each field (a dotted
+    path below the object the rules sit on) as it was, present or absent. They sit on
+    the spec, whose old value always exists on an update: a rule on an optional object
+    below it would not run when that object is added or removed."""
+
+    def present(root: str, path: str) -> str:
+        parts = path.split(".")
+        return " && ".join(f"has({root}.{'.'.join(parts[: i + 1])})" for i in range(len(parts)))
+
+    rules = []
+    for path in paths:
+        new, old = present("self", path), present("oldSelf", path)
+        rule = f"({new}) == ({old}) && (!({new}) || self.{path} == oldSelf.{path})"
+        rules.append((rule, f"{prefix}.{path} {IMMUTABLE}", f".{path}"))
+    return rules
 
 
 class RunPolicy(ApiModel):
     """Failure handling and lifetime."""
-
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(*immutable_rules(("scheduling",), "spec.runPolicy"))
-    )
 
     backoff_limit: Annotated[int, Field(ge=0, le=1000)] = 3
     """Restarts of the job's pods (resuming from the last checkpoint) after failures
@@ -361,6 +362,7 @@ IMMUTABLE_SPEC_FIELDS = (
     "placement",
     "checkpoint",
     "export",
+    "runPolicy.scheduling",
 )
 
 

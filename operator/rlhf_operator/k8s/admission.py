@@ -53,6 +53,8 @@ class GpuPod:
     """(namespace, name) of the RLHFJob it belongs to, if one of ours."""
     worker: bool = False
     """One of our worker pods (they hold the job's GPUs)."""
+    deleting: bool = False
+    """Being deleted (a restart's old pods): not one of the job's pods to come."""
 
 
 @dataclass(frozen=True)
@@ -95,15 +97,27 @@ def free_gpus(nodes: Sequence[NodeGPUs], pods: Sequence[GpuPod]) -> dict[str, in
     return {name: max(0, gpus) for name, gpus in free.items()}
 
 
+def usable(job: QueueEntry, nodes: Sequence[NodeGPUs]) -> list[NodeGPUs]:
+    """The nodes a job's worker pods can run on: eligible, and with a pod's GPUs."""
+    return [n for n in nodes if eligible(job.resources, n) and n.gpus >= job.per_node]
+
+
 def reserve_unbound(
-    free: dict[str, int], admitted: Sequence[QueueEntry], pods: Sequence[GpuPod]
+    free: dict[str, int],
+    admitted: Sequence[QueueEntry],
+    pods: Sequence[GpuPod],
+    nodes: Sequence[NodeGPUs],
 ) -> dict[str, int]:
-    """`free` less the GPUs admitted jobs still need for their pods not bound yet."""
+    """`free` less the GPUs admitted jobs still need for their pods not bound yet, each
+    taken off the job's usable node with the most free GPUs."""
     left = dict(free)
     for job in admitted:
-        bound = sum(1 for p in pods if p.job == job.key and p.worker and p.node_name)
+        bound = sum(
+            1 for p in pods if p.job == job.key and p.worker and p.node_name and not p.deleting
+        )
+        its = {n.name for n in usable(job, nodes)}
         for _ in range(max(0, job.pods - bound)):
-            fits = [n for n, g in left.items() if g >= job.per_node]
+            fits = [n for n, g in left.items() if g >= job.per_node and n in its]
             if not fits:
                 break
             best = max(fits, key=lambda n: (left[n], n))
@@ -124,19 +138,30 @@ def decide(
     priorities: dict[str, int],
 ) -> Decision:
     """Whether `job` may start now; if not, a one-line reason for its condition."""
-    mine = [n for n in nodes if eligible(job.resources, n) and n.gpus >= job.per_node]
+    mine = usable(job, nodes)
     names = {n.name for n in mine}
+    need = job.pods * job.per_node
+    if sum(n.gpus // job.per_node for n in mine) < job.pods:
+        # Nodes went away since it was planned: it could not run even on an idle cluster,
+        # and must not hold the queue for the jobs behind it.
+        return Decision(
+            False,
+            "InsufficientGPUs",
+            f"needs {need} GPUs ({job.pods} pod(s) x {job.per_node}); the eligible nodes "
+            f"have {sum(n.gpus for n in mine)} in all",
+            0,
+        )
     others = [q for q in queue if q.key != job.key]
-    left = reserve_unbound(free_gpus(nodes, pods), [q for q in others if q.admitted], pods)
+    admitted = [q for q in others if q.admitted]
+    left = reserve_unbound(free_gpus(nodes, pods), admitted, pods, nodes)
     free_here = sum(left[n] for n in names)
     slots = sum(left[n] // job.per_node for n in names)
-    need = job.pods * job.per_node
     ahead = [
         q
         for q in others
         if q.waiting
         and _order(q, priorities) < _order(job, priorities)
-        and any(eligible(q.resources, n) for n in mine)
+        and names & {n.name for n in usable(q, nodes)}
     ]
     if ahead:
         first = min(ahead, key=lambda q: _order(q, priorities))
@@ -176,6 +201,7 @@ def gpu_pod(body: dict[str, Any]) -> GpuPod | None:
         gpus=gpus,
         job=(namespace, str(job)) if job else None,
         worker=labels.get(names.LABEL_COMPONENT) == names.WORKER,
+        deleting=bool(meta.get("deletionTimestamp")),
     )
 
 
@@ -240,4 +266,6 @@ class Admissions:
             decision = decide(job, nodes, pods, list(everyone.values()), priorities)
             if decision.admit:
                 self._recent[job.key] = dataclasses.replace(job, admitted=True, waiting=False)
+            else:  # admitted before, but its status never said so: it holds nothing now
+                self._recent.pop(job.key, None)
             return decision

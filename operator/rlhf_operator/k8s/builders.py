@@ -43,6 +43,7 @@ from . import names
 from .config import OperatorConfig
 from .inventory import GPU_RESOURCE
 from .merge import merge
+from .pods import KUEUE_GROUP
 from .quantity import cpu_quantity, memory_quantity, parse_quantity
 
 COORDINATOR_MODULE = "rlhf_operator.coordinator"
@@ -51,7 +52,7 @@ SHM_VOLUME = "dshm"
 TOKEN_VOLUME = "token"
 CONFIG_VOLUME = "config"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_GROUP_LABEL = KUEUE_GROUP
 KUEUE_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"

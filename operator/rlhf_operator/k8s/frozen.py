@@ -18,7 +18,7 @@ import yaml
 
 from ..api.spec import IMMUTABLE_SPEC_FIELDS, MUTABLE_FIELDS
 
-IMMUTABLE_PATHS = (*IMMUTABLE_SPEC_FIELDS, "runPolicy.scheduling")
+IMMUTABLE_PATHS = IMMUTABLE_SPEC_FIELDS
 
 
 def _get(spec: dict[str, Any], path: str) -> Any:

@@ -31,6 +31,7 @@ from .status import TERMINAL, parse_time
 DISRUPTION_CONDITIONS = ("DisruptionTarget", "TerminationTarget")
 KUEUE_MANAGED_LABEL = "kueue.x-k8s.io/managed"
 KUEUE_RETRIABLE = "kueue.x-k8s.io/retriable-in-group"
+KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class PodView:
     """Kueue's webhook took it in (its label `kueue.x-k8s.io/managed: "true"`)."""
     not_retriable: bool = False
     """Marked `kueue.x-k8s.io/retriable-in-group: "false"`: its Kueue group is finished."""
+    kueue_group: str = ""
+    """Its `kueue.x-k8s.io/pod-group-name`, if any."""
 
 
 def pod_view(body: dict[str, Any]) -> PodView:
@@ -118,15 +121,19 @@ def pod_view(body: dict[str, Any]) -> PodView:
         gpus=pod_gpus(body),
         kueue_managed=labels.get(KUEUE_MANAGED_LABEL) == "true",
         not_retriable=(meta.get("annotations") or {}).get(KUEUE_RETRIABLE) == "false",
-        **_waiting(status),
+        kueue_group=str(labels.get(KUEUE_GROUP) or ""),
+        **_waiting(status, bool((body.get("spec") or {}).get("schedulingGates"))),
     )
 
 
-def _waiting(status: dict[str, Any]) -> dict[str, str]:
-    """A pending pod's own reason: a container's waiting state (image pulls, bad
-    config, creation) over the scheduler's (Unschedulable, SchedulingGated)."""
+def _waiting(status: dict[str, Any], gated: bool) -> dict[str, str]:
+    """A pending pod's own reason: its scheduling gates (from its spec: the scheduler
+    reports them only later), a container's waiting state (image pulls, bad config,
+    creation), then the scheduler's (Unschedulable)."""
     if (status.get("phase") or "Pending") != "Pending":
         return {}
+    if gated:
+        return {"waiting": "SchedulingGated", "waiting_message": ""}
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting")
         if waiting and waiting.get("reason"):

@@ -18,6 +18,8 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from ..api import validate_object
 from ..api.manifests import one_line
 from ..api.spec import IMMUTABLE
@@ -122,7 +124,18 @@ def reconcile(
     finally:
         patch = update.patch()
         if patch is not None and not memo.get("deleted"):
-            kube.patch_job_status(ref.namespace, ref.name, patch)
+            try:
+                kube.patch_job_status(ref.namespace, ref.name, patch)
+            except ApiException as exc:
+                if exc.status == 422:  # a phase or condition the installed CRD does not know
+                    log.error(
+                        "the API server refused %s/%s's status (%s): is the installed CRD "
+                        "older than the operator? kubectl apply --server-side -f crds/",
+                        ref.namespace,
+                        ref.name,
+                        one_line(str(exc.body or exc.reason)),
+                    )
+                raise
         metrics.record_phase(ref.uid, update.phase)
     return result
 
@@ -171,15 +184,20 @@ def _reconcile(
             return result
 
     entry = queue_entry(body)
-    if entry is not None and status.get("startTime") and not condition(status, "Admitted"):
-        # Started before admission existed (an operator upgrade): it holds its GPUs.
-        update.set_condition("Admitted", "True", "Started", "the job started before admission")
-    if admit is not None and entry is not None and not is_true(status, "Admitted"):
+    attempt = current_attempt(status)
+    has_pods = any(p.attempt == attempt and not p.deleting for p in pods)
+    if entry is not None and not is_true(status, "Admitted") and has_pods:
+        # Its pods exist: it was admitted (a body older than that patch, or a job started
+        # before admission existed, across an operator upgrade). It holds its GPUs.
+        update.set_condition("Admitted", "True", "Started", "its pods were created")
+    elif admit is not None and entry is not None and not is_true(status, "Admitted"):
         decision = admit(entry)
         if not decision.admit:
             if update.set_condition("Admitted", "False", decision.reason, decision.message):
                 emit("Normal", decision.reason, decision.message)
-            update.set_phase("Queued")
+            # Pending, not Queued, when the cluster could not run it at all: it does not
+            # hold the queue for the jobs behind it.
+            update.set_phase("Pending" if decision.reason == "InsufficientGPUs" else "Queued")
             return Result("wait", decision.message, -1.0)
         update.set_condition("Admitted", "True", "GPUsFree", decision.message)
         emit("Normal", "Admitted", decision.message)
@@ -406,7 +424,9 @@ def _run(
         host_bytes = int((status.get("plan") or {}).get("hostBytesPerDevice") or 0)
         group = status.get("podGroup")
         if group is None and scheduling_mode(job) == "kueue":
-            group = names.kueue_group_name(ref.name, attempt)
+            # The group its pods already have (pods an older operator made), else a new one.
+            group = next((p.kueue_group for p in pods if p.kueue_group), None)
+            group = group or names.kueue_group_name(ref.name, attempt)
             update.set("podGroup", group)
         _create_children(ref, job, topology, config, attempt, current, kube, host_bytes, group)
         if not status.get("startTime"):
@@ -423,7 +443,8 @@ def _run(
             return queued
 
     running = [p for p in current if p.phase == "Running"]
-    if len(running) == expected:
+    # More than expected: pods an older operator made (one per rank) still run the job.
+    if len(running) >= expected:
         message = f"{expected} pods running"
         if update.set_condition("PodsReady", "True", "AllPodsRunning", message):
             emit("Normal", "Running", message)
