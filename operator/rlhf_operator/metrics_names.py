@@ -16,7 +16,8 @@ JOBS_FINISHED_TOTAL = "rlhf_operator_jobs_finished_total"  # counter, label resu
 TIME_TO_RUNNING = "rlhf_operator_time_to_running_seconds"  # histogram
 PLANNING_DURATION = "rlhf_operator_planning_duration_seconds"  # histogram
 
-# One job's coordinator, served on its pod's metrics port (label job).
+# One job's coordinator, served on its pod's metrics port (label rlhfjob; the scrape
+# adds namespace and pod).
 JOB_ITERATION_SECONDS = "rlhf_job_iteration_seconds"  # histogram
 JOB_CALL_SECONDS = "rlhf_job_call_seconds"  # histogram, label call
 JOB_REALLOCATION_SECONDS = "rlhf_job_reallocation_seconds"  # histogram

@@ -48,6 +48,7 @@ EXTRA_RESOURCES = {
     "scheduling.volcano.sh/v1beta1/podgroups": {"kind": "PodGroup", "namespaced": True},
     "scheduling.x-k8s.io/v1alpha1/podgroups": {"kind": "PodGroup", "namespaced": True},
     "monitoring.coreos.com/v1/servicemonitors": {"kind": "ServiceMonitor", "namespaced": True},
+    "monitoring.coreos.com/v1/podmonitors": {"kind": "PodMonitor", "namespaced": True},
 }
 
 

@@ -363,3 +363,48 @@ def test_inventory_counts_eligible_node_slots():
     assert product_matches("A100-80GB", "NVIDIA-A100-SXM4-80GB")
     assert not product_matches("H100", "NVIDIA-A100-SXM4-80GB")
     assert node("x", "garbage").gpus == 0
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A label selector's matchLabels as Kubernetes applies them."""
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def test_the_network_policy_selects_exactly_the_job_s_pods():
+    config = OperatorConfig(metrics_namespace="monitoring")
+    job = model(gpu_job("ppo", gpus=16, gpus_per_node=8))
+    other_ref = builders.JobRef("ppo-2", "team-a", "uid-2")
+    topo = builders.topology_for(job)
+    mine = builders.build_children(REF, job, config, topo, 0, "t")
+    theirs = builders.build_children(other_ref, job, config, topo, 0, "t")
+    (policy,) = [o for o in mine if o["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    pods = [o for o in mine if o["kind"] == "Pod"]
+    others = [o for o in theirs if o["kind"] == "Pod"]
+    assert len(pods) == 3 and all(
+        selects(spec["podSelector"], p["metadata"]["labels"]) for p in pods
+    )
+    assert not any(selects(spec["podSelector"], p["metadata"]["labels"]) for p in others)
+    assert spec["policyTypes"] == ["Ingress"]
+    own, metrics = spec["ingress"]
+    # From the job's own pods, on any port (NCCL picks its ports at run time)...
+    (peer,) = own["from"]
+    assert "ports" not in own and all(
+        selects(peer["podSelector"], p["metadata"]["labels"]) for p in pods
+    )
+    assert not any(selects(peer["podSelector"], p["metadata"]["labels"]) for p in others)
+    # ...and the coordinator's metrics from Prometheus's namespace only.
+    assert metrics == {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+        "ports": [{"protocol": "TCP", "port": 9090}],
+    }
+    unnamed = builders.build_network_policy(REF, OperatorConfig())
+    assert len(unnamed["spec"]["ingress"]) == 1  # no metrics namespace: nothing else
+    assert not any(
+        o["kind"] == "NetworkPolicy"
+        for o in builders.build_children(
+            REF, job, OperatorConfig(network_policy=False), topo, 0, "t"
+        )
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from prometheus_client import REGISTRY
 
 from rlhf_operator import metrics_names
 from rlhf_operator.api import validate_object
-from rlhf_operator.k8s import builders, metrics  # noqa: F401  (registers the metrics)
+from rlhf_operator.api.pod_policy import PodPolicy
+from rlhf_operator.k8s import builders, metrics
 from rlhf_operator.k8s.config import OperatorConfig
 
 from . import helm
@@ -78,6 +80,8 @@ def test_chart_installs_into_the_emulator(cluster):
     assert env["RLHF_OPERATOR_NAMESPACES"] == "" and env["RLHF_OPERATOR_LOG_LEVEL"] == "INFO"
     settings = OperatorConfig.from_env(env)  # the names the operator reads
     assert (settings.resync_seconds, settings.failure_settle_seconds) == (10.0, 5.0)
+    assert settings.pod_policy == PodPolicy()  # the chart's defaults are the operator's
+    assert settings.network_policy is True and settings.metrics_namespace == "monitoring"
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     dashboard = cluster.get(
         "/api/v1/namespaces/rlhf-system/configmaps/rlhf-rlhf-operator-dashboard"
@@ -90,7 +94,10 @@ def test_chart_installs_into_the_emulator(cluster):
 def test_chart_namespaced_install_uses_roles_in_the_watched_namespaces(cluster):
     docs = install(
         cluster,
-        {"watchNamespaces": ["team-a", "team-b"], "metrics": {"serviceMonitor": {"enabled": True}}},
+        {
+            "watchNamespaces": ["team-a", "team-b"],
+            "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        },
     )
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -104,6 +111,8 @@ def test_chart_namespaced_install_uses_roles_in_the_watched_namespaces(cluster):
         },
     ]
     assert any(d["kind"] == "ServiceMonitor" for d in docs)
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     env = {
         e["name"]: e["value"]
         for d in docs
@@ -231,3 +240,96 @@ def test_coordinator_exports_every_job_metric():
 
     # Each job's coordinator keeps its metrics in its own registry.
     assert set(metrics_names.JOB_METRICS) <= registered_families(JobMetrics("j").registry)
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"resyncSeconds": "banana"}, "resyncSeconds"),
+        ({"logLevel": "LOUD"}, "logLevel"),
+        ({"podPolicy": {"allowRoot": "sometimes"}}, "podPolicy.allowRoot"),
+        ({"metrics": {"port": 0}}, "metrics.port"),
+        ({"resyncSecond": 5}, "resyncSecond"),  # a typo is not silently ignored
+    ],
+)
+def test_bad_values_fail_install_and_lint_naming_the_field(cluster, tmp_path, values, field):
+    with pytest.raises(AssertionError, match=re.escape(field.replace(".", "/"))) as failure:
+        install(cluster, values)
+    assert "values don't meet the specifications of the schema" in str(failure.value)
+    # Lint reads the chart's own values.yaml: a copy with the bad value fails it too.
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    merged = helm_merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)
+    (chart / "values.yaml").write_text(yaml.safe_dump(merged))
+    result = helm.run("lint", str(chart))
+    # (The Python binding drops lint's error texts; install above shows the field named.)
+    assert result["Errors"] and any(
+        m["Severity"] == 3 and m["Path"] == "values.yaml" for m in result["Messages"]
+    ), result
+
+
+def helm_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = helm_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# What the Prometheus Operator puts on every series a PodMonitor or ServiceMonitor
+# scrapes (its generated relabelling); a series' own label of one of these names would
+# be renamed exported_<name>.
+TARGET_LABELS = {"namespace", "pod", "container", "endpoint", "job", "instance", "service"}
+
+
+def scraped_labels(registry: Any) -> dict[str, set[str]]:
+    """Each series' label names after the scrape: its own, plus the target's."""
+    out: dict[str, set[str]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            own = set(sample.labels)
+            assert not own & TARGET_LABELS, f"{sample.name}: {own & TARGET_LABELS} would be renamed"
+            out.setdefault(sample.name, set()).update(own | TARGET_LABELS)
+    return out
+
+
+def query_labels(expr: str) -> set[str]:
+    """Label names a PromQL expression groups or matches by."""
+    names: set[str] = set()
+    for group in re.findall(r"\bby \(([^)]*)\)", expr):
+        names |= {n.strip() for n in group.split(",") if n.strip()}
+    for matchers in re.findall(r"\{([^}]*)\}", expr):
+        names |= set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", matchers))
+    names |= set(re.findall(r"label_values\([^,]*,\s*(\w+)\)", expr))
+    return names
+
+
+def test_dashboard_queries_use_the_labels_the_scraped_series_carry():
+    from rlhf_operator.coordinator.job_metrics import JobMetrics
+    from rlhf_operator.coordinator.outputs import CallTiming, IterationRecord
+
+    job = JobMetrics("ppo")
+    record = IterationRecord(3, 0.5, 0.1, 2.0, 100.0, 4.0, {"actor_gen": CallTiming(1.0)})
+    job.observe(record)
+    metrics.record_phase("uid", "Running")  # the operator's gauge has a sample
+    series = scraped_labels(job.registry) | scraped_labels(REGISTRY)
+    dash = json.loads(DASHBOARD.read_text())
+    targets = [t for p in dash["panels"] for t in p["targets"]]
+    variables = [v for v in dash["templating"]["list"] if v["type"] == "query"]
+    checked = 0
+    for text, legend in [(t["expr"], t.get("legendFormat", "")) for t in targets] + [
+        (v["query"]["query"], "") for v in variables
+    ]:
+        used = query_labels(text) | set(re.findall(r"\{\{(\w+)\}\}", legend))
+        for name in re.findall(r"\brlhf_[a-z0-9_]+", text):
+            assert name in series, f"{name}: no such series"
+            assert used <= series[name], f"{text}: {used - series[name]} not on {name}"
+            checked += 1
+    assert checked >= len(targets)
+    # One series per job: every job panel splits by namespace and rlhfjob.
+    for t in targets:
+        if "rlhf_job_" in t["expr"]:
+            assert {"namespace", "rlhfjob"} <= query_labels(t["expr"]), t["expr"]

@@ -513,3 +513,24 @@ def test_a_suspended_kueue_job_releases_its_group_and_resumes_in_a_new_one(
     wait_for(lambda: phase(cluster, "qs") == "Queued", "the new group to wait for Kueue")
     kueue.admit("qs-1")
     wait_for(lambda: running(cluster, "qs"), "the job to run again")
+
+
+def test_a_pod_template_the_policy_refuses_fails_the_job_and_creates_nothing(
+    cluster, operator, kubelet
+):
+    job = local_job("escalate", slots=2)
+    job["spec"]["resources"]["podTemplate"] = {
+        "spec": {"hostPID": True, "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}
+    }
+    cluster.apply_job(job)
+    wait_for(lambda: phase(cluster, "escalate") == "Failed", "the job to fail")
+    valid = cluster.condition("escalate", "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
+    assert valid["message"] == (
+        "spec.resources.podTemplate.spec.hostPID: hostPID is refused by the operator's pod "
+        "policy (allowed by podPolicy.allowHostNamespaces); "
+        "spec.resources.podTemplate.spec.volumes[0].hostPath: a hostPath volume is refused by "
+        "the operator's pod policy (allowed by podPolicy.allowHostPath)"
+    )
+    assert cluster.pods("escalate") == []
+    assert cluster.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/escalate-config") is None

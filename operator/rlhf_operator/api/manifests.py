@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from .checks import FieldError, semantic_errors
 from .job import API_VERSION, KIND, NAME_PATTERN, RLHFJob
 from .models import REWARD_FUNCTION_PATTERN
+from .pod_policy import DEFAULT_POD_POLICY, PodPolicy, policy_errors
 from .spec import GPU_TYPE_PATTERN, MESH_PATTERN
 
 MAX_FILE_BYTES = 2 * 1024 * 1024  # Kubernetes objects are limited to ~1.5 MiB
@@ -180,8 +181,11 @@ def _describe(error: Any) -> FieldError:
     return FieldError(_path(loc), message)
 
 
-def validate_object(obj: Any) -> tuple[RLHFJob | None, list[FieldError]]:
-    """Validate one parsed document as an RLHFJob; never raises."""
+def validate_object(
+    obj: Any, policy: PodPolicy | None = DEFAULT_POD_POLICY
+) -> tuple[RLHFJob | None, list[FieldError]]:
+    """Validate one parsed document as an RLHFJob, and its pod template against `policy`
+    (None: no pod policy, the operator applies its own); never raises."""
     if not isinstance(obj, dict):
         return None, [
             FieldError("(document)", f"expected a mapping (an RLHFJob), got {type(obj).__name__}")
@@ -199,7 +203,7 @@ def validate_object(obj: Any) -> tuple[RLHFJob | None, list[FieldError]]:
         return None, [_describe(e) for e in exc.errors()]
     except (RecursionError, ValueError, TypeError) as exc:  # defensive: pydantic wraps most
         return None, [FieldError("(document)", f"cannot be validated: {exc}")]
-    return job, semantic_errors(job)
+    return job, semantic_errors(job) + (policy_errors(job, policy) if policy else [])
 
 
 def _job_name(obj: Any) -> str | None:

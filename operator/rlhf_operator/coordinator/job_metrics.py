@@ -7,6 +7,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from rlhf_operator import metrics_names as names
 from rlhf_operator.coordinator.outputs import IterationRecord
 
+# The job's name. Not "job": Prometheus gives every scraped series a target label
+# `job` (the scrape job) and renames a series' own to exported_job, so a query by job
+# would merge every RLHF job into one line. The namespace comes from the scrape
+# target's labels (kubernetes_sd, the PodMonitor), as for any pod.
+JOB_LABEL = "rlhfjob"
+
 _BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
 
@@ -18,43 +24,45 @@ class JobMetrics:
         self.iteration_seconds = Histogram(
             names.JOB_ITERATION_SECONDS,
             "Wall-clock seconds of one iteration.",
-            ["job"],
+            [JOB_LABEL],
             registry=r,
             buckets=_BUCKETS,
         )
         self.call_seconds = Histogram(
             names.JOB_CALL_SECONDS,
             "Measured seconds of one call (MFC).",
-            ["job", "call"],
+            [JOB_LABEL, "call"],
             registry=r,
             buckets=_BUCKETS,
         )
         self.realloc_seconds = Histogram(
             names.JOB_REALLOCATION_SECONDS,
             "Seconds spent reallocating parameters per iteration.",
-            ["job"],
+            [JOB_LABEL],
             registry=r,
             buckets=_BUCKETS,
         )
         self.realloc_bytes = Counter(
             names.JOB_REALLOCATION_BYTES_TOTAL.removesuffix("_total"),
             "Bytes of parameters moved between layouts.",
-            ["job"],
+            [JOB_LABEL],
             registry=r,
         )
         self.tokens_per_second = Gauge(
             names.JOB_TOKENS_PER_SECOND,
             "Prompt and response tokens per second, last iteration.",
-            ["job"],
+            [JOB_LABEL],
             registry=r,
         )
         self.reward = Gauge(
-            names.JOB_REWARD_MEAN, "Mean reward, last iteration.", ["job"], registry=r
+            names.JOB_REWARD_MEAN, "Mean reward, last iteration.", [JOB_LABEL], registry=r
         )
         self.kl = Gauge(
-            names.JOB_KL, "Mean KL to the reference, last iteration.", ["job"], registry=r
+            names.JOB_KL, "Mean KL to the reference, last iteration.", [JOB_LABEL], registry=r
         )
-        self.iteration = Gauge(names.JOB_ITERATION, "Iterations completed.", ["job"], registry=r)
+        self.iteration = Gauge(
+            names.JOB_ITERATION, "Iterations completed.", [JOB_LABEL], registry=r
+        )
 
     def observe(self, record: IterationRecord) -> None:
         job = self.job

@@ -56,6 +56,7 @@ KUEUE_GROUP_LABEL = KUEUE_GROUP
 KUEUE_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,40 @@ def build_service(ref: JobRef) -> dict[str, Any]:
                 {"name": names.METRICS_PORT_NAME, "port": DEFAULT_METRICS_PORT},
                 {"name": names.RENDEZVOUS_PORT_NAME, "port": DEFAULT_MASTER_PORT},
             ],
+        },
+    }
+
+
+def build_network_policy(ref: JobRef, config: OperatorConfig) -> dict[str, Any]:
+    """Ingress to the job's pods: from the job's own pods on any port (the control
+    plane, the rendezvous, and NCCL/gloo, whose ports are chosen at run time), and to
+    the coordinator's metrics port from the namespace Prometheus runs in. Nothing else
+    in the cluster reaches them. Egress is left open (the coordinator calls the API
+    server; workers read models and data from wherever volumes point)."""
+    rules: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": names.job_labels(ref.name)}}]}
+    ]
+    if config.metrics_namespace:
+        rules.append(
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {NAMESPACE_NAME_LABEL: config.metrics_namespace}
+                        }
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": DEFAULT_METRICS_PORT}],
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(ref, names.network_policy_name(ref.name)),
+        "spec": {
+            "podSelector": {"matchLabels": names.job_labels(ref.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
         },
     }
 
@@ -604,10 +639,12 @@ def build_children(
     kueue_group: str | None = None,
 ) -> list[dict[str, Any]]:
     """Everything one attempt of the job runs with besides its ConfigMap (made when
-    it is planned): Secret, Service, the coordinator's RBAC, the gang's PodGroup if
-    any, then the pods (coordinator first). What the operator creates and
+    it is planned): Secret, Service, the coordinator's RBAC, the NetworkPolicy, the
+    gang's PodGroup if any, then the pods (coordinator first). What the operator creates and
     `rlhfctl manifests` prints."""
     objects = [build_secret(ref, token), build_service(ref), *build_coordinator_rbac(ref, job)]
+    if config.network_policy:
+        objects.append(build_network_policy(ref, config))
     group = build_pod_group(ref, job, pod_count(topology))
     if group is not None:
         objects.append(group)

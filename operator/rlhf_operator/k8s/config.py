@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..api.pod_policy import DEFAULT_POD_POLICY, PodPolicy
 from ..contract.launch import LOG_LEVELS
 
 DEFAULT_IMAGE = "ghcr.io/rlhf-operator/rlhf-operator:0.1.0"
@@ -41,6 +42,12 @@ class OperatorConfig:
     socket_ifname: str = "eth0"
     """Network interface for NCCL and gloo sockets inside pods."""
     extra_worker_env: dict[str, str] = field(default_factory=dict)
+    pod_policy: PodPolicy = DEFAULT_POD_POLICY
+    """What a job's podTemplate may add (`api.pod_policy`; chart values `podPolicy`)."""
+    network_policy: bool = True
+    """A NetworkPolicy per job: only its own pods reach its pods (metrics aside)."""
+    metrics_namespace: str | None = None
+    """The namespace allowed to scrape the coordinators' metrics (Prometheus's)."""
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -69,4 +76,15 @@ class OperatorConfig:
             output_dir=environ.get("RLHF_OPERATOR_OUTPUT_DIR", d.output_dir),
             shm_size=environ.get("RLHF_OPERATOR_SHM_SIZE") or None,
             socket_ifname=environ.get("RLHF_OPERATOR_SOCKET_IFNAME", d.socket_ifname),
+            pod_policy=_pod_policy(environ.get("RLHF_OPERATOR_POD_POLICY", "")),
+            network_policy=environ.get("RLHF_OPERATOR_NETWORK_POLICY", "true").lower()
+            not in ("false", "0", "no"),
+            metrics_namespace=environ.get("RLHF_OPERATOR_METRICS_NAMESPACE") or None,
         )
+
+
+def _pod_policy(text: str) -> PodPolicy:
+    try:
+        return PodPolicy.from_json(text)
+    except ValueError as err:  # json's errors are ValueErrors too
+        raise ValueError(f"RLHF_OPERATOR_POD_POLICY: {err}") from None

@@ -49,6 +49,10 @@ def secret_name(job: str) -> str:
     return f"{job}-token"
 
 
+def network_policy_name(job: str) -> str:
+    return job
+
+
 def coordinator_name(job: str) -> str:
     """The coordinator's ServiceAccount, Role and RoleBinding (one for every attempt)."""
     return f"{job}-coordinator"

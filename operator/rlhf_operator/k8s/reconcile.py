@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ..api import validate_object
 from ..api.manifests import one_line
+from ..api.pod_policy import policy_errors
 from ..api.spec import IMMUTABLE
 from ..controlplane.tokens import new_token
 from ..planner import PlanError, plan_job
@@ -158,7 +159,11 @@ def _reconcile(
     if update.phase in TERMINAL:
         return _finished(body, ref, update, pods, kube, memo, now)
 
-    job, errors = validate_object(_job_object(body))
+    job, errors = validate_object(_job_object(body), policy=None)
+    if job is not None and not is_true(update.before, "Planned"):
+        # The pod policy is the operator's, and holds a job to it before it starts: a
+        # policy tightened later does not fail jobs that run.
+        errors += policy_errors(job, config.pod_policy)
     if job is None or errors:
         message = one_line("; ".join(str(e) for e in errors))
         update.set_condition("Valid", "False", "InvalidSpec", message)
@@ -233,7 +238,7 @@ def _as_planned(
     if "planned_spec" not in memo:
         config_map = kube.get("ConfigMap", ref.namespace, names.config_map_name(ref.name))
         manifest = frozen.planned_manifest(config_map, names.CONFIG_KEY_JOB)
-        planned, _ = validate_object(manifest) if manifest is not None else (None, [])
+        planned, _ = validate_object(manifest, policy=None) if manifest else (None, [])
         if planned is None:
             return job, body  # no plan to hold on to (it was deleted): take the spec as it is
         memo["planned_spec"] = planned.to_manifest()["spec"]
@@ -252,7 +257,7 @@ def _as_planned(
         emit("Warning", "ImmutableFieldChanged", message)
     update.generation = int(update.before.get("observedGeneration") or 0)  # not acted upon
     body = {**body, "spec": frozen.effective_spec(planned_spec, current)}
-    effective, _ = validate_object(_job_object(body))
+    effective, _ = validate_object(_job_object(body), policy=None)
     return (effective if effective is not None else job), body
 
 
