@@ -8,7 +8,8 @@ these environment variables. The operator's pod builder writes them
 
 On Kubernetes the job manifest and the plan come from the job's ConfigMap
 (mounted at CONFIG_DIR as `job.yaml` and `plan.json`), the control-plane token
-from the job's Secret (mounted at SECRET_DIR as `token`), and checkpoints go to
+and the job's certificates from its Secret (mounted at SECRET_DIR as `token`, `ca.crt`,
+`coordinator.crt`, `coordinator.key`), and checkpoints go to
 OUTPUT_DIR (the job's `spec.checkpoint.path`, on a shared volume).
 """
 
@@ -28,6 +29,7 @@ CONTROL_PORT = "RLHF_CONTROL_PORT"
 METRICS_PORT = "RLHF_METRICS_PORT"
 STATUS_SINK = "RLHF_STATUS_SINK"  # "kubernetes": patch RLHFJob status; "none": local mode
 WORKER_HOSTS = "RLHF_WORKER_HOSTS"  # comma-separated worker pod DNS names, rank order
+TLS_DIR = "RLHF_TLS_DIR"  # the job's CA and the coordinator's certificate (controlplane.tls)
 
 CONFIG_DIR = "/etc/rlhf"
 SECRET_DIR = "/var/run/secrets/rlhf"
@@ -47,6 +49,8 @@ class CoordinatorSettings:
     control_port: int = DEFAULT_CONTROL_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
     status_sink: str = "kubernetes"
+    tls_dir: str = SECRET_DIR
+    """ca.crt, coordinator.crt and coordinator.key: the control plane serves mutual TLS."""
 
     def to_env(self) -> dict[str, str]:
         return {
@@ -59,6 +63,7 @@ class CoordinatorSettings:
             CONTROL_PORT: str(self.control_port),
             METRICS_PORT: str(self.metrics_port),
             STATUS_SINK: self.status_sink,
+            TLS_DIR: self.tls_dir,
         }
 
     @classmethod
@@ -92,4 +97,5 @@ class CoordinatorSettings:
             control_port=ports[CONTROL_PORT],
             metrics_port=ports[METRICS_PORT],
             status_sink=sink,
+            tls_dir=environ.get(TLS_DIR, defaults.tls_dir),
         )

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from rlhf_operator.controlplane import messages as m
+from rlhf_operator.controlplane import tls
 from rlhf_operator.controlplane.v1 import control_pb2 as pb
 from rlhf_operator.controlplane.v1 import control_pb2_grpc as pb_grpc
 from rlhf_operator.coordinator.errors import ControlPlaneError, WorkersNotReady
@@ -34,7 +35,7 @@ def coordinator():
 @pytest.fixture
 def stub(coordinator):
     with grpc.insecure_channel(coordinator.address) as channel:
-        yield pb_grpc.ControlStub(channel)
+        yield pb_grpc.ControlStub(tls.with_token(channel, "tok"))
 
 
 def register(stub, rank: int, token: str = "tok") -> pb.RegisterReply:

@@ -253,6 +253,10 @@ class PodExecutor:
                     f"/api/v1/namespaces/{ns}/secrets/{volume['secret']['secretName']}"
                 )
                 files = {k: base64.b64decode(v) for k, v in ((obj or {}).get("data") or {}).items()}
+            source = volume.get("configMap") or volume.get("secret") or {}
+            items = source.get("items")
+            if items:  # only the keys listed, at their paths
+                files = {i["path"]: files[i["key"]] for i in items if i["key"] in files}
             for key, data in files.items():
                 (path / key).write_bytes(data)
             return path

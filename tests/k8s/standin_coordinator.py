@@ -33,6 +33,7 @@ def main() -> int:
         token=token,
         world_size=world_size,
         bind=f"127.0.0.1:{settings.control_port}",
+        tls_dir=settings.tls_dir,
     )
     coordinator = Coordinator(config)
     coordinator.start()

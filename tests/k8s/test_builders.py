@@ -408,3 +408,32 @@ def test_the_network_policy_selects_exactly_the_job_s_pods():
             REF, job, OperatorConfig(network_policy=False), topo, 0, "t"
         )
     )
+
+
+def test_each_pod_mounts_the_token_and_only_its_own_key():
+    from rlhf_operator.controlplane import tls
+
+    job = model(gpu_job("ppo", gpus=2, gpus_per_node=1))
+    certs = tls.make_job_certificates("ppo")
+    objects = builders.build_children(
+        REF, job, CONFIG, builders.topology_for(job), 0, "t0k", certificates=certs
+    )
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    assert set(secret["data"]) == {
+        "token",
+        "ca.crt",
+        "coordinator.crt",
+        "coordinator.key",
+        "worker.crt",
+        "worker.key",
+    }
+    assert base64.b64decode(secret["data"]["worker.key"]) == certs.worker_key
+    for pod in (o for o in objects if o["kind"] == "Pod"):
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "token")
+        keys = {i["key"] for i in volume["secret"]["items"]}
+        env = env_of(pod["spec"]["containers"][0])
+        assert env["RLHF_TLS_DIR"] == "/var/run/secrets/rlhf"
+        if pod["metadata"]["labels"]["rlhf.dev/component"] == "coordinator":
+            assert keys == {"token", "ca.crt", "coordinator.crt", "coordinator.key"}
+        else:
+            assert keys == {"token", "ca.crt", "worker.crt", "worker.key"}

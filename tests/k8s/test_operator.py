@@ -534,3 +534,23 @@ def test_a_pod_template_the_policy_refuses_fails_the_job_and_creates_nothing(
     )
     assert cluster.pods("escalate") == []
     assert cluster.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/escalate-config") is None
+
+
+def test_uninstall_in_the_documented_order_leaves_nothing_stuck(cluster, kubelet):
+    op = OperatorThread(config(), cluster.kubeconfig).start()
+    try:
+        cluster.apply_job(local_job("first", slots=2))
+        cluster.apply_job(local_job("second", slots=2))
+        wait_for(lambda: running(cluster, "first") and running(cluster, "second"), "both to run")
+        # 1. Jobs are deleted while the operator runs: it removes its finalizer.
+        jobs = f"/apis/rlhf.dev/v1alpha1/namespaces/{NAMESPACE}/rlhfjobs"
+        cluster.kube.call("DELETE", f"{jobs}/first")
+        wait_for(lambda: cluster.job("first") is None, "the job to go")
+    finally:
+        op.stop()  # 2. helm uninstall
+    # Deleted after the operator went: its finalizer holds it; the README's patch frees it.
+    assert (cluster.job("second") or {})["metadata"]["finalizers"] == ["rlhf.dev/finalizer"]
+    cluster.kube.call("DELETE", f"{jobs}/second")
+    assert cluster.job("second")["metadata"].get("deletionTimestamp")
+    cluster.patch_job("second", {"metadata": {"finalizers": None}})
+    wait_for(lambda: cluster.job("second") is None, "the stuck job to go")

@@ -37,7 +37,7 @@ import grpc
 
 import rlhf_operator.controlplane.v1.control_pb2_grpc as pb_grpc
 from rlhf_operator.contract.launch import WorkerSettings
-from rlhf_operator.controlplane import exits
+from rlhf_operator.controlplane import exits, tls
 from rlhf_operator.controlplane import messages as m
 from rlhf_operator.controlplane.v1 import control_pb2 as pb
 
@@ -237,16 +237,20 @@ class Agent:
         self.config = config
         self.handlers = dict(handlers)
         self.context = WorkerContext(config)
-        self._channel = grpc.insecure_channel(
-            config.coordinator_addr,
-            options=[
-                # Let our own backoff decide the pace of connection attempts.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
-        )
-        self._stub = pb_grpc.ControlStub(self._channel)
+        options: list[tuple[str, str | int]] = [
+            # Let our own backoff decide the pace of connection attempts.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if config.tls_dir is not None:
+            credentials = tls.channel_credentials(config.tls_dir)
+            options += list(tls.CHANNEL_OPTIONS)
+            self._channel = grpc.secure_channel(config.coordinator_addr, credentials, options)
+        else:
+            self._channel = grpc.insecure_channel(config.coordinator_addr, options=options)
+        # The job's token on every call, not only on Register.
+        self._stub = pb_grpc.ControlStub(tls.with_token(self._channel, config.token or ""))
         self._outbound: queue.Queue[pb.WorkerMessage | None] = queue.Queue()
         self._commands: queue.Queue[pb.Command] = queue.Queue()
         self._stop = threading.Event()
@@ -286,6 +290,15 @@ class Agent:
                         EXIT_REFUSED,
                         f"{cfg.who}: the server at {cfg.coordinator_addr} does not speak "
                         "rlhf.controlplane.v1 (is it the job's coordinator?)",
+                    ) from None
+                if "handshake" in details.lower():
+                    # A coordinator that is not up refuses the connection; one that
+                    # fails the handshake is up, with another job's certificates.
+                    raise AgentExit(
+                        EXIT_REFUSED,
+                        f"{cfg.who}: TLS handshake with {cfg.coordinator_addr} failed: its "
+                        "certificate and this worker's are not of the same job's CA "
+                        f"({details})",
                     ) from None
                 if code not in _RETRYABLE:
                     raise AgentExit(EXIT_REFUSED, f"registration refused: {details}") from None
@@ -400,4 +413,8 @@ class Agent:
 
 def run_agent(config: WorkerSettings, handlers: Mapping[str, Handler]) -> int:
     """Serve the coordinator until it shuts this worker down (0) or AgentExit."""
-    return Agent(config, handlers).run()
+    try:
+        agent = Agent(config, handlers)
+    except tls.TLSError as err:
+        raise AgentExit(EXIT_CONFIG, f"{config.who}: {err}") from None
+    return agent.run()

@@ -32,6 +32,8 @@ The variables (required unless a default is given):
                          name -> handler added to (or overriding) the built-in table:
                          the extension hook, used by tests to add test-only commands
   RLHF_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR or CRITICAL
+  RLHF_TLS_DIR           the job's CA and the workers' certificate (`controlplane.tls`):
+                         dial the coordinator over mutual TLS; unset, plaintext (tests)
   RLHF_LOG_DIR           the launcher's only: write each worker's output to
                          worker-<rank>.log there instead of the pod's log (local mode)
   RLHF_WORKER_COMMAND    the launcher's only: each worker's command line (shell words)
@@ -67,6 +69,7 @@ HANDLERS = "RLHF_WORKER_HANDLERS"
 LOG_LEVEL = "RLHF_LOG_LEVEL"
 LOG_DIR = "RLHF_LOG_DIR"
 WORKER_COMMAND = "RLHF_WORKER_COMMAND"
+TLS_DIR = "RLHF_TLS_DIR"
 SOCKET_IFNAMES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 THREADS = "OMP_NUM_THREADS"
 
@@ -118,6 +121,8 @@ class WorkerSettings:
     handler_modules: tuple[str, ...] = ()
     """Extra handler modules for the worker (extension and test hook)."""
     log_level: str = "INFO"
+    tls_dir: str | None = None
+    """Directory of ca.crt, worker.crt and worker.key: mutual TLS to the coordinator."""
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -224,6 +229,8 @@ class WorkerSettings:
             out[THREADS] = str(self.threads_per_worker)
         if self.handler_modules:
             out[HANDLERS] = ",".join(self.handler_modules)
+        if self.tls_dir is not None:
+            out[TLS_DIR] = self.tls_dir
         return out
 
     @classmethod
@@ -258,6 +265,7 @@ class WorkerSettings:
                 p.strip() for p in environ.get(HANDLERS, "").split(",") if p.strip()
             ),
             log_level=(environ.get(LOG_LEVEL, "").strip() or "INFO").upper(),
+            tls_dir=environ.get(TLS_DIR, "").strip() or None,
         )
 
 

@@ -105,6 +105,7 @@ def main() -> int:
         world_size=plan.nodes * plan.gpus_per_node,
         bind=f"0.0.0.0:{settings.control_port}",
         heartbeat_timeout_s=60.0,
+        tls_dir=settings.tls_dir,
     )
     export = Path(job.spec.export.path) if job.spec.export.path else None
     try:

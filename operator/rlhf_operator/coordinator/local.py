@@ -29,12 +29,15 @@ from rlhf_operator.api.job import RLHFJob
 from rlhf_operator.contract import launch
 from rlhf_operator.contract.launch import SettingsError, WorkerSettings, launcher_command
 from rlhf_operator.contract.plan import Plan
+from rlhf_operator.controlplane import tls
 from rlhf_operator.controlplane.tokens import new_token
 from rlhf_operator.coordinator.errors import CommandFailed, CommandTimeout, WorkerLost
 from rlhf_operator.coordinator.executor import JobRunner
 from rlhf_operator.coordinator.job_metrics import JobMetrics
 from rlhf_operator.coordinator.outputs import IterationRecord, OutputDir, format_progress
 from rlhf_operator.coordinator.server import Coordinator, CoordinatorConfig
+
+TLS_DIR = "tls"  # under the output directory
 
 
 class JobFailed(RuntimeError):
@@ -128,6 +131,7 @@ class LocalRun:
             world_size=self.world_size,
             heartbeat_interval_s=2.0,
             heartbeat_timeout_s=self.heartbeat_timeout_s,
+            tls_dir=str(self._certificates()),
         )
         total = int(self.job.spec.training.iterations)
         first_iteration: list[int] = []
@@ -179,6 +183,11 @@ class LocalRun:
         )
         log.close()
 
+    def _certificates(self) -> Path:
+        """The job's CA and certificates, as in a cluster (`controlplane.tls`), made for
+        each start in the output directory (owner-only)."""
+        return tls.make_job_certificates(self.job.metadata.name).write(self.output.root / TLS_DIR)
+
     def _worker_settings(self, address: str, token: str) -> WorkerSettings:
         """What every worker of this start is launched with (a fresh rendezvous port)."""
         return WorkerSettings(
@@ -197,6 +206,7 @@ class LocalRun:
             threads_per_worker=max(1, (os.cpu_count() or 1) // self.world_size),
             # The console's log level reaches the workers, as a variable of its own would.
             log_level=(os.environ.get(launch.LOG_LEVEL, "").strip() or "INFO").upper(),
+            tls_dir=str(self.output.root / TLS_DIR),
         )
 
     def _stop_workers(self) -> None:

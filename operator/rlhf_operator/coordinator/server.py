@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from ..controlplane import messages as m
+from ..controlplane import tls
 from ..controlplane.v1 import control_pb2_grpc as pb_grpc
 from .errors import ControlPlaneError, WorkersNotReady
 from .service import ControlService
@@ -58,6 +59,9 @@ class CoordinatorConfig:
     partitioned ones."""
     default_command_timeout_s: float | None = None
     """Deadline of commands sent without one (None: no deadline)."""
+    tls_dir: str | None = None
+    """The job's certificates (`controlplane.tls`): serve mutual TLS. None: plaintext
+    (tests of the control plane itself); the token is checked on every RPC either way."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -67,6 +71,11 @@ class CoordinatorConfig:
                 "need 0 < heartbeat_interval_s < heartbeat_timeout_s, got "
                 f"{self.heartbeat_interval_s} and {self.heartbeat_timeout_s}"
             )
+
+
+def _is_session(method: str) -> bool:
+    """The one streaming RPC (the others are unary)."""
+    return method.endswith("/Session")
 
 
 class Coordinator:
@@ -98,6 +107,7 @@ class Coordinator:
         threads = 2 * self.config.world_size + 8
         server = grpc.server(
             cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="control"),
+            interceptors=[tls.TokenCheck(self.config.token, streaming=_is_session)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -108,7 +118,13 @@ class Coordinator:
         )
         pb_grpc.add_ControlServicer_to_server(self._service, server)
         try:
-            self._port = server.add_insecure_port(self.config.bind)
+            if self.config.tls_dir is not None:
+                credentials = tls.server_credentials(self.config.tls_dir)
+                self._port = server.add_secure_port(self.config.bind, credentials)
+            else:
+                self._port = server.add_insecure_port(self.config.bind)
+        except tls.TLSError as err:
+            raise ControlPlaneError(f"cannot serve TLS: {err}") from None
         except RuntimeError as err:
             raise ControlPlaneError(f"cannot listen on {self.config.bind}: {err}") from None
         if self._port == 0:

@@ -29,7 +29,7 @@ from ..api import API_VERSION, KIND, PLURAL, RLHFJob
 from ..api.job import GROUP
 from ..contract import launch
 from ..contract.launch import WorkerSettings, launcher_command
-from ..controlplane import exits
+from ..controlplane import exits, tls
 from ..coordinator_env import (
     CONFIG_DIR,
     DEFAULT_CONTROL_PORT,
@@ -139,13 +139,19 @@ def build_config_map(ref: JobRef, job_yaml: str, plan_json: str) -> dict[str, An
     }
 
 
-def build_secret(ref: JobRef, token: str) -> dict[str, Any]:
+def build_secret(
+    ref: JobRef, token: str, certificates: tls.JobCertificates | None = None
+) -> dict[str, Any]:
+    """The job's control-plane token and its CA and certificates (`controlplane.tls`)."""
+    files = {names.SECRET_KEY_TOKEN: token.encode()}
+    if certificates is not None:
+        files.update(certificates.files())
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _meta(ref, names.secret_name(ref.name)),
         "type": "Opaque",
-        "data": {names.SECRET_KEY_TOKEN: base64.b64encode(token.encode()).decode()},
+        "data": {k: base64.b64encode(v).decode() for k, v in files.items()},
     }
 
 
@@ -278,10 +284,16 @@ def _exit_reason_fields(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _token_volume(ref: JobRef) -> dict[str, Any]:
+def _token_volume(ref: JobRef, tls_files: tuple[str, ...]) -> dict[str, Any]:
+    """The job's Secret: the token and, of the certificates, only this pod's own."""
+    keys = (names.SECRET_KEY_TOKEN, *tls_files)
     return {
         "name": TOKEN_VOLUME,
-        "secret": {"secretName": names.secret_name(ref.name), "defaultMode": 0o440},
+        "secret": {
+            "secretName": names.secret_name(ref.name),
+            "defaultMode": 0o440,
+            "items": [{"key": k, "path": k} for k in keys],
+        },
     }
 
 
@@ -471,7 +483,7 @@ def build_coordinator_pod(
                     "name": CONFIG_VOLUME,
                     "configMap": {"name": names.config_map_name(ref.name)},
                 },
-                _token_volume(ref),
+                _token_volume(ref, tls.COORDINATOR_FILES),
             ],
             **_placement(job),
         }
@@ -562,6 +574,7 @@ def build_worker_pod(
         token_file=f"{SECRET_DIR}/{names.SECRET_KEY_TOKEN}",
         socket_ifname=config.socket_ifname,
         log_level=config.log_level,
+        tls_dir=SECRET_DIR,
     )
     env = settings.for_rank(node * topology.per_node, node_rank=node).to_env()
     if topology.gpu:
@@ -600,7 +613,10 @@ def build_worker_pod(
         {
             "automountServiceAccountToken": False,  # workers never call the API
             "containers": [container],
-            "volumes": [{"name": SHM_VOLUME, "emptyDir": shm}, _token_volume(ref)],
+            "volumes": [
+                {"name": SHM_VOLUME, "emptyDir": shm},
+                _token_volume(ref, tls.WORKER_FILES),
+            ],
             **_placement(job),
         }
     )
@@ -637,12 +653,17 @@ def build_children(
     token: str,
     host_bytes_per_device: int = 0,
     kueue_group: str | None = None,
+    certificates: tls.JobCertificates | None = None,
 ) -> list[dict[str, Any]]:
     """Everything one attempt of the job runs with besides its ConfigMap (made when
     it is planned): Secret, Service, the coordinator's RBAC, the NetworkPolicy, the
     gang's PodGroup if any, then the pods (coordinator first). What the operator creates and
     `rlhfctl manifests` prints."""
-    objects = [build_secret(ref, token), build_service(ref), *build_coordinator_rbac(ref, job)]
+    objects = [
+        build_secret(ref, token, certificates),
+        build_service(ref),
+        *build_coordinator_rbac(ref, job),
+    ]
     if config.network_policy:
         objects.append(build_network_policy(ref, config))
     group = build_pod_group(ref, job, pod_count(topology))

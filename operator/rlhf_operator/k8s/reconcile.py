@@ -24,6 +24,7 @@ from ..api import validate_object
 from ..api.manifests import one_line
 from ..api.pod_policy import policy_errors
 from ..api.spec import IMMUTABLE
+from ..controlplane import tls
 from ..controlplane.tokens import new_token
 from ..planner import PlanError, plan_job
 from . import frozen, metrics, names
@@ -574,7 +575,16 @@ def _create_children(
     (there already) are the normal case after a restart of the operator."""
     present = {p.name for p in current}
     objects = build_children(
-        ref, job, config, topology, attempt, new_token(), host_bytes_per_device, kueue_group
+        ref,
+        job,
+        config,
+        topology,
+        attempt,
+        new_token(),
+        host_bytes_per_device,
+        kueue_group,
+        # Made each time, kept only the first: a Secret that exists answers 409.
+        certificates=tls.make_job_certificates(ref.name),
     )
     for obj in objects:
         if obj["kind"] != "Pod" or obj["metadata"]["name"] not in present:
