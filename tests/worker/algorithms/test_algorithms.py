@@ -53,6 +53,22 @@ def test_grpo_group_normalisation() -> None:
     assert dr.tolist() == [-2.0, 2.0, 0.0, 0.0]
 
 
+def test_groups_of_identical_rewards_get_no_advantage() -> None:
+    # The float32 mean of six rewards of 17.3 is a rounding step off 17.3 and the std 0 or
+    # 3e-8: that gave +-190 on every token. Now exactly 0, and counted.
+    same = torch.full((12,), 17.3)
+    assert grpo.group_advantages(same, 6, normalize_std=True).tolist() == [0.0] * 12
+    assert grpo.group_advantages(torch.full((16,), 0.1), 16, True).tolist() == [0.0] * 16
+    # Rewards that differ, even slightly against a large scale, are still centred.
+    kept = grpo.group_advantages(torch.tensor([1000.0, 1000.01]), 2, normalize_std=True)
+    assert kept[0] < 0 < kept[1]
+    mask = torch.ones(4, 2)
+    batch = {"mask": mask, "rewards": torch.tensor([17.3, 17.3, 0.0, 1.0])}
+    out = grpo.actor_advantages(batch, GrpoParams(group_size=2), core.NoState(), 2)
+    assert out.metrics["zero_std_fraction"] == 0.5
+    assert out.advantages[:2].abs().max() == 0
+
+
 def test_grpo_advantages_are_per_token_and_zero_on_padding() -> None:
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     batch = {"mask": mask, "rewards": torch.tensor([0.0, 1.0])}

@@ -11,6 +11,7 @@ through the current log-probabilities), averaged per ``loss_aggregation``.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from rlhf_operator.api.algorithm import GrpoParams
@@ -43,16 +44,33 @@ def new_state(params: GrpoParams) -> NoState:
     return NoState()
 
 
+# A group whose rewards spread less than this, relative to their size, scored the same:
+# its advantage is 0. Its mean is off its rewards by a rounding step, and its std is 0 or a
+# rounding error; dividing one by the other gave every token of 6 rewards of 17.3 an
+# advantage of +-190 (float32). A few float32 ulps; rewards that differ by more are kept.
+SPREAD_TOLERANCE = 1e-6
+
+
+def flat_groups(groups: Tensor) -> Tensor:
+    """[G] True where a [G, n] group's rewards are all the same (within the tolerance)."""
+    spread = groups.max(dim=1).values - groups.min(dim=1).values
+    scale = groups.abs().max(dim=1).values
+    return spread <= SPREAD_TOLERANCE * scale
+
+
 def group_advantages(rewards: Tensor, samples_per_prompt: int, normalize_std: bool) -> Tensor:
-    """[B] rewards -> [B] advantages centred (and scaled) within each prompt's group."""
+    """[B] rewards -> [B] advantages centred (and scaled) within each prompt's group;
+    exactly 0 for a group whose rewards are all the same."""
     if samples_per_prompt < 2:
         raise ValueError(f"{NAME}: needs at least 2 samples per prompt, got {samples_per_prompt}")
-    groups = group_view(rewards.float(), samples_per_prompt, f"{NAME} batch")
+    # float64: the group's mean and std of float32 rewards, without their rounding.
+    groups = group_view(rewards.double(), samples_per_prompt, f"{NAME} batch")
     centred = groups - groups.mean(dim=1, keepdim=True)
     if normalize_std:
-        # Unbiased std, as in DeepSeekMath; EPS keeps an all-equal group at 0.
+        # Unbiased std, as in DeepSeekMath.
         centred = centred / (groups.std(dim=1, keepdim=True) + EPS)
-    return centred.flatten()
+    centred = torch.where(flat_groups(groups)[:, None], torch.zeros_like(centred), centred)
+    return centred.flatten().to(torch.float32)
 
 
 def actor_advantages(
@@ -69,8 +87,8 @@ def actor_advantages(
         **kl_metrics(rollout_kl, mask),
         "reward_mean": float(rewards.float().mean()),
         "reward_group_std": float(groups.std(dim=1).mean()),
-        # Groups whose responses all scored the same teach nothing.
-        "zero_std_fraction": float((groups.std(dim=1) < EPS).float().mean()),
+        # Groups whose responses all scored the same teach nothing (advantage 0).
+        "zero_std_fraction": float(flat_groups(groups).float().mean()),
     }
     return Advantages(advantages[:, None] * mask, None, metrics)
 
