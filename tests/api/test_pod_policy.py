@@ -60,6 +60,44 @@ CASES = [
         "allowedCapabilities",
     ),
     ({"serviceAccountName": "cluster-admin-sa"}, f"{T}.serviceAccountName", "allowServiceAccount"),
+    ({"nodeName": "gpu-7"}, f"{T}.nodeName", "allowHostNamespaces"),
+    (
+        {"containers": [{"name": "w", "ports": [{"containerPort": 22, "hostPort": 22}]}]},
+        f"{T}.containers[0].ports[0].hostPort",
+        "allowHostNamespaces",
+    ),
+    (
+        container({"capabilities": {"drop": []}}),
+        f"{T}.containers[0].securityContext.capabilities.drop",
+        "allowPrivileged",
+    ),
+    (
+        container({"allowPrivilegeEscalation": None}),
+        f"{T}.containers[0].securityContext.allowPrivilegeEscalation",
+        "allowPrivileged",
+    ),
+    ({"securityContext": {"runAsNonRoot": None}}, f"{T}.securityContext.runAsNonRoot", "allowRoot"),
+    (
+        {"securityContext": {"seccompProfile": {"type": "Unconfined"}}},
+        f"{T}.securityContext.seccompProfile",
+        "allowPrivileged",
+    ),
+    ({"securityContext": {"fsGroup": 0}}, f"{T}.securityContext.fsGroup", "allowRoot"),
+    (
+        {"volumes": [{"name": "s", "secret": {"secretName": "other-job-token"}}]},
+        f"{T}.volumes[0].secret",
+        "allowedVolumeTypes",
+    ),
+    (
+        {"volumes": [{"name": "g", "gitRepo": {"repository": "https://x"}}]},
+        f"{T}.volumes[0].gitRepo",
+        "allowedVolumeTypes",
+    ),
+    (
+        {"automountServiceAccountToken": None},
+        f"{T}.automountServiceAccountToken",
+        "allowServiceAccount",
+    ),
     (
         {"automountServiceAccountToken": True},
         f"{T}.automountServiceAccountToken",
@@ -88,8 +126,9 @@ def test_each_refused_field_is_named_with_the_value_that_allows_it(template, pat
         allow_host_namespaces=True,
         allow_host_path=True,
         allow_root=True,
-        allowed_capabilities=("SYS_ADMIN", "IPC_LOCK"),
+        allowed_capabilities=("CAP_SYS_ADMIN", "ipc_lock"),
         allow_service_account=True,
+        allowed_volume_types=("secret", "gitRepo"),
     )
     assert policy_errors(job, allowed) == []
 
@@ -132,3 +171,44 @@ def test_a_bad_policy_is_named(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PodPolicy.from_json(text)
     assert PodPolicy.from_json('{"allowHostPath": true}') == PodPolicy(allow_host_path=True)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "path"),
+    [
+        ({"namespace": "kube-system"}, "metadata.namespace"),
+        ({"name": "x"}, "metadata.name"),
+        ({"ownerReferences": []}, "metadata.ownerReferences"),
+        ({"labels": {"rlhf.dev/job": "another-job"}}, "metadata.labels.rlhf.dev/job"),
+        (
+            {"labels": {"app.kubernetes.io/managed-by": "me"}},
+            "metadata.labels.app.kubernetes.io/managed-by",
+        ),
+    ],
+)
+def test_a_template_cannot_pass_its_pods_off_as_another_s(metadata, path) -> None:
+    job = copy.deepcopy(BASE)
+    job["spec"]["resources"]["podTemplate"] = {"metadata": metadata}
+    _, errors = validate_object(job)
+    assert [e.path for e in errors] == [f"spec.resources.podTemplate.{path}"], errors
+
+
+def test_a_projected_service_account_token_is_refused_even_where_projected_is_allowed() -> None:
+    volume = {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}
+    job, errors = validate_object(with_template({"volumes": [volume]}))
+    assert [e.path for e in errors] == [f"{T}.volumes[0].projected"]
+    allowed = PodPolicy(allowed_volume_types=("projected",))
+    assert [e.path for e in policy_errors(job, allowed)] == [f"{T}.volumes[0].projected"]
+
+
+def test_a_malformed_template_is_an_error_not_a_crash() -> None:
+    _, errors = validate_object(
+        with_template(
+            {"securityContext": [], "containers": [{"securityContext": {"capabilities": []}}]}
+        )
+    )
+    assert {e.path for e in errors} == {
+        f"{T}.securityContext",
+        f"{T}.containers[0].securityContext.capabilities",
+    }
+    assert all("expected a mapping" in e.message for e in errors)

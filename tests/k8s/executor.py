@@ -240,30 +240,38 @@ class PodExecutor:
 
     def _volume(self, volume: dict[str, Any], ns: str, pod_dir: Path, job_dir: Path) -> Path:
         name = volume["name"]
-        if "configMap" in volume or "secret" in volume:
+        if {"configMap", "secret", "projected"} & set(volume):
             path = pod_dir / "volumes" / name
             path.mkdir(parents=True, exist_ok=True)
-            if "configMap" in volume:
-                obj = self.cluster.get(
-                    f"/api/v1/namespaces/{ns}/configmaps/{volume['configMap']['name']}"
-                )
-                files = {k: v.encode() for k, v in ((obj or {}).get("data") or {}).items()}
-            else:
-                obj = self.cluster.get(
-                    f"/api/v1/namespaces/{ns}/secrets/{volume['secret']['secretName']}"
-                )
-                files = {k: base64.b64decode(v) for k, v in ((obj or {}).get("data") or {}).items()}
-            source = volume.get("configMap") or volume.get("secret") or {}
-            items = source.get("items")
-            if items:  # only the keys listed, at their paths
-                files = {i["path"]: files[i["key"]] for i in items if i["key"] in files}
-            for key, data in files.items():
-                (path / key).write_bytes(data)
+            # A projected volume is the union of its sources' files.
+            sources = (volume.get("projected") or {}).get("sources") or [volume]
+            for source in sources:
+                for key, data in self._source_files(source, ns).items():
+                    (path / key).write_bytes(data)
             return path
         # PVC, hostPath, NFS...: storage shared by the job's pods.
         path = (pod_dir if "emptyDir" in volume else job_dir) / "volumes" / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _source_files(self, source: dict[str, Any], ns: str) -> dict[str, bytes]:
+        """The files one ConfigMap or Secret source puts in a volume (its `items` only, if
+        it lists some)."""
+        if "configMap" in source:
+            spec = source["configMap"]
+            obj = self.cluster.get(f"/api/v1/namespaces/{ns}/configmaps/{spec['name']}")
+            files = {k: v.encode() for k, v in ((obj or {}).get("data") or {}).items()}
+        elif "secret" in source:
+            spec = source["secret"]
+            secret = spec.get("secretName") or spec.get("name")
+            obj = self.cluster.get(f"/api/v1/namespaces/{ns}/secrets/{secret}")
+            files = {k: base64.b64decode(v) for k, v in ((obj or {}).get("data") or {}).items()}
+        else:
+            return {}
+        items = spec.get("items")
+        if items:
+            files = {i["path"]: files[i["key"]] for i in items if i["key"] in files}
+        return files
 
     def _declare_ports(self, ns: str, job: str) -> None:
         for pod in self.cluster.pods(job, ns):

@@ -82,7 +82,7 @@ def test_a_worker_pod_holds_a_node_s_gpus_with_requests_sized_from_the_plan():
     }
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
-    assert volumes["token"]["secret"]["secretName"] == "ppo-token"
+    assert volumes["token"]["projected"]["sources"][0]["secret"]["name"] == "ppo-token"
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert mounts == {"/dev/shm": "dshm", "/var/run/secrets/rlhf": "token"}
     sc = pod["spec"]["securityContext"]
@@ -418,22 +418,49 @@ def test_each_pod_mounts_the_token_and_only_its_own_key():
     objects = builders.build_children(
         REF, job, CONFIG, builders.topology_for(job), 0, "t0k", certificates=certs
     )
-    (secret,) = [o for o in objects if o["kind"] == "Secret"]
-    assert set(secret["data"]) == {
-        "token",
+    secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+    assert set(secrets["ppo-token"]["data"]) == {"token"}
+    assert set(secrets["ppo-tls"]["data"]) == {
         "ca.crt",
         "coordinator.crt",
         "coordinator.key",
         "worker.crt",
         "worker.key",
     }
-    assert base64.b64decode(secret["data"]["worker.key"]) == certs.worker_key
+    assert base64.b64decode(secrets["ppo-tls"]["data"]["worker.key"]) == certs.worker_key
     for pod in (o for o in objects if o["kind"] == "Pod"):
         volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "token")
-        keys = {i["key"] for i in volume["secret"]["items"]}
+        keys = {i["key"] for src in volume["projected"]["sources"] for i in src["secret"]["items"]}
         env = env_of(pod["spec"]["containers"][0])
         assert env["RLHF_TLS_DIR"] == "/var/run/secrets/rlhf"
         if pod["metadata"]["labels"]["rlhf.dev/component"] == "coordinator":
             assert keys == {"token", "ca.crt", "coordinator.crt", "coordinator.key"}
         else:
             assert keys == {"token", "ca.crt", "worker.crt", "worker.key"}
+
+
+def test_the_operator_s_identity_and_hardening_survive_the_template():
+    manifest = gpu_job("ppo", gpus=1, gpus_per_node=1)
+    manifest["spec"]["resources"]["podTemplate"] = {
+        "metadata": {"labels": {"team": "a"}},
+        "spec": {
+            "containers": [
+                {"name": "sidecar", "image": "busybox"},  # a container the operator never saw
+                {"env": [{"name": "X", "value": "1"}]},
+            ],
+            "initContainers": [{"name": "fetch", "image": "busybox"}],
+        },
+    }
+    job = model(manifest)
+    pod = builders.build_worker_pod(REF, job, CONFIG, builders.topology_for(job), 0, 0)
+    meta = pod["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("ppo-worker-0-0", "team-a")
+    assert meta["labels"]["rlhf.dev/job"] == "ppo" and meta["labels"]["team"] == "a"
+    assert meta["ownerReferences"][0]["uid"] == "uid-1"
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    for c in spec["containers"] + spec["initContainers"]:
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
+        assert "ALL" in c["securityContext"]["capabilities"]["drop"], c["name"]

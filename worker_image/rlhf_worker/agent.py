@@ -297,8 +297,8 @@ class Agent:
                     raise AgentExit(
                         EXIT_REFUSED,
                         f"{cfg.who}: TLS handshake with {cfg.coordinator_addr} failed: its "
-                        "certificate and this worker's are not of the same job's CA "
-                        f"({details})",
+                        "certificate and this worker's are not of the same job's CA, or one "
+                        f"has expired ({details})",
                     ) from None
                 if code not in _RETRYABLE:
                     raise AgentExit(EXIT_REFUSED, f"registration refused: {details}") from None

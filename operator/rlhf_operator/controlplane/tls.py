@@ -72,10 +72,14 @@ class JobCertificates:
     def write(self, directory: Path) -> Path:
         """Into `directory` (created, owner-only), keys readable by the owner only."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.chmod(0o700)  # one made before, too
         for name, data in self.files().items():
             path = directory / name
-            path.write_bytes(data)
-            path.chmod(0o600 if name.endswith(".key") else 0o644)
+            path.unlink(missing_ok=True)
+            # Created with its mode: a key is never readable by others, not even briefly.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
         return directory
 
 
@@ -237,6 +241,8 @@ class TokenCheck(grpc.ServerInterceptor):
     """Refuses, before any handler runs, every RPC without the job's token."""
 
     def __init__(self, token: str, streaming: Callable[[str], bool]) -> None:
+        if not token.strip():
+            raise ValueError("the control plane needs the job's token: it is empty")
         self._expected = f"Bearer {token}".encode()
         self._streaming = streaming
 

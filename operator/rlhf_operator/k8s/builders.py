@@ -139,17 +139,23 @@ def build_config_map(ref: JobRef, job_yaml: str, plan_json: str) -> dict[str, An
     }
 
 
-def build_secret(
-    ref: JobRef, token: str, certificates: tls.JobCertificates | None = None
-) -> dict[str, Any]:
-    """The job's control-plane token and its CA and certificates (`controlplane.tls`)."""
-    files = {names.SECRET_KEY_TOKEN: token.encode()}
-    if certificates is not None:
-        files.update(certificates.files())
+def build_secret(ref: JobRef, token: str) -> dict[str, Any]:
+    """The job's control-plane token."""
+    return _secret(ref, names.secret_name(ref.name), {names.SECRET_KEY_TOKEN: token.encode()})
+
+
+def build_tls_secret(ref: JobRef, certificates: tls.JobCertificates) -> dict[str, Any]:
+    """The job's CA and certificates (`controlplane.tls`). A Secret of its own: a job that
+    an older operator started has a token Secret without them, and gets this one at its
+    next start."""
+    return _secret(ref, names.tls_secret_name(ref.name), certificates.files())
+
+
+def _secret(ref: JobRef, name: str, files: dict[str, bytes]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(ref, names.secret_name(ref.name)),
+        "metadata": _meta(ref, name),
         "type": "Opaque",
         "data": {k: base64.b64encode(v).decode() for k, v in files.items()},
     }
@@ -285,14 +291,25 @@ def _exit_reason_fields(env: dict[str, str]) -> dict[str, Any]:
 
 
 def _token_volume(ref: JobRef, tls_files: tuple[str, ...]) -> dict[str, Any]:
-    """The job's Secret: the token and, of the certificates, only this pod's own."""
-    keys = (names.SECRET_KEY_TOKEN, *tls_files)
+    """The job's token and, of its certificates, only this pod's own (one directory)."""
     return {
         "name": TOKEN_VOLUME,
-        "secret": {
-            "secretName": names.secret_name(ref.name),
+        "projected": {
             "defaultMode": 0o440,
-            "items": [{"key": k, "path": k} for k in keys],
+            "sources": [
+                {
+                    "secret": {
+                        "name": names.secret_name(ref.name),
+                        "items": [{"key": names.SECRET_KEY_TOKEN, "path": names.SECRET_KEY_TOKEN}],
+                    }
+                },
+                {
+                    "secret": {
+                        "name": names.tls_secret_name(ref.name),
+                        "items": [{"key": k, "path": k} for k in tls_files],
+                    }
+                },
+            ],
         },
     }
 
@@ -623,8 +640,47 @@ def build_worker_pod(
     if res.affinity:
         pod["spec"]["affinity"] = dict(res.affinity)
     if res.pod_template:
-        pod = merge(pod, res.pod_template)
+        pod = _hardened(merge(pod, res.pod_template), pod, config)
     return pod
+
+
+def _hardened(
+    merged: dict[str, Any], built: dict[str, Any], config: OperatorConfig
+) -> dict[str, Any]:
+    """The pod after the user's template, with the operator's identity and hardening put
+    back: its name, namespace, owner, labels and annotations win over the template's,
+    and every container (a sidecar or init container the template added included)
+    gets no privilege escalation and drops ALL capabilities, and the pod runs as
+    non-root under the runtime's seccomp profile, wherever the template left these
+    unset. What the template sets explicitly was checked by the pod policy
+    (`api.pod_policy`)."""
+    meta = merged["metadata"]
+    for key in ("name", "namespace", "ownerReferences"):
+        meta[key] = built["metadata"][key]
+    for part in ("labels", "annotations"):
+        ours = built["metadata"].get(part) or {}
+        if ours or meta.get(part):
+            meta[part] = {**(meta.get(part) or {}), **ours}
+    spec = merged["spec"]
+    pod_security = spec.get("securityContext") or {}
+    for key, value in _pod_security().items():
+        if pod_security.get(key) is None:
+            pod_security[key] = value
+    spec["securityContext"] = pod_security
+    if spec.get("automountServiceAccountToken") is None:
+        spec["automountServiceAccountToken"] = False
+    for kind in ("initContainers", "containers", "ephemeralContainers"):
+        for container in spec.get(kind) or []:
+            security = container.get("securityContext") or {}
+            if security.get("allowPrivilegeEscalation") is None:
+                security["allowPrivilegeEscalation"] = False
+            caps = security.get("capabilities") or {}
+            drop = [str(c).upper() for c in caps.get("drop") or []]
+            if "ALL" not in drop and not config.pod_policy.allow_privileged:
+                caps["drop"] = ["ALL", *[c for c in caps.get("drop") or [] if c != "ALL"]]
+            security["capabilities"] = caps
+            container["securityContext"] = security
+    return merged
 
 
 def build_worker_pods(
@@ -659,11 +715,10 @@ def build_children(
     it is planned): Secret, Service, the coordinator's RBAC, the NetworkPolicy, the
     gang's PodGroup if any, then the pods (coordinator first). What the operator creates and
     `rlhfctl manifests` prints."""
-    objects = [
-        build_secret(ref, token, certificates),
-        build_service(ref),
-        *build_coordinator_rbac(ref, job),
-    ]
+    objects = [build_secret(ref, token)]
+    if certificates is not None:
+        objects.append(build_tls_secret(ref, certificates))
+    objects += [build_service(ref), *build_coordinator_rbac(ref, job)]
     if config.network_policy:
         objects.append(build_network_policy(ref, config))
     group = build_pod_group(ref, job, pod_count(topology))

@@ -53,6 +53,10 @@ def network_policy_name(job: str) -> str:
     return job
 
 
+def tls_secret_name(job: str) -> str:
+    return f"{job}-tls"
+
+
 def coordinator_name(job: str) -> str:
     """The coordinator's ServiceAccount, Role and RoleBinding (one for every attempt)."""
     return f"{job}-coordinator"

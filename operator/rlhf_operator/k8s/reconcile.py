@@ -427,6 +427,13 @@ def _run(
             )
 
     if len(current) < expected:
+        # New pods always obey the policy in force (a job planned under an older one too).
+        refused = policy_errors(job, config.pod_policy)
+        if refused:
+            message = one_line("; ".join(str(e) for e in refused))
+            update.set_condition("Valid", "False", "InvalidSpec", message)
+            _fail(update, "InvalidSpec", message, emit)
+            return DONE
         host_bytes = int((status.get("plan") or {}).get("hostBytesPerDevice") or 0)
         group = status.get("podGroup")
         if group is None and scheduling_mode(job) == "kueue":
