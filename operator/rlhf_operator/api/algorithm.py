@@ -31,11 +31,22 @@ class KlSettings(ApiModel):
     """Per-token KL estimator (Schulman's k1 = log-ratio, k2 = half squared log-ratio, k3 = unbiased low-variance)."""
 
 
-class PpoParams(KlSettings):
-    """PPO with a learned critic and GAE."""
+class ClipSettings(ApiModel):
+    """How the policy ratio is clipped (PPO's epsilon, DAPO's clip-higher, dual-clip)."""
 
     clip_ratio: Ratio = 0.2
     """Policy ratio clipping epsilon."""
+    clip_low: Annotated[float | None, Field(gt=0, lt=1)] = None
+    """Lower clipping epsilon: the ratio is kept above 1 - clipLow (default clipRatio)."""
+    clip_high: Annotated[float | None, Field(gt=0, le=10)] = None
+    """Upper clipping epsilon: the ratio is kept below 1 + clipHigh (default clipRatio; DAPO's clip-higher uses 0.28 with clipLow 0.2)."""
+    dual_clip: Annotated[float | None, Field(gt=1, le=100)] = None
+    """PPO dual-clip constant c: the loss of a token with a negative advantage A is at most -c*A (e.g. 3; off by default)."""
+
+
+class PpoParams(KlSettings, ClipSettings):
+    """PPO with a learned critic and GAE."""
+
     value_clip_ratio: Ratio = 0.2
     """Value prediction clipping around the old values."""
     gamma: Unit = 1.0
@@ -50,7 +61,7 @@ class PpoParams(KlSettings):
     """Entropy bonus weight."""
 
 
-class GrpoParams(KlSettings):
+class GrpoParams(KlSettings, ClipSettings):
     """GRPO: group-normalised advantages, no critic; the KL term goes into the loss."""
 
     kl_coef: NonNegative = 0.04
@@ -59,8 +70,6 @@ class GrpoParams(KlSettings):
     """Per-token KL estimator."""
     group_size: Annotated[int, Field(ge=2, le=1024)] = 8
     """Responses sampled per prompt; advantages are normalised within each group."""
-    clip_ratio: Ratio = 0.2
-    """Policy ratio clipping epsilon."""
     normalize_std: bool = True
     """Divide group-centred rewards by the group's standard deviation (false gives Dr. GRPO)."""
     loss_aggregation: LossAggregation = "token-mean"

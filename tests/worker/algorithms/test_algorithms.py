@@ -323,3 +323,27 @@ def test_safe_rlhf_needs_two_values_and_sums_both_value_losses() -> None:
     returns = torch.tensor([[[0.1, -0.2]]])
     loss = safe_rlhf.critic_loss(torch.zeros(1, 1, 2), batch, returns, params)
     assert loss.loss.item() == pytest.approx(0.5 * 0.01 + 0.5 * 0.04)
+
+
+def test_clip_higher_and_dual_clip_bound_the_loss_as_their_papers_define() -> None:
+    mask = torch.ones(1, 4)
+    old = torch.zeros(1, 4)
+    # Ratios 1.25 (A > 0), 0.7 (A < 0), 5 (A < 0), 1.1 (A > 0).
+    new = torch.tensor([[1.25, 0.7, 5.0, 1.1]]).log()
+    adv = torch.tensor([[1.0, -1.0, -1.0, 1.0]])
+    symmetric, clipped = core.clipped_surrogate(new, old, adv, mask, core.Clip(0.2, 0.2))
+    assert symmetric[0].tolist() == pytest.approx([-1.2, 0.8, 5.0, -1.1])
+    assert clipped.tolist() == [[True, True, False, False]]
+    # DAPO's clip-higher: the ratio may rise to 1.28 under a positive advantage (more
+    # exploration), the lower bound stays 0.8.
+    dapo, clipped = core.clipped_surrogate(new, old, adv, mask, core.Clip(0.2, 0.28))
+    assert dapo[0].tolist() == pytest.approx([-1.25, 0.8, 5.0, -1.1])
+    assert clipped.tolist() == [[False, True, False, False]]
+    # Dual-clip c = 3: a negative advantage's loss is at most -c*A (the ratio-5 token).
+    dual, clipped = core.clipped_surrogate(new, old, adv, mask, core.Clip(0.2, 0.2, 3.0))
+    assert dual[0].tolist() == pytest.approx([-1.2, 0.8, 3.0, -1.1])
+    assert clipped.tolist() == [[True, True, True, False]]
+    # From the job's parameters.
+    params = GrpoParams(clip_low=0.2, clip_high=0.28, dual_clip=3.0)
+    assert core.clip_of(params) == core.Clip(0.2, 0.28, 3.0)
+    assert core.clip_of(GrpoParams()) == core.Clip(0.2, 0.2, None)

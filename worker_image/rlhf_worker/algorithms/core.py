@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -189,22 +189,60 @@ class LossOut(NamedTuple):
     metrics: dict[str, float]
 
 
-def clipped_surrogate(
-    new_logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_ratio: float
-) -> tuple[Tensor, Tensor]:
-    """Per-token PPO surrogate loss max(-A r, -A clip(r, 1-eps, 1+eps)), r = pi/pi_old.
+class Clip(NamedTuple):
+    """How the policy ratio is clipped: [1 - low, 1 + high] (DAPO's clip-higher when high >
+    low), and PPO dual-clip's bound c on the loss of a negative advantage (None: off)."""
 
-    Also returns where the clipped branch is strictly larger (its gradient is then
+    low: float
+    high: float
+    dual: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        ratio: float,
+        low: float | None = None,
+        high: float | None = None,
+        dual: float | None = None,
+    ) -> Clip:
+        return cls(ratio if low is None else low, ratio if high is None else high, dual)
+
+
+def clip_of(params: Any) -> Clip:
+    """The clip settings of an algorithm's parameters (`api.algorithm.ClipSettings`)."""
+    return Clip.of(params.clip_ratio, params.clip_low, params.clip_high, params.dual_clip)
+
+
+def clipped_surrogate(
+    new_logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip: float | Clip,
+) -> tuple[Tensor, Tensor]:
+    """Per-token PPO surrogate loss max(-A r, -A clip(r, 1-low, 1+high)), r = pi/pi_old;
+    with dual-clip, min(that, -c A) where A < 0 (Ye et al. 2020: a token whose ratio
+    ran far above 1 under a negative advantage cannot dominate the loss).
+
+    Also returns where a clipped branch is strictly the one taken (its gradient is then
     zero); at exactly r = 1 +- eps both branches agree and the token counts as unclipped.
     """
+    bounds = clip if isinstance(clip, Clip) else Clip(clip, clip)
     # Padding may hold anything; select it away before exp so neither the value
     # nor the gradient can become inf/nan there.
     log_ratio = zero_padding(new_logprobs, mask) - zero_padding(old_logprobs, mask)
     ratio = torch.exp(log_ratio)
     advantages = zero_padding(advantages, mask)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_ratio, 1.0 + clip_ratio)
-    return torch.maximum(unclipped, clipped), (clipped > unclipped) & (mask > 0)
+    clipped = -advantages * ratio.clamp(1.0 - bounds.low, 1.0 + bounds.high)
+    loss = torch.maximum(unclipped, clipped)
+    was_clipped = clipped > unclipped
+    if bounds.dual is not None:
+        bound = -advantages * bounds.dual
+        dual = (advantages < 0) & (loss > bound)
+        loss = torch.where(dual, bound, loss)
+        was_clipped = was_clipped | dual
+    return loss, was_clipped & (mask > 0)
 
 
 def policy_metrics(
@@ -224,7 +262,7 @@ def policy_loss(
     old_logprobs: Tensor,
     advantages: Tensor,
     mask: Tensor,
-    clip_ratio: float,
+    clip_ratio: float | Clip,
     aggregation: LossAggregation = "token-mean",
 ) -> LossOut:
     """PPO's clipped surrogate, aggregated over response tokens (padding ignored)."""

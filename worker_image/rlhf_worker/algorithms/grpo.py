@@ -23,6 +23,7 @@ from rlhf_worker.algorithms.core import (
     LossOut,
     NoState,
     aggregate,
+    clip_of,
     clipped_surrogate,
     group_view,
     kl_metrics,
@@ -104,7 +105,7 @@ def actor_loss(
     mask = need(batch, "mask", NAME).float()
     old_logprobs = need(batch, "gen_logprobs", NAME)
     per_token, was_clipped = clipped_surrogate(
-        new_logprobs, old_logprobs, advantages, mask, params.clip_ratio
+        new_logprobs, old_logprobs, advantages, mask, clip_of(params)
     )
     metrics = policy_metrics(new_logprobs, old_logprobs, was_clipped, mask)
     if params.kl_coef > 0.0 and "ref_logprobs" in batch:

@@ -21,6 +21,7 @@ from rlhf_worker.algorithms.core import (
     Batch,
     LossOut,
     RunningMoments,
+    clip_of,
     gae,
     kl_metrics,
     masked_mean,
@@ -110,7 +111,7 @@ def actor_loss(
     """
     mask = need(batch, "mask", NAME).float()
     out = policy_loss(
-        new_logprobs, need(batch, "gen_logprobs", NAME), advantages, mask, params.clip_ratio
+        new_logprobs, need(batch, "gen_logprobs", NAME), advantages, mask, clip_of(params)
     )
     return with_entropy_bonus(out, entropy, mask, params.entropy_coef)
 
