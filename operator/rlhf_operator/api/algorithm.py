@@ -29,6 +29,8 @@ class KlSettings(ApiModel):
     """Weight of the KL term. 0 disables it, and then the ref role may be left out."""
     kl_estimator: KlEstimator = "k1"
     """Per-token KL estimator (Schulman's k1 = log-ratio, k2 = half squared log-ratio, k3 = unbiased low-variance)."""
+    kl_clamp: Annotated[float | None, Field(gt=0, le=1000)] = None
+    """Clamp each token's KL estimate to [-klClamp, klClamp] (k3 grows exponentially where the reference is far likelier than the policy; verl clamps it at 10). Off by default."""
 
 
 class ClipSettings(ApiModel):

@@ -347,3 +347,14 @@ def test_clip_higher_and_dual_clip_bound_the_loss_as_their_papers_define() -> No
     params = GrpoParams(clip_low=0.2, clip_high=0.28, dual_clip=3.0)
     assert core.clip_of(params) == core.Clip(0.2, 0.28, 3.0)
     assert core.clip_of(GrpoParams()) == core.Clip(0.2, 0.2, None)
+
+
+def test_the_k3_estimate_can_be_clamped() -> None:
+    # A token the reference finds e^8 times likelier than the policy: k3 = e^8 - 9.
+    logprobs, ref = torch.tensor([[-10.0, -1.0]]), torch.tensor([[-2.0, -1.0]])
+    free = core.kl_per_token(logprobs, ref, "k3")
+    assert free[0, 0] == pytest.approx(math.exp(8) - 9) and free[0, 1] == 0
+    clamped = core.kl_per_token(logprobs, ref, "k3", clamp=10.0)
+    assert clamped.tolist() == [[10.0, 0.0]]
+    batch = {"mask": torch.ones(1, 2), "gen_logprobs": logprobs, "ref_logprobs": ref}
+    assert core.reward_kl(batch, 0.1, "k3", 10.0).tolist() == [[10.0, 0.0]]  # type: ignore[union-attr]

@@ -82,14 +82,21 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
 # ---------------------------------------------------------------- KL estimators
 
 
-def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator) -> Tensor:
+def kl_per_token(
+    logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator, clamp: float | None = None
+) -> Tensor:
     """Per-token estimate of KL(pi || pi_ref) from log-probabilities of tokens sampled from pi.
 
     With ``d = log pi(x) - log pi_ref(x)`` (Schulman's notation, r = pi_ref/pi = exp(-d)):
     k1 = d (unbiased, high variance, can be negative); k2 = d^2/2 (biased, low variance);
-    k3 = r - 1 - log r = exp(-d) - 1 + d (unbiased and always >= 0).
+    k3 = r - 1 - log r = exp(-d) - 1 + d (unbiased and always >= 0). `clamp` bounds the
+    estimate to [-clamp, clamp] (the job's klClamp).
     """
-    d = logprobs - ref_logprobs
+    kl = _kl_estimate(logprobs - ref_logprobs, estimator)
+    return kl if clamp is None else kl.clamp(-clamp, clamp)
+
+
+def _kl_estimate(d: Tensor, estimator: KlEstimator) -> Tensor:
     if estimator == "k1":
         return d
     if estimator == "k2":
@@ -376,7 +383,9 @@ def need(batch: Batch, key: str, algorithm: str) -> Tensor:
     return batch[key]
 
 
-def reward_kl(batch: Batch, kl_coef: float, estimator: KlEstimator) -> Tensor | None:
+def reward_kl(
+    batch: Batch, kl_coef: float, estimator: KlEstimator, clamp: float | None = None
+) -> Tensor | None:
     """Per-token KL between the sampling policy and the reference, or None without a ref.
 
     Uses ``gen_logprobs``: the KL penalty in the reward is a fixed part of the
@@ -386,4 +395,4 @@ def reward_kl(batch: Batch, kl_coef: float, estimator: KlEstimator) -> Tensor | 
         return None
     mask = need(batch, "mask", "KL penalty")
     gen = zero_padding(need(batch, "gen_logprobs", "KL penalty"), mask)
-    return kl_per_token(gen, zero_padding(batch["ref_logprobs"], mask), estimator)
+    return kl_per_token(gen, zero_padding(batch["ref_logprobs"], mask), estimator, clamp)

@@ -83,7 +83,7 @@ def actor_advantages(
     advantages = group_advantages(rewards, samples_per_prompt, params.normalize_std)
     groups = group_view(rewards.float(), samples_per_prompt)
     # The KL itself is part of the loss; this is the rollout's, for reporting.
-    rollout_kl = reward_kl(batch, params.kl_coef, params.kl_estimator)
+    rollout_kl = reward_kl(batch, params.kl_coef, params.kl_estimator, params.kl_clamp)
     metrics = {
         **kl_metrics(rollout_kl, mask),
         "reward_mean": float(rewards.float().mean()),
@@ -113,6 +113,7 @@ def actor_loss(
             zero_padding(new_logprobs, mask),
             zero_padding(batch["ref_logprobs"], mask),
             params.kl_estimator,
+            params.kl_clamp,
         )
         per_token = per_token + params.kl_coef * kl
         metrics["kl"] = float(masked_sum(kl.detach(), mask, dim=1).mean())

@@ -82,7 +82,7 @@ def actor_advantages(
     mask = need(batch, "mask", NAME).float()
     raw = need(batch, "rewards", NAME)
     values = need(batch, "values", NAME).float()
-    kl = reward_kl(batch, params.kl_coef, params.kl_estimator)
+    kl = reward_kl(batch, params.kl_coef, params.kl_estimator, params.kl_clamp)
     rewards = normalized_rewards(raw, params, state.rewards)
     per_token = token_rewards(rewards, mask, kl, params.kl_coef)
     advantages, returns = gae(per_token, values, mask, params.gamma, params.lam)

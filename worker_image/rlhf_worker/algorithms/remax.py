@@ -57,7 +57,7 @@ def actor_advantages(
     baseline = greedy_baseline(
         need(batch, "greedy_rewards", NAME), rewards.shape[0], samples_per_prompt
     )
-    kl = reward_kl(batch, params.kl_coef, params.kl_estimator)
+    kl = reward_kl(batch, params.kl_coef, params.kl_estimator, params.kl_clamp)
     to_go = returns_to_go(token_rewards(rewards, mask, kl, params.kl_coef), mask)
     advantages = (to_go - baseline[:, None]) * mask
     metrics = {

@@ -52,7 +52,7 @@ def actor_advantages(
     """Per-token advantages [B, T]: the response's leave-one-out advantage on each token."""
     mask = need(batch, "mask", NAME).float()
     rewards = need(batch, "rewards", NAME).float()
-    kl = reward_kl(batch, params.kl_coef, params.kl_estimator)
+    kl = reward_kl(batch, params.kl_coef, params.kl_estimator, params.kl_clamp)
     scores = rewards if kl is None else rewards - params.kl_coef * masked_sum(kl, mask, dim=1)
     advantages = leave_one_out(scores, samples_per_prompt)
     metrics = {"reward_mean": float(rewards.mean()), "score_mean": float(scores.mean())}

@@ -95,7 +95,7 @@ def actor_advantages(
         )
     mean_cost = float(costs.mean())
     state.lagrange = update_lagrange(state.lagrange, mean_cost, params)
-    kl = reward_kl(batch, params.kl_coef, params.kl_estimator)
+    kl = reward_kl(batch, params.kl_coef, params.kl_estimator, params.kl_clamp)
     rewards = normalized_rewards(raw_rewards, params, state.rewards)
     clipped_costs = costs.clamp(-params.reward_clip, params.reward_clip)
     reward_tokens = token_rewards(rewards, mask, kl, params.kl_coef)
