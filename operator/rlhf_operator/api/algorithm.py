@@ -15,7 +15,12 @@ from .base import ApiModel, cel_rules
 
 AlgorithmName = Literal["ppo", "grpo", "remax", "rloo", "safe-rlhf"]
 KlEstimator = Literal["k1", "k2", "k3"]
-LossAggregation = Literal["token-mean", "sequence-mean"]
+# token-mean: over all response tokens of the minibatch; seq-mean-token-mean (also
+# "sequence-mean"): per sequence over its tokens, then over sequences; seq-mean-token-sum-norm
+# (Dr. GRPO): per sequence its tokens' sum over the response budget, then over sequences.
+LossAggregation = Literal[
+    "token-mean", "sequence-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+]
 
 Ratio = Annotated[float, Field(gt=0, le=10)]
 NonNegative = Annotated[float, Field(ge=0, le=1000)]
@@ -75,7 +80,7 @@ class GrpoParams(KlSettings, ClipSettings):
     normalize_std: bool = True
     """Divide group-centred rewards by the group's standard deviation (false gives Dr. GRPO)."""
     loss_aggregation: LossAggregation = "token-mean"
-    """How per-token losses are averaged."""
+    """How per-token losses are averaged: token-mean; seq-mean-token-mean (sequence-mean) per sequence, then over sequences; seq-mean-token-sum-norm (Dr. GRPO) each sequence's sum over the response budget (rollout.maxNewTokens), then over sequences. Exact over micro-batches and data-parallel replicas."""
 
 
 class RemaxParams(KlSettings):

@@ -358,3 +358,24 @@ def test_the_k3_estimate_can_be_clamped() -> None:
     assert clamped.tolist() == [[10.0, 0.0]]
     batch = {"mask": torch.ones(1, 2), "gen_logprobs": logprobs, "ref_logprobs": ref}
     assert core.reward_kl(batch, 0.1, "k3", 10.0).tolist() == [[10.0, 0.0]]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("how", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_each_aggregation_is_exact_over_micro_batches_and_replicas(how) -> None:
+    # A minibatch of 12 sequences of uneven lengths, split as the trainer splits it: over
+    # 2 data-parallel replicas, then into uneven micro-batches on each.
+    gen = torch.Generator().manual_seed(0)
+    loss = torch.randn(12, 7, generator=gen)
+    lengths = torch.tensor([1, 7, 3, 2, 6, 5, 4, 7, 1, 2, 3, 6])
+    mask = (torch.arange(7)[None, :] < lengths[:, None]).float()
+    full = core.aggregate(loss, mask, how)
+    tokens, rows = float(mask.sum()), 12
+    parts = [(0, 2), (2, 6), (6, 7), (7, 12)]  # replica 0: rows 0-5, replica 1: rows 6-11
+    total = sum(
+        core.aggregate(loss[a:b], mask[a:b], how)
+        * core.micro_batch_weight(mask[a:b], tokens, rows, how)
+        for a, b in parts
+    )
+    torch.testing.assert_close(total, full)
+    if how == "seq-mean-token-sum-norm":  # Dr. GRPO: sums over the budget, not the length
+        torch.testing.assert_close(full, (loss * mask).sum(1).div(7).mean())

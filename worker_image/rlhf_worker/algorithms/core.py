@@ -15,8 +15,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from rlhf_operator.api.algorithm import LossAggregation  # the job's choices: one definition
+
 KlEstimator = Literal["k1", "k2", "k3"]
-LossAggregation = Literal["token-mean", "sequence-mean"]
 
 # Keeps divisions finite when a group or a batch has zero variance.
 EPS = 1e-8
@@ -183,12 +184,30 @@ def group_view(seq: Tensor, samples_per_prompt: int, what: str = "batch") -> Ten
 
 
 def aggregate(loss: Tensor, mask: Tensor, how: LossAggregation) -> Tensor:
-    """Average a per-token loss: over all tokens, or per sequence then over sequences."""
+    """Average a per-token loss [B, T]: over all tokens, or per sequence then over
+    sequences (each sequence's mean, or Dr. GRPO's sum over the budget T = loss.shape[1],
+    the same constant for every sequence)."""
     if how == "token-mean":
         return masked_mean(loss, mask)
-    if how == "sequence-mean":
+    if how in ("sequence-mean", "seq-mean-token-mean"):
         return masked_mean(loss, mask, dim=1).mean()
-    raise ValueError(f"unknown loss aggregation {how!r}: expected token-mean or sequence-mean")
+    if how == "seq-mean-token-sum-norm":
+        return (masked_sum(loss, mask, dim=1) / loss.shape[1]).mean()
+    raise ValueError(
+        f"unknown loss aggregation {how!r}: expected token-mean, seq-mean-token-mean or "
+        "seq-mean-token-sum-norm"
+    )
+
+
+def micro_batch_weight(
+    mask: Tensor, minibatch_tokens: float, minibatch_rows: int, how: LossAggregation
+) -> float:
+    """What a micro-batch's aggregated loss is multiplied by so that the sum over the
+    minibatch's micro-batches and data-parallel replicas is the minibatch's aggregate:
+    its share of the minibatch's tokens for token-mean, of its sequences otherwise."""
+    if how == "token-mean":
+        return float(mask.sum()) / minibatch_tokens
+    return mask.shape[0] / minibatch_rows
 
 
 class LossOut(NamedTuple):

@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhf_operator.api.algorithm import LossAggregation
 from rlhf_operator.api.dataflow import SEQUENCE_KEYS
 from rlhf_worker import algorithms
+from rlhf_worker.algorithms.core import micro_batch_weight
 from rlhf_worker.engine import forward_logprobs, forward_values
 from rlhf_worker.rewards.functions import load_reward_function, score
 from rlhf_worker.runtime.generate import run_generation
@@ -130,7 +132,7 @@ def _train(rt: Runtime, name: str, iteration: int) -> dict[str, float]:
             chunk = rt.rows // minibatches
             tokens = float(mask[m * chunk : (m + 1) * chunk].sum().clamp(min=1.0))
             batch = {k: v[start:stop] for k, v in per_row.items()}
-            loss_fn = _loss_fn(rt, call.role, algo, params, tokens)
+            loss_fn = _loss_fn(rt, call.role, algo, params, tokens, chunk)
             stats = trainer.step(batch, loss_fn, micro, recompute, shard_grads)
             losses.append(stats.loss)
             norms.append(stats.grad_norm)
@@ -155,12 +157,18 @@ def _full_batch(rt: Runtime, call: str, inputs: tuple[str, ...]) -> dict[str, Te
     return out
 
 
-def _loss_fn(rt: Runtime, role: str, algo: Any, params: Any, minibatch_tokens: float) -> Any:
-    """The micro-batch loss, scaled so summing over micro-batches and replicas gives the minibatch mean."""
+def _loss_fn(
+    rt: Runtime, role: str, algo: Any, params: Any, minibatch_tokens: float, minibatch_rows: int
+) -> Any:
+    """The micro-batch loss, scaled so summing over micro-batches and replicas gives the
+    minibatch's aggregate (the actor's loss aggregation; critics average over tokens)."""
     p, t = rt.prompt_width, rt.response_width
+    how: LossAggregation = "token-mean"  # critics average over tokens
+    if role == "actor":
+        how = getattr(params, "loss_aggregation", "token-mean")
 
     def loss(out: Tensor, mb: dict[str, Tensor]) -> Tensor:
-        share = float(mb["mask"].sum()) / minibatch_tokens
+        share = micro_batch_weight(mb["mask"], minibatch_tokens, minibatch_rows, how)
         new = out[:, p - 1 : p + t - 1]  # response tokens' log-probabilities or values
         if role == "actor":
             result = algo.actor_loss(new, mb, mb["advantages"], params)
