@@ -79,6 +79,10 @@ class GrpoParams(KlSettings, ClipSettings):
     """Responses sampled per prompt; advantages are normalised within each group."""
     normalize_std: bool = True
     """Divide group-centred rewards by the group's standard deviation (false gives Dr. GRPO)."""
+    overlong_buffer: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+    """DAPO's soft overlong punishment: a response within this many tokens of rollout.maxNewTokens loses up to overlongPenalty of its reward, linearly (off by default)."""
+    overlong_penalty: Annotated[float, Field(ge=0, le=1000)] = 1.0
+    """The reward lost by a response that reaches rollout.maxNewTokens (with overlongBuffer)."""
     loss_aggregation: LossAggregation = "token-mean"
     """How per-token losses are averaged: token-mean; seq-mean-token-mean (sequence-mean) per sequence, then over sequences; seq-mean-token-sum-norm (Dr. GRPO) each sequence's sum over the response budget (rollout.maxNewTokens), then over sequences. Exact over micro-batches and data-parallel replicas."""
 

@@ -379,3 +379,18 @@ def test_each_aggregation_is_exact_over_micro_batches_and_replicas(how) -> None:
     torch.testing.assert_close(total, full)
     if how == "seq-mean-token-sum-norm":  # Dr. GRPO: sums over the budget, not the length
         torch.testing.assert_close(full, (loss * mask).sum(1).div(7).mean())
+
+
+def test_overlong_responses_lose_reward_softly_as_dapo_defines() -> None:
+    # Budget 10 tokens, buffer 4: no penalty up to 6 tokens, then -0.25 per token to -1 at 10.
+    lengths = torch.tensor([3, 6, 7, 8, 10])
+    mask = (torch.arange(10)[None, :] < lengths[:, None]).float()
+    assert grpo.overlong_penalty(mask, 4, 1.0).tolist() == [0.0, 0.0, -0.25, -0.5, -1.0]
+    assert grpo.overlong_penalty(mask, None, 1.0).tolist() == [0.0] * 5
+    # In GRPO's advantages: two responses of one group, equal rewards, one overlong.
+    two = (torch.arange(10)[None, :] < torch.tensor([[5], [10]])).float()
+    batch = {"mask": two, "rewards": torch.tensor([1.0, 1.0])}
+    params = GrpoParams(group_size=2, overlong_buffer=4, overlong_penalty=0.5)
+    out = grpo.actor_advantages(batch, params, core.NoState(), 2)
+    assert out.advantages[0, 0] > 0 > out.advantages[1, 0]
+    assert out.metrics["overlong_fraction"] == 0.5

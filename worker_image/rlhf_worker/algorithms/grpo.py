@@ -74,14 +74,28 @@ def group_advantages(rewards: Tensor, samples_per_prompt: int, normalize_std: bo
     return centred.flatten().to(torch.float32)
 
 
+def overlong_penalty(mask: Tensor, buffer: int | None, penalty: float) -> Tensor:
+    """DAPO's soft overlong punishment, per response [B]: 0 up to `buffer` tokens short of
+    the response budget (the mask's width, rollout.maxNewTokens), then falling linearly to
+    -penalty at the budget (where a response that never ended stops)."""
+    if buffer is None:
+        return torch.zeros(mask.shape[0], device=mask.device)
+    budget = mask.shape[1]
+    start = max(0, budget - buffer)
+    over = (mask.sum(dim=1) - start).clamp(min=0)
+    return -penalty * over / max(1, budget - start)
+
+
 def actor_advantages(
     batch: Batch, params: GrpoParams, state: NoState, samples_per_prompt: int
 ) -> Advantages:
     """Per-token advantages [B, T] (the response's group advantage on each token)."""
     mask = need(batch, "mask", NAME).float()
-    rewards = need(batch, "rewards", NAME)
+    rewards = need(batch, "rewards", NAME).float()
+    penalty = overlong_penalty(mask, params.overlong_buffer, params.overlong_penalty)
+    rewards = rewards + penalty
     advantages = group_advantages(rewards, samples_per_prompt, params.normalize_std)
-    groups = group_view(rewards.float(), samples_per_prompt)
+    groups = group_view(rewards, samples_per_prompt)
     # The KL itself is part of the loss; this is the rollout's, for reporting.
     rollout_kl = reward_kl(batch, params.kl_coef, params.kl_estimator, params.kl_clamp)
     metrics = {
@@ -90,6 +104,7 @@ def actor_advantages(
         "reward_group_std": float(groups.std(dim=1).mean()),
         # Groups whose responses all scored the same teach nothing (advantage 0).
         "zero_std_fraction": float(flat_groups(groups).float().mean()),
+        "overlong_fraction": float((penalty < 0).float().mean()),
     }
     return Advantages(advantages[:, None] * mask, None, metrics)
 
