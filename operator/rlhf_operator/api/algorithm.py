@@ -66,6 +66,10 @@ class PpoParams(KlSettings, ClipSettings):
     """Clip (normalised) rewards to [-rewardClip, rewardClip]."""
     entropy_coef: NonNegative = 0.0
     """Entropy bonus weight."""
+    kl_target: Annotated[float | None, Field(gt=0, le=1000)] = None
+    """Adaptive KL (Ziegler et al. 2019): the per-sequence KL to aim for; klCoef (> 0) is then the starting coefficient, moved each iteration by the clipped error (at most 20%) times samples / klHorizon. Off by default."""
+    kl_horizon: Annotated[int, Field(ge=1, le=100_000_000)] = 10_000
+    """Samples over which the adaptive KL coefficient moves by its full error."""
 
 
 class GrpoParams(KlSettings, ClipSettings):

@@ -394,3 +394,30 @@ def test_overlong_responses_lose_reward_softly_as_dapo_defines() -> None:
     out = grpo.actor_advantages(batch, params, core.NoState(), 2)
     assert out.advantages[0, 0] > 0 > out.advantages[1, 0]
     assert out.metrics["overlong_fraction"] == 0.5
+
+
+def test_the_adaptive_kl_controller_moves_the_coefficient_towards_its_target() -> None:
+    # Ziegler et al.: error clipped to +-0.2, scaled by samples / horizon.
+    assert ppo.adapted_kl_coef(0.1, 12.0, 6.0, 256, 10_000) == pytest.approx(
+        0.1 * (1 + 0.2 * 0.0256)
+    )
+    assert ppo.adapted_kl_coef(0.1, 5.4, 6.0, 100, 100) == pytest.approx(0.1 * 0.9)
+    mask = torch.ones(2, 3)
+    batch = {
+        "mask": mask,
+        "rewards": torch.tensor([1.0, 0.0]),
+        "values": torch.zeros(2, 3),
+        "gen_logprobs": torch.full((2, 3), -1.0),
+        "ref_logprobs": torch.full((2, 3), -2.0),  # k1 = 1 per token: KL 3 per sequence
+    }
+    params = PpoParams(kl_coef=0.1, kl_target=1.0, kl_horizon=2, normalize_rewards=False)
+    state = ppo.new_state(params)
+    out = ppo.actor_advantages(batch, params, state, 1)
+    assert out.metrics["kl_coef"] == pytest.approx(0.1)
+    assert state.kl_coef == pytest.approx(0.1 * 1.2)  # too much KL: the coefficient rises
+    resumed = ppo.new_state(params)
+    resumed.load_state_dict(state.state_dict())
+    assert resumed.kl_coef == state.kl_coef  # saved in checkpoints
+    fixed = ppo.new_state(PpoParams(kl_coef=0.1))
+    ppo.actor_advantages(batch, PpoParams(kl_coef=0.1), fixed, 1)
+    assert fixed.kl_coef is None and "kl_coef" not in fixed.state_dict()

@@ -25,6 +25,7 @@ from rlhf_worker.algorithms.core import (
     gae,
     kl_metrics,
     masked_mean,
+    masked_sum,
     masked_whiten,
     need,
     policy_loss,
@@ -40,21 +41,36 @@ Params = PpoParams
 
 @dataclass
 class PpoState:
-    """Running reward statistics, kept across iterations and saved in checkpoints."""
+    """Running reward statistics and the adaptive KL coefficient, kept across iterations
+    and saved in checkpoints."""
 
     rewards: RunningMoments = field(default_factory=RunningMoments)
+    kl_coef: float | None = None
+    """The adaptive controller's coefficient (None: the job's klCoef, fixed)."""
 
     def state_dict(self) -> dict[str, float]:
-        return {f"rewards.{k}": v for k, v in self.rewards.state_dict().items()}
+        out = {f"rewards.{k}": v for k, v in self.rewards.state_dict().items()}
+        if self.kl_coef is not None:
+            out["kl_coef"] = self.kl_coef
+        return out
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.rewards.load_state_dict(
             {k.removeprefix("rewards."): v for k, v in state.items() if k.startswith("rewards.")}
         )
+        if "kl_coef" in state:
+            self.kl_coef = float(state["kl_coef"])
 
 
 def new_state(params: PpoParams) -> PpoState:
-    return PpoState()
+    return PpoState(kl_coef=params.kl_coef if params.kl_target is not None else None)
+
+
+def adapted_kl_coef(coef: float, kl: float, target: float, samples: int, horizon: int) -> float:
+    """Ziegler et al.'s adaptive KL controller: the coefficient moves by the clipped
+    proportional error of the batch's KL to its target, scaled by samples / horizon."""
+    error = max(-0.2, min(0.2, kl / target - 1.0))
+    return coef * (1.0 + error * samples / horizon)
 
 
 def normalized_rewards(rewards: Tensor, params: PpoParams, stats: RunningMoments) -> Tensor:
@@ -82,9 +98,10 @@ def actor_advantages(
     mask = need(batch, "mask", NAME).float()
     raw = need(batch, "rewards", NAME)
     values = need(batch, "values", NAME).float()
-    kl = reward_kl(batch, params.kl_coef, params.kl_estimator, params.kl_clamp)
+    coef = state.kl_coef if state.kl_coef is not None else params.kl_coef
+    kl = reward_kl(batch, coef, params.kl_estimator, params.kl_clamp)
     rewards = normalized_rewards(raw, params, state.rewards)
-    per_token = token_rewards(rewards, mask, kl, params.kl_coef)
+    per_token = token_rewards(rewards, mask, kl, coef)
     advantages, returns = gae(per_token, values, mask, params.gamma, params.lam)
     metrics = {
         "reward_mean": float(raw.float().mean()),
@@ -93,7 +110,15 @@ def actor_advantages(
         "return_mean": float(masked_mean(returns, mask)),
         "value_mean": float(masked_mean(values, mask)),
         **kl_metrics(kl, mask),
+        "kl_coef": coef,
     }
+    if params.kl_target is not None and kl is not None:
+        # The coefficient the next iteration uses, from this batch's mean sequence KL.
+        sequence_kl = float(masked_sum(kl, mask, dim=1).mean())
+        samples = int(mask.shape[0])
+        state.kl_coef = adapted_kl_coef(
+            coef, sequence_kl, params.kl_target, samples, params.kl_horizon
+        )
     return Advantages(masked_whiten(advantages, mask), returns, metrics)
 
 
