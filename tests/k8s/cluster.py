@@ -78,6 +78,15 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> 
         time.sleep(0.05)
 
 
+def event_named(cluster: Cluster, reason: str) -> dict[str, Any]:
+    """The first event with this reason, waiting for it: kopf posts events on its own
+    schedule, after the status patch the test may have waited for."""
+    found = wait_for(
+        lambda: [e for e in cluster.events() if e.get("reason") == reason], f"a {reason} event"
+    )
+    return dict(found[0])
+
+
 class OperatorThread:
     """The real operator (`k8s.run.operate`) in a thread with its own loop."""
 

@@ -18,7 +18,7 @@ import pytest
 
 from rlhf_operator.k8s.status import iso, now_utc
 
-from .cluster import NAMESPACE, Cluster, OperatorThread, config, wait_for
+from .cluster import NAMESPACE, Cluster, OperatorThread, config, event_named, wait_for
 from .conftest import ROOT, example
 from .executor import PodExecutor
 
@@ -89,7 +89,7 @@ def test_a_killed_worker_restarts_the_job_from_its_checkpoint(cluster, operator,
     status = finished(cluster, executor, "crash")
     assert status["iteration"] == 6 and status["restarts"] == 1
     assert status["lastCheckpoint"]["iteration"] == 6
-    reason = next(e for e in cluster.events() if e.get("reason") == "PodFailed")["message"]
+    reason = event_named(cluster, "PodFailed")["message"]
     assert reason.startswith(
         "crash-worker-0-0 (Error, exit code 137: rlhf-launcher: rank 1: killed by SIGKILL"
     ), reason

@@ -12,7 +12,15 @@ from rlhf_operator.api.manifests import one_line
 from rlhf_operator.controlplane import exits
 from rlhf_operator.k8s.status import iso, now_utc
 
-from .cluster import NAMESPACE, Cluster, FakeKubelet, OperatorThread, config, wait_for
+from .cluster import (
+    NAMESPACE,
+    Cluster,
+    FakeKubelet,
+    OperatorThread,
+    config,
+    event_named,
+    wait_for,
+)
 from .conftest import gpu_job, local_job
 
 
@@ -178,7 +186,7 @@ def test_the_restart_names_the_failed_pod_before_those_that_lost_it(cluster, ope
     cluster.set_pod_phase("gang-coordinator-0", "Failed", exit_code=exits.PEER_LOST)
     cluster.set_pod_phase("gang-worker-1-0", "Failed", exit_code=137)
     wait_for(lambda: cluster.status("gang").get("restarts") == 1, "the restart")
-    event = next(e for e in cluster.events() if e.get("reason") == "PodFailed")
+    event = event_named(cluster, "PodFailed")
     assert event["message"].startswith("gang-worker-1-0 (Error, exit code 137), gang-")
 
 
@@ -202,7 +210,7 @@ def test_an_eviction_restarts_the_gang_without_counting_against_backoff(cluster,
     deleting = {"deletionTimestamp": iso(now_utc()), "finalizers": ["test.rlhf.dev/grace"]}
     cluster.kube.call("PATCH", pod, {"metadata": deleting}, merge)
     wait_for(lambda: cluster.status("evict").get("restarts") == 1, "the restart")
-    event = next(e for e in cluster.events() if e.get("reason") == "PodDisrupted")
+    event = event_named(cluster, "PodDisrupted")
     assert event["message"] == (
         "evict-worker-0-0 (EvictionByEvictionAPI: Eviction API: evicting): restarting all pods "
         "from the last checkpoint (restart 1, a disruption, not counted against backoffLimit 0)"
@@ -421,7 +429,7 @@ def test_a_spec_edit_an_older_crd_let_through_is_refused_with_a_condition(
         "spec.training, spec.resources changed after the job was planned: refused"
     )
     assert cluster.status("edit")["observedGeneration"] == accepted
-    event = next(e for e in cluster.events() if e.get("reason") == "ImmutableFieldChanged")
+    event = event_named(cluster, "ImmutableFieldChanged")
     assert event["type"] == "Warning"
     for _ in range(5):  # the job goes on as planned: same pods, no restart
         assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods("edit")} == pods
@@ -469,7 +477,7 @@ def test_kueue_admits_the_pod_group_and_a_preemption_requeues_it_without_a_failu
     wait_for(lambda: phase(cluster, "q") == "Queued", "the replacement pods to wait for Kueue")
     status = cluster.status("q")
     assert status["disruptions"] == 1 and status["phase"] != "Failed"  # backoffLimit 0
-    event = next(e for e in cluster.events() if e.get("reason") == "PodDisrupted")
+    event = event_named(cluster, "PodDisrupted")
     assert "(Preempted: Preempted to accommodate a workload of higher priority)" in event["message"]
     # Replacement pods of the same group: Kueue gives the group its quota back.
     assert {
