@@ -19,6 +19,7 @@ from rlhf_operator.api import validate_object
 from rlhf_operator.api.pod_policy import PodPolicy
 from rlhf_operator.k8s import builders, metrics
 from rlhf_operator.k8s.config import OperatorConfig
+from rlhf_operator.k8s.merge import merge
 
 from . import helm
 from .cluster import NAMESPACE, TEST_USER_AGENT, Cluster, wait_for
@@ -260,23 +261,13 @@ def test_bad_values_fail_install_and_lint_naming_the_field(cluster, tmp_path, va
     # Lint reads the chart's own values.yaml: a copy with the bad value fails it too.
     chart = tmp_path / "chart"
     shutil.copytree(CHART, chart)
-    merged = helm_merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)
+    merged = merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)
     (chart / "values.yaml").write_text(yaml.safe_dump(merged))
     result = helm.run("lint", str(chart))
     # (The Python binding drops lint's error texts; install above shows the field named.)
     assert result["Errors"] and any(
         m["Severity"] == 3 and m["Path"] == "values.yaml" for m in result["Messages"]
     ), result
-
-
-def helm_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = helm_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 # What the Prometheus Operator puts on every series a PodMonitor or ServiceMonitor

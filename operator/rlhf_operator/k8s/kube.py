@@ -36,6 +36,10 @@ KINDS = {
 }
 
 
+_GONE = object()  # what `_unless_gone` answers for a 404
+_BACKGROUND = {"propagationPolicy": "Background"}
+
+
 class Kube:
     """A thin client: one kubernetes ApiClient, JSON in and out."""
 
@@ -94,46 +98,34 @@ class Kube:
             raise
         return True
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object, or None when there is none (404)."""
+    def _object_path(self, kind: str, namespace: str, name: str) -> str:
         prefix, plural = KINDS[kind]
+        return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+
+    def _unless_gone(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        """The call's answer, or _GONE when the object is not there (404)."""
         try:
-            return dict(self.call("GET", f"{prefix}/namespaces/{namespace}/{plural}/{name}"))
+            return self.call(method, path, body, **kw)
         except ApiException as exc:
             if exc.status == 404:
-                return None
+                return _GONE
             raise
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when there is none (404)."""
+        found = self._unless_gone("GET", self._object_path(kind, namespace, name))
+        return None if found is _GONE else dict(found)
 
     def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         """Merge-patch; False when it is gone (404)."""
-        prefix, plural = KINDS[kind]
-        try:
-            self.call(
-                "PATCH",
-                f"{prefix}/namespaces/{namespace}/{plural}/{name}",
-                patch,
-                "application/merge-patch+json",
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        path = self._object_path(kind, namespace, name)
+        merge = "application/merge-patch+json"
+        return self._unless_gone("PATCH", path, patch, content_type=merge) is not _GONE
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background; False when it is gone already (404)."""
-        prefix, plural = KINDS[kind]
-        try:
-            self.call(
-                "DELETE",
-                f"{prefix}/namespaces/{namespace}/{plural}/{name}",
-                {"propagationPolicy": "Background"},
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        path = self._object_path(kind, namespace, name)
+        return self._unless_gone("DELETE", path, _BACKGROUND) is not _GONE
 
     def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.call(
@@ -144,14 +136,5 @@ class Kube:
         )
 
     def delete_job(self, namespace: str, name: str) -> bool:
-        try:
-            self.call(
-                "DELETE",
-                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
-                {"propagationPolicy": "Background"},
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        return self._unless_gone("DELETE", path, _BACKGROUND) is not _GONE
